@@ -1,0 +1,167 @@
+"""The ``lerplm`` command: a thin typer layer over the Python API.
+
+User mistakes (LerpError) print one line and exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import LerpError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Continuous, multi-attribute control of text generation by interpolating LoRA adapters.")
+
+AnchorsOpt = Annotated[Path, typer.Option("--anchors", "-a", help="Anchor set directory (holds anchors.json).")]
+MixOpt = Annotated[list[str], typer.Option("--mix", "-m", help='Levels, e.g. "sentiment=0.9,formality=0.3". Repeat for several mixes.')]
+WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help='Weights, e.g. "sentiment=2,formality=1" (default: equal).')]
+ExtrapolateOpt = Annotated[bool, typer.Option("--extrapolate", help="Allow levels in [-1, 2] (outside the anchors' hull).")]
+
+
+def user_errors(fn):
+    """Turn LerpError into 'error: ...' on stderr with exit code 2, and Ctrl-C into a short note."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LerpError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; finished work is kept (run the same command again to resume)", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _checked_mixes(anchors: Path, mix: list[str], weights: str | None, extrapolate: bool):
+    """Parse and validate every mix against the anchor set before any model is loaded."""
+    from .anchors import AnchorSet
+    from .mix import Mix
+
+    if not mix:
+        raise LerpError('give at least one --mix, e.g. --mix "sentiment=0.8"')
+    names = AnchorSet.load(anchors).names
+    mixes = [Mix.from_spec(m, weights) for m in mix]
+    for m in mixes:
+        m.coefficients(names, extrapolate)
+    return mixes
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Training config (TOML), e.g. examples/styles.toml.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Anchor set directory to write (resumes if it exists).")],
+    data_dir: Annotated[Optional[str], typer.Option(help="Override the config's data_dir.")] = None,
+    max_examples: Annotated[Optional[int], typer.Option(min=1, help="Cap texts per endpoint.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Cap optimizer steps per anchor.")] = None,
+) -> None:
+    """Train one LoRA anchor adapter per endpoint of every attribute in the config."""
+    from .config import load_config
+    from .train import train_anchors
+
+    cfg = load_config(config, data_dir, {"max_examples": max_examples, "max_steps": max_steps})
+    anchors = train_anchors(cfg, out, log=lambda s: typer.echo(s, err=True))
+    typer.echo(anchors.describe())
+
+
+@app.command()
+@user_errors
+def info(anchors: Annotated[Path, typer.Argument(help="Anchor set directory.")]) -> None:
+    """Describe an anchor set: base model, attributes, endpoints, training."""
+    from .anchors import AnchorSet
+
+    s = AnchorSet.load(anchors)
+    typer.echo(s.describe())
+    warning = s.check_base()
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+@app.command()
+@user_errors
+def generate(
+    anchors: AnchorsOpt,
+    mix: MixOpt = [],
+    weights: WeightsOpt = None,
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = [],
+    prompts_file: Annotated[Optional[Path], typer.Option(help="A file with one prompt per line.")] = None,
+    n: Annotated[int, typer.Option(min=1, help="Samples per prompt and mix.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.8,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
+    top_k: Annotated[int, typer.Option(min=0, help="0 = off.")] = 0,
+    seed: int = 0,
+    extrapolate: ExtrapolateOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Generate under one or more mixes; every (prompt, mix) pair shares one batch."""
+    from .generate import LerpModel, SamplingParams
+
+    prompts = list(prompt)
+    if prompts_file:
+        from .data import read_texts
+
+        prompts += read_texts(prompts_file)
+    if not prompts:
+        raise LerpError("give a --prompt or a --prompts-file")
+    mixes = _checked_mixes(anchors, mix, weights, extrapolate)
+    _quiet_transformers()
+    lm = LerpModel.load(anchors)
+    pairs = [(m, p) for m in mixes for p in prompts]
+    params = SamplingParams(max_new_tokens, temperature, top_p, top_k, seed)
+    outs = lm.generate([p for _, p in pairs], [m for m, _ in pairs], n=n, params=params, extrapolate=extrapolate)
+    for (m, p), texts in zip(pairs, outs):
+        for j, text in enumerate(texts):
+            if as_json:
+                levels, weights_ = m.resolve(lm.anchors.names, extrapolate)
+                named = {k: levels[k] for k in m.levels}
+                rec = {"prompt": p, "mix": {"levels": named, "weights": {k: weights_[k] for k in m.levels}},
+                       "sample": j, "seed": seed + j, "text": text}
+                typer.echo(json.dumps(rec, ensure_ascii=False))
+            else:
+                typer.echo(f"[{m.describe()}] {p}\n  -> {text}\n")
+
+
+@app.command()
+@user_errors
+def export(
+    anchors: AnchorsOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write (must not exist).")],
+    mix: MixOpt = [],
+    weights: WeightsOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="peft (one exact LoRA adapter) or merged (full weights).")] = "peft",
+    extrapolate: ExtrapolateOpt = False,
+) -> None:
+    """Write one mix as a standard PEFT adapter or as a merged transformers model."""
+    from .export import export as run_export
+    from .generate import LerpModel
+
+    mixes = _checked_mixes(anchors, mix, weights, extrapolate)
+    if len(mixes) != 1:
+        raise LerpError("export takes exactly one --mix")
+    if fmt not in ("peft", "merged"):
+        raise LerpError(f"unknown --format {fmt!r}; choose from: peft, merged")
+    _quiet_transformers()
+    lm = LerpModel.load(anchors, device="cpu")
+    path = run_export(lm, mixes[0], out, fmt, extrapolate)
+    typer.echo(f"wrote {fmt} export of [{mixes[0].describe()}] to {path}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,114 @@
+"""The training config (``styles.toml``): base model, attributes with two endpoints, LoRA and
+training settings. Validated with pydantic so a typo is an error that names the field."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import LerpError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataFile(_Strict):
+    path: str
+    column: str = "text"  # for jsonl / csv
+
+
+class EndpointConfig(_Strict):
+    name: str
+    files: list[str | DataFile] = Field(min_length=1)
+    normalize: list[Literal["detokenize", "truecase"]] = []
+
+    def data_files(self) -> list[DataFile]:
+        return [DataFile(path=f) if isinstance(f, str) else f for f in self.files]
+
+
+class AttributeConfig(_Strict):
+    name: str
+    negative: EndpointConfig  # level 0
+    positive: EndpointConfig  # level 1
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not v or any(c in v for c in ",=/ ") or v.startswith("."):
+            raise ValueError("attribute names must be non-empty, with no ',', '=', '/' or spaces")
+        return v
+
+
+class LoraSettings(_Strict):
+    """Defaults follow the paper's code: r=32, lora_alpha=16, dropout 0.1, attention projections."""
+
+    r: int = Field(32, gt=0)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class TrainSettings(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    block_size: int = Field(128, gt=8)
+    batch_size: int = Field(8, gt=0)
+    gradient_accumulation: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    max_examples: int | None = Field(None, gt=0)  # texts per endpoint (random sample)
+    max_steps: int | None = Field(None, gt=0)  # optimizer steps per anchor
+    save_steps: int = Field(50, gt=0)  # checkpoint interval, for resuming inside an anchor
+    logging_steps: int = Field(10, gt=0)
+    seed: int = 0
+
+
+class StylesConfig(_Strict):
+    base_model: str = "default"
+    gguf_file: str | None = None
+    data_dir: str = "."  # relative to the config file
+    attributes: list[AttributeConfig] = Field(min_length=1)
+    lora: LoraSettings = LoraSettings()
+    training: TrainSettings = TrainSettings()
+
+    source: Path | None = Field(None, exclude=True)  # where it was read from
+
+    def data_root(self) -> Path:
+        root = Path(self.data_dir).expanduser()
+        if not root.is_absolute() and self.source is not None:
+            root = self.source.parent / root
+        return root
+
+
+def load_config(path: str | Path, data_dir: str | None = None, overrides: dict | None = None) -> StylesConfig:
+    """Read and validate a TOML config; ``overrides`` replaces keys of [training] (CLI caps)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LerpError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise LerpError(f"{path}: invalid TOML ({e})") from None
+    if data_dir is not None:
+        raw["data_dir"] = str(Path(data_dir).resolve())
+    if overrides:
+        raw.setdefault("training", {}).update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        cfg = StylesConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise LerpError(f"{path}: {where}: {err['msg']}") from None
+    names = [a.name for a in cfg.attributes]
+    if len(set(names)) != len(names):
+        raise LerpError(f"{path}: an attribute name is used twice")
+    cfg.source = path.resolve()
+    return cfg

@@ -1,0 +1,193 @@
+"""The mixed runtime: K LoRA adapters stacked into one rank-R (R = Σ r_k) adapter per layer.
+
+For a target linear layer with base weight W and adapters (A_k, B_k, s_k), the output for a row
+whose mix gives coefficients c is
+
+    y = x W^T + ((x A_cat^T) * c[seg]) B_cat^T,   A_cat = [A_1; ...; A_K],  B_cat = [s_1 B_1, ..., s_K B_K]
+
+where ``seg`` maps each of the R ranks to its adapter. This equals the model whose weights were
+merged with ΔW = Σ_k c_k s_k B_k A_k, yet a new mix copies no weights: coefficients are data that
+travel with the rows (shape (B, K)) or with the tokens (shape (B, T, K)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import LerpError
+
+_PREFIX = "base_model.model."
+
+
+@dataclass
+class LoraWeights:
+    """One adapter as plain tensors: module name -> (A (r, in), B (out, r), scaling)."""
+
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LoraWeights":
+        from peft import LoraConfig
+        from peft.utils.other import get_pattern_key
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg = LoraConfig.from_pretrained(str(path))
+        unsupported = [
+            name for name, on in [
+                ("DoRA", cfg.use_dora), ("fan_in_fan_out", cfg.fan_in_fan_out),
+                ("modules_to_save", bool(cfg.modules_to_save)), ("lora bias", getattr(cfg, "lora_bias", False)),
+            ] if on
+        ]
+        if unsupported:
+            raise LerpError(f"adapter {path} uses {', '.join(unsupported)}, which lerplm cannot mix exactly")
+        if (path / "adapter_model.safetensors").is_file():
+            state = load_file(str(path / "adapter_model.safetensors"))
+        elif (path / "adapter_model.bin").is_file():
+            state = torch.load(path / "adapter_model.bin", map_location="cpu", weights_only=True)
+        else:
+            raise LerpError(f"adapter {path} has no adapter_model.safetensors")
+        modules = {}
+        for key, a in state.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            name = key[: -len(".lora_A.weight")]
+            name = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
+            b = state[key.replace(".lora_A.", ".lora_B.")]
+            r = a.shape[0]
+            alpha = cfg.alpha_pattern.get(get_pattern_key(cfg.alpha_pattern.keys(), name), cfg.lora_alpha)
+            scaling = alpha / (r**0.5 if cfg.use_rslora else r)
+            modules[name] = (a.float(), b.float(), float(scaling))
+        if not modules:
+            raise LerpError(f"adapter {path} holds no LoRA A/B weights")
+        return cls(modules)
+
+
+class MixState:
+    """The coefficients of the current forward pass, shared by every mixed layer of a model."""
+
+    def __init__(self, num_adapters: int) -> None:
+        self.num_adapters = num_adapters
+        self.coeffs: torch.Tensor | None = None
+        self._expanded: dict[int, torch.Tensor] = {}
+
+    def set(self, coeffs: torch.Tensor | None) -> None:
+        """Coefficients of shape (B, K) (one mix per row) or (B, T, K) (one per token); None = base model."""
+        if coeffs is not None and coeffs.shape[-1] != self.num_adapters:
+            raise ValueError(f"expected {self.num_adapters} coefficients per row, got {coeffs.shape[-1]}")
+        self.coeffs = coeffs
+        self._expanded = {}
+
+    def per_rank(self, seg: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """c[..., seg] as (B, 1 or T, R), computed once per forward for each distinct rank layout."""
+        if self.coeffs is None:
+            return None
+        out = self._expanded.get(id(seg))
+        if out is None:
+            c = self.coeffs.to(device=seg.device, dtype=dtype)
+            out = c[..., seg]
+            if out.dim() == 2:
+                out = out[:, None, :]
+            self._expanded[id(seg)] = out
+        return out
+
+
+class MixedLinear(nn.Module):
+    """A frozen base linear layer plus the stacked adapters, scaled per row/token by MixState."""
+
+    def __init__(self, base: nn.Linear, a_cat: torch.Tensor, b_cat: torch.Tensor, seg: torch.Tensor, state: MixState):
+        super().__init__()
+        self.base = base
+        self.register_buffer("a_cat", a_cat, persistent=False)
+        self.register_buffer("b_cat", b_cat, persistent=False)
+        self.register_buffer("seg", seg, persistent=False)
+        self.state = state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        c = self.state.per_rank(self.seg, x.dtype)
+        if c is None:
+            return y
+        h = F.linear(x, self.a_cat) * c
+        return y + F.linear(h, self.b_cat)
+
+    def delta_weight(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """ΔW = B_cat diag(c[seg]) A_cat for one mix (K,), in fp32: the exact merged update."""
+        c = coeffs.to(self.seg.device, torch.float32)[self.seg]
+        return (self.b_cat.float() * c) @ self.a_cat.float()
+
+
+class MixedRuntime:
+    """Stacked anchors attached to a model. ``set_coefficients`` is the only per-mix operation."""
+
+    def __init__(self, model: nn.Module, adapters: Sequence[LoraWeights]) -> None:
+        self.model = model
+        self.state = MixState(len(adapters))
+        self.layers: dict[str, MixedLinear] = {}
+        self.ranks: dict[str, list[int]] = {}
+        names = set(adapters[0].modules)
+        for i, ad in enumerate(adapters[1:], 1):
+            if set(ad.modules) != names:
+                diff = sorted(set(ad.modules) ^ names)[:3]
+                raise LerpError(f"adapters 0 and {i} target different modules (e.g. {diff}); all anchors must match")
+        segs: dict[tuple[int, ...], torch.Tensor] = {}
+        for name in sorted(names):
+            parent_name, _, child = name.rpartition(".")
+            try:
+                parent = model.get_submodule(parent_name)
+                base = getattr(parent, child)
+            except AttributeError:
+                raise LerpError(f"the base model has no module {name!r} that the adapters target") from None
+            if not isinstance(base, nn.Linear):
+                raise LerpError(f"module {name!r} is {type(base).__name__}; only nn.Linear layers can be mixed")
+            w = base.weight
+            parts = [ad.modules[name] for ad in adapters]
+            ranks = tuple(a.shape[0] for a, _, _ in parts)
+            if any(a.shape[1] != w.shape[1] or b.shape[0] != w.shape[0] for a, b, _ in parts):
+                raise LerpError(f"adapter shapes for {name!r} do not fit the base model (wrong base model?)")
+            a_cat = torch.cat([a for a, _, _ in parts]).to(w.device, w.dtype)
+            b_cat = torch.cat([b * s for _, b, s in parts], dim=1).to(w.device, w.dtype)
+            if ranks not in segs:
+                segs[ranks] = torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks)).to(w.device)
+            layer = MixedLinear(base, a_cat, b_cat, segs[ranks], self.state)
+            self.layers[name] = layer
+            self.ranks[name] = list(ranks)
+        self._swap(True)
+
+    @classmethod
+    def from_dirs(cls, model: nn.Module, dirs: Sequence[str | Path]) -> "MixedRuntime":
+        return cls(model, [LoraWeights.load(d) for d in dirs])
+
+    @property
+    def num_adapters(self) -> int:
+        return self.state.num_adapters
+
+    def set_coefficients(self, coeffs: torch.Tensor | Sequence | None) -> None:
+        if coeffs is not None and not torch.is_tensor(coeffs):
+            coeffs = torch.tensor(coeffs, dtype=torch.float32)
+        self.state.set(coeffs)
+
+    def delta_weights(self, coeffs: torch.Tensor | Sequence[float]) -> dict[str, torch.Tensor]:
+        coeffs = torch.as_tensor(coeffs, dtype=torch.float32)
+        return {name: layer.delta_weight(coeffs) for name, layer in self.layers.items()}
+
+    def _swap(self, attached: bool) -> None:
+        for name, layer in self.layers.items():
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.model.get_submodule(parent_name), child, layer if attached else layer.base)
+
+    @contextmanager
+    def detached(self) -> Iterator[nn.Module]:
+        """The plain base model (original linear layers back in place) for the duration of the block."""
+        self._swap(False)
+        try:
+            yield self.model
+        finally:
+            self._swap(True)

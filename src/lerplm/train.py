@@ -1,0 +1,180 @@
+"""Anchor training: one LoRA adapter per endpoint with PEFT + the transformers Trainer.
+
+Resumable at two grains: a finished anchor (its directory exists; it is renamed into place only
+when complete) is never trained again, and an interrupted one resumes from its last checkpoint.
+The Trainer makes ``accelerate launch`` work unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from .anchors import AnchorSet, Attribute, Endpoint
+from .config import EndpointConfig, StylesConfig
+from .data import file_sha256, normalize, read_texts
+from .errors import LerpError
+from .models import DEFAULT_NAMES, ModelRef, load_model, load_tokenizer, resolve, weights_hash
+
+SUMMARY = "lerplm_training.json"  # sidecar inside each adapter dir: settings, loss, data
+LOSS_LOG = "loss_log.jsonl"
+
+
+def endpoint_texts(cfg: StylesConfig, ep: EndpointConfig) -> tuple[list[str], list[dict]]:
+    """All texts of an endpoint after normalisation and the ``max_examples`` cap, plus provenance."""
+    texts, provenance = [], []
+    for f in ep.data_files():
+        path = Path(f.path).expanduser()
+        if not path.is_absolute():
+            path = cfg.data_root() / path
+        got = read_texts(path, f.column)
+        texts += got
+        provenance.append({"path": str(path), "sha256": file_sha256(path), "texts": len(got)})
+    texts = normalize(texts, ep.normalize)
+    cap = cfg.training.max_examples
+    if cap and len(texts) > cap:
+        texts = random.Random(cfg.training.seed).sample(texts, cap)
+    return texts, provenance
+
+
+def build_blocks(tokenizer, texts: list[str], block_size: int) -> list[list[int]]:
+    """Concatenate texts (each ended by EOS) and cut into fixed-size blocks, as run_clm does."""
+    ids: list[int] = []
+    eos = tokenizer.eos_token_id
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids += enc + ([eos] if eos is not None else [])
+    n = len(ids) // block_size
+    if n == 0:
+        raise LerpError(f"too little text for one block of {block_size} tokens ({len(ids)} tokens)")
+    return [ids[i * block_size : (i + 1) * block_size] for i in range(n)]
+
+
+def _settings(cfg: StylesConfig) -> dict:
+    return {"lora": cfg.lora.model_dump(), **cfg.training.model_dump(exclude={"save_steps", "logging_steps"})}
+
+
+def train_anchor(
+    base: ModelRef,
+    texts: list[str],
+    cfg: StylesConfig,
+    out: Path,
+    work: Path,
+    label: str,
+    callbacks: list | None = None,
+) -> dict:
+    """Train one adapter into ``out`` (atomically, via ``work``); return its training summary."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers.trainer_utils import get_last_checkpoint
+
+    tok = load_tokenizer(base)
+    blocks = build_blocks(tok, texts, cfg.training.block_size)
+    ds = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    model = load_model(base, dtype=torch.float32)
+    lora = cfg.lora
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=lora.target_modules, task_type="CAUSAL_LM", bias="none",
+        ),
+    )
+    t = cfg.training
+    args = TrainingArguments(
+        output_dir=str(work),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        warmup_steps=t.warmup_ratio,
+        lr_scheduler_type="linear",
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=1,
+        report_to=[],
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        run_name=label,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator, callbacks=callbacks)
+    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    result = trainer.train(resume_from_checkpoint=last)
+    summary = {
+        "settings": _settings(cfg),
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        "blocks": len(blocks),
+        "texts": len(texts),
+        "resumed_from": Path(last).name if last else None,
+    }
+    if trainer.is_world_process_zero():
+        final = work / "final"
+        model.save_pretrained(final)
+        with open(final / LOSS_LOG, "w") as fh:
+            for rec in trainer.state.log_history:
+                fh.write(json.dumps(rec) + "\n")
+        (final / SUMMARY).write_text(json.dumps(summary, indent=2))
+        final.rename(out)  # the anchor appears only when complete
+        shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def train_anchors(
+    cfg: StylesConfig,
+    out: str | Path,
+    log: Callable[[str], None] = print,
+    callbacks: list | None = None,
+) -> AnchorSet:
+    """Train every endpoint of every attribute that is not finished yet; write the manifest last."""
+    out = Path(out)
+    base_ref = resolve(cfg.base_model, cfg.gguf_file)
+    embedded = cfg.base_model.strip().lower() in DEFAULT_NAMES
+    # Validate every data file before spending time on training.
+    plan = []
+    for attr in cfg.attributes:
+        for ep in (attr.negative, attr.positive):
+            texts, prov = endpoint_texts(cfg, ep)
+            plan.append((attr, ep, texts, prov))
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _settings(cfg)
+    endpoints: dict[str, Endpoint] = {}
+    for i, (attr, ep, texts, prov) in enumerate(plan, 1):
+        name = f"{attr.name}.{ep.name}"
+        target = out / name
+        tag = f"[{i}/{len(plan)}] {name}"
+        if (target / "adapter_config.json").is_file():
+            summary = json.loads((target / SUMMARY).read_text()) if (target / SUMMARY).is_file() else {}
+            if summary.get("settings", settings) != settings:
+                raise LerpError(
+                    f"{target} was trained with other settings; use a new --out or delete that directory"
+                )
+            log(f"{tag}: already trained, skipped")
+        else:
+            log(f"{tag}: training on {len(texts)} texts")
+            summary = train_anchor(base_ref, texts, cfg, target, out / ".work" / name, name, callbacks)
+            log(f"{tag}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
+        endpoints[name] = Endpoint(ep.name, name, prov, summary.get("train_loss"))
+    attributes = [
+        Attribute(a.name, endpoints[f"{a.name}.{a.negative.name}"], endpoints[f"{a.name}.{a.positive.name}"])
+        for a in cfg.attributes
+    ]
+    anchor_set = AnchorSet(
+        root=out,
+        base_model=base_ref,
+        attributes=attributes,
+        base_sha256=weights_hash(base_ref),
+        embedded=embedded,
+        training=settings,
+    )
+    anchor_set.save()
+    shutil.rmtree(out / ".work", ignore_errors=True)
+    return anchor_set
