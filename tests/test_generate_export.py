@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lerplm import LerpError
+from lerplm.export import export
+
+PROMPTS = ["the food was great", "could you please take a look?"]
+MIXES = [{"sentiment": 0.9, "formality": 0.2}, {"formality": 1.0}]
+
+
+def test_same_seed_same_output_and_batching_changes_nothing(lm):
+    a = lm.generate(PROMPTS, MIXES, n=2, max_new_tokens=12, seed=7)
+    b = lm.generate(PROMPTS, MIXES, n=2, max_new_tokens=12, seed=7)
+    assert a == b
+    alone = lm.generate(PROMPTS[1:], MIXES[1:], n=2, max_new_tokens=12, seed=7)
+    assert alone[0] == a[1]
+    assert lm.generate(PROMPTS, MIXES, n=2, max_new_tokens=12, seed=8) != a
+
+
+def test_mix_changes_generation(lm):
+    outs = lm.generate(PROMPTS[:1] * 3, [{"sentiment": 0}, {"sentiment": 1}, {"formality": 1}], max_new_tokens=16, temperature=0)
+    assert len({o[0] for o in outs}) > 1
+
+
+def test_greedy_decode_with_kv_cache_matches_transformers_generate(lm, base_dir):
+    """Our left-padded, per-row decode loop against HF generate on each prompt alone."""
+    ref = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    ours = lm.generate(PROMPTS, [{"sentiment": 0.5}] * 2, max_new_tokens=10, temperature=0, chat=False)
+    coeffs = lm.coefficients([{"sentiment": 0.5}])
+    # merge the same mix into the reference model, then use transformers' own generate
+    with torch.no_grad():
+        for name, delta in lm.runtime.delta_weights(coeffs[0]).items():
+            ref.get_submodule(name).weight += delta
+        for prompt, (text,) in zip(PROMPTS, ours):
+            ids = lm.tokenizer(prompt, return_tensors="pt")
+            out = ref.generate(**ids, max_new_tokens=10, do_sample=False, eos_token_id=lm._eos_ids(), pad_token_id=0)
+            want = lm.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            assert text == want
+
+
+def test_bad_generation_arguments(lm):
+    with pytest.raises(LerpError, match="one mix per prompt"):
+        lm.generate(PROMPTS, MIXES[:1] * 3)
+    with pytest.raises(LerpError, match="max_new_tokens"):
+        lm.generate(PROMPTS, MIXES, max_new_tokens=0)
+    with pytest.raises(LerpError, match="top_p"):
+        lm.generate(PROMPTS, MIXES, top_p=0)
+    with pytest.raises(LerpError, match="unknown attribute"):
+        lm.generate(PROMPTS, {"humor": 1})
+
+
+def _logits(model, enc):
+    with torch.no_grad():
+        return model(**enc).logits
+
+
+def test_exports_load_in_plain_peft_and_transformers_with_the_same_logits(lm, base_dir, tmp_path):
+    from peft import PeftModel
+
+    mix = {"levels": {"sentiment": 0.7, "formality": 0.4}, "weights": {"sentiment": 2, "formality": 1}}
+    enc = lm.encode(PROMPTS, chat=False)
+    want = lm.logits(enc["input_ids"], lm.coefficients([mix] * 2), enc["attention_mask"])
+    mask = enc["attention_mask"].bool()
+
+    export(lm, mix, tmp_path / "peft", "peft")
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "peft").eval()
+    assert (_logits(peft_model, enc) - want).abs()[mask].max() < 1e-4
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 4 + 8 + 4 + 6
+
+    export(lm, mix, tmp_path / "merged", "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert (_logits(merged, enc) - want).abs()[mask].max() < 1e-4
+    # the runtime is untouched by the export
+    assert torch.equal(lm.logits(enc["input_ids"], lm.coefficients([mix] * 2), enc["attention_mask"]), want)
+
+
+def test_peft_export_drops_adapters_with_zero_coefficient(lm, base_dir, tmp_path):
+    from peft import PeftModel
+
+    export(lm, {"sentiment": 1.0}, tmp_path / "pos", "peft")
+    assert json.loads((tmp_path / "pos" / "adapter_config.json").read_text())["r"] == 8
+    enc = lm.encode(PROMPTS, chat=False)
+    want = lm.logits(enc["input_ids"], lm.coefficients([{"sentiment": 1.0}] * 2), enc["attention_mask"])
+    got = _logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "pos").eval(), enc)
+    assert (got - want).abs()[enc["attention_mask"].bool()].max() < 1e-4
+
+
+def test_export_never_overwrites(lm, tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(LerpError, match="already exists"):
+        export(lm, {"sentiment": 1.0}, tmp_path / "x", "peft")
+    with pytest.raises(LerpError, match="unknown export format"):
+        export(lm, {"sentiment": 1.0}, tmp_path / "y", "gguf")

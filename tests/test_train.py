@@ -1,0 +1,130 @@
+"""Training: config validation, data errors, and resumption after an interruption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import TrainerCallback
+
+from lerplm import LerpError
+from lerplm.anchors import AnchorSet
+from lerplm.config import load_config
+from lerplm.data import detokenize, read_texts, truecase
+from lerplm.runtime import LoraWeights
+from lerplm.train import train_anchors
+
+from .conftest import STYLES
+
+pytestmark = pytest.mark.skipif(not STYLES.is_dir(), reason="needs ../shared/data/styles")
+
+
+def write_config(tmp_path: Path, base_dir: Path, **training) -> Path:
+    settings = {"max_examples": 24, "max_steps": 2, "block_size": 16, "batch_size": 2, "save_steps": 1, "logging_steps": 1}
+    settings.update(training)
+    lines = [f'base_model = "{base_dir}"', f'data_dir = "{STYLES}"', "[lora]", "r = 4", "alpha = 8",
+             'target_modules = ["q_proj", "v_proj"]', "[training]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    lines += [
+        "[[attributes]]", 'name = "sentiment"',
+        'negative = { name = "negative", files = ["sentiment/negative.train.txt"], normalize = ["detokenize", "truecase"] }',
+        'positive = { name = "positive", files = ["sentiment/positive.train.txt"], normalize = ["detokenize", "truecase"] }',
+    ]
+    path = tmp_path / "styles.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class InterruptAfterFirstSave(TrainerCallback):
+    """Stands in for Ctrl-C in the middle of the second anchor, right after its first checkpoint."""
+
+    def __init__(self):
+        self.saves = 0
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saves += 1
+        if "positive" in args.output_dir:
+            raise KeyboardInterrupt
+
+
+def test_training_resumes_after_an_interruption(tmp_path, base_dir):
+    cfg = load_config(write_config(tmp_path, base_dir))
+    out = tmp_path / "anchors"
+    with pytest.raises(KeyboardInterrupt):
+        train_anchors(cfg, out, log=lambda s: None, callbacks=[InterruptAfterFirstSave()])
+    first = out / "sentiment.negative" / "adapter_model.safetensors"
+    assert first.is_file()
+    assert not (out / "sentiment.positive").exists()  # nothing half-written looks finished
+    assert not (out / "anchors.json").exists()
+    assert (out / ".work" / "sentiment.positive" / "checkpoint-1").is_dir()
+    mtime = first.stat().st_mtime_ns
+
+    logs: list[str] = []
+    anchors = train_anchors(cfg, out, log=logs.append)
+    assert first.stat().st_mtime_ns == mtime  # the finished anchor was not trained again
+    assert any("sentiment.negative: already trained, skipped" in s for s in logs)
+    summary = json.loads((out / "sentiment.positive" / "lerplm_training.json").read_text())
+    assert summary["resumed_from"] == "checkpoint-1" and summary["steps"] == 2
+    assert (out / "sentiment.positive" / "loss_log.jsonl").read_text().strip()
+    assert not (out / ".work").exists()
+
+    loaded = AnchorSet.load(out)
+    assert loaded.names == ["sentiment"] and loaded.base_sha256
+    assert [e.name for e in loaded.attributes[0].endpoints] == ["negative", "positive"]
+    assert all(e.train_loss is not None for e in loaded.endpoints)
+    for d in loaded.adapter_dirs():
+        assert set(LoraWeights.load(d).modules) == {f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")}
+
+
+def test_changed_settings_are_not_silently_mixed_with_old_anchors(tmp_path, base_dir):
+    out = tmp_path / "anchors"
+    train_anchors(load_config(write_config(tmp_path, base_dir)), out, log=lambda s: None)
+    with pytest.raises(LerpError, match="trained with other settings"):
+        train_anchors(load_config(write_config(tmp_path, base_dir, learning_rate=1e-3)), out, log=lambda s: None)
+
+
+def test_data_errors_are_clear(tmp_path):
+    with pytest.raises(LerpError, match="data file not found"):
+        read_texts(tmp_path / "nope.txt")
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(LerpError, match="data file is empty"):
+        read_texts(tmp_path / "empty.txt")
+    (tmp_path / "d.jsonl").write_text('{"text": "one"}\n{"body": "two"}\n')
+    with pytest.raises(LerpError, match="no 'text' field"):
+        read_texts(tmp_path / "d.jsonl")
+    (tmp_path / "d.csv").write_text('id,body\n1,"hello, world"\n2,second\n')
+    assert read_texts(tmp_path / "d.csv", column="body") == ["hello, world", "second"]
+    with pytest.raises(LerpError, match="no 'text' column"):
+        read_texts(tmp_path / "d.csv")
+
+
+def test_config_errors_name_the_field(tmp_path, base_dir):
+    path = write_config(tmp_path, base_dir)
+    path.write_text(path.read_text().replace("r = 4", "r = 0"))
+    with pytest.raises(LerpError, match="lora.r"):
+        load_config(path)
+    path.write_text(path.read_text().replace("r = 0", "rank = 4"))
+    with pytest.raises(LerpError, match="lora.rank: Extra inputs"):
+        load_config(path)
+    with pytest.raises(LerpError, match="config file not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_missing_data_file_fails_before_any_training(tmp_path, base_dir):
+    path = write_config(tmp_path, base_dir)
+    path.write_text(path.read_text().replace("negative.train.txt", "negatve.train.txt"))
+    with pytest.raises(LerpError, match="data file not found: .*negatve.train.txt"):
+        train_anchors(load_config(path), tmp_path / "out", log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_normalisation_undoes_yelp_tokenisation():
+    assert truecase(detokenize("it 's good . i do n't know , really !")) == "It's good. I don't know, really!"
+    assert detokenize("the ( temporary ) fix costs $ 5 .") == "the (temporary) fix costs $5."
+
+
+def test_example_config_is_valid():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "styles.toml")
+    assert [a.name for a in cfg.attributes] == ["sentiment", "politeness", "formality", "simplicity", "humor"]
+    assert cfg.data_root().resolve() == STYLES.resolve()
