@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -163,5 +162,87 @@ def export(
     typer.echo(f"wrote {fmt} export of [{mixes[0].describe()}] to {path}")
 
 
-def main() -> None:  # pragma: no cover
-    sys.exit(app())
+scorers_app = typer.Typer(no_args_is_help=True, help="Attribute scorers (classifiers giving P(positive endpoint)).")
+app.add_typer(scorers_app, name="scorers")
+
+
+@scorers_app.command("train")
+@user_errors
+def scorers_train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The anchors' training config: same attributes and files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Scorer directory to write (must not exist).")],
+    data_dir: Annotated[Optional[str], typer.Option(help="Override the config's data_dir.")] = None,
+    max_train: Annotated[Optional[int], typer.Option(min=1, help="Cap training texts per endpoint.")] = None,
+) -> None:
+    """Train one TF-IDF + logistic-regression scorer per attribute; report held-out accuracy and AUC."""
+    from .config import load_config
+    from .evaluate.scorers import train_scorers
+
+    train_scorers(load_config(config, data_dir), out, max_train, log=typer.echo)
+    typer.echo(f"wrote scorers to {out}")
+
+
+@app.command()
+@user_errors
+def sweep(
+    anchors: AnchorsOpt,
+    scorers: Annotated[Path, typer.Option("--scorers", "-s", help="Scorer directory (lerplm scorers train).")],
+    grid: Annotated[list[str], typer.Option("--grid", "-g", help="single:ATTR[,..]|all, five[:b=0.05,0.15,0.2], simplex:A,B,C[:steps]. Repeatable.")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="One prompt per line.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumes if it exists).")],
+    n: Annotated[int, typer.Option(min=1, help="Samples per prompt and grid point.")] = 1,
+    max_prompts: Annotated[Optional[int], typer.Option(min=1, help="Use the first N prompts.")] = None,
+    levels: Annotated[int, typer.Option(min=2, help="Levels per varied attribute.")] = 11,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
+    seed: int = 0,
+    batch_rows: Annotated[int, typer.Option(min=1, help="Generations per batch (many mixes per batch).")] = 64,
+    config: Annotated[Optional[Path], typer.Option(help="Training config: its test files give the held-out perplexity.")] = None,
+    heldout_per_endpoint: Annotated[int, typer.Option(min=0, help="Held-out texts per endpoint for perplexity.")] = 10,
+) -> None:
+    """Generate over a grid of mixes, score every generation on every attribute, write tidy rows."""
+    from .anchors import AnchorSet
+    from .data import read_texts
+    from .evaluate.grids import parse_grid
+    from .evaluate.scorers import ScorerSet
+    from .evaluate.sweep import run_sweep
+    from .generate import LerpModel, SamplingParams
+
+    names = AnchorSet.load(anchors).names
+    points = [p for g in grid for p in parse_grid(g, names, levels)]
+    prompt_list = read_texts(prompts)[:max_prompts]
+    scorer_set = ScorerSet.load(scorers)
+    heldout = _heldout_texts(config, heldout_per_endpoint) if config else []
+    _quiet_transformers()
+    lm = LerpModel.load(anchors)
+    params = SamplingParams(max_new_tokens, temperature, top_p, 0, seed)
+    df = run_sweep(lm, scorer_set, points, prompt_list, out, n, params, batch_rows, heldout)
+    typer.echo(f"wrote {len(df)} rows for {len(points)} grid points to {out}; next: lerplm report {out}")
+
+
+def _heldout_texts(config: Path, per_endpoint: int) -> list[str]:
+    import random
+
+    from .config import load_config
+    from .train import endpoint_texts
+
+    cfg = load_config(config)
+    texts = []
+    for a in cfg.attributes:
+        for ep in (a.negative, a.positive):
+            got, _ = endpoint_texts(cfg, ep, held_out=True)
+            texts += random.Random(0).sample(got, min(per_endpoint, len(got)))
+    return texts
+
+
+@app.command()
+@user_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A sweep's run directory.")],
+    title: str = "lerplm control report",
+) -> None:
+    """Metrics, PNG plots and a Markdown report for a sweep."""
+    from .evaluate.report import build_report
+
+    typer.echo(f"wrote {build_report(run_dir, title)}")

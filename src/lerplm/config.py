@@ -29,10 +29,16 @@ class DataFile(_Strict):
 class EndpointConfig(_Strict):
     name: str
     files: list[str | DataFile] = Field(min_length=1)
+    test_files: list[str | DataFile] | None = None  # default: each file with .train. -> .test., if present
     normalize: list[Literal["detokenize", "truecase"]] = []
 
     def data_files(self) -> list[DataFile]:
         return [DataFile(path=f) if isinstance(f, str) else f for f in self.files]
+
+    def held_out_files(self) -> list[DataFile]:
+        if self.test_files is not None:
+            return [DataFile(path=f) if isinstance(f, str) else f for f in self.test_files]
+        return [f.model_copy(update={"path": f.path.replace(".train.", ".test.")}) for f in self.data_files() if ".train." in f.path]
 
 
 class AttributeConfig(_Strict):

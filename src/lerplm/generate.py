@@ -96,8 +96,7 @@ class LerpModel:
     def encode(self, prompts: Sequence[str], chat: bool | None = None) -> dict[str, torch.Tensor]:
         """Left-padded ids and mask; prompts go through the chat template when the model has one."""
         use_chat = has_chat_template(self.tokenizer) if chat is None else chat
-        texts = [format_prompt(self.tokenizer, p) if use_chat else p for p in prompts]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not use_chat)
+        enc = self.tokenizer(self.chat_prefixes(prompts, use_chat), return_tensors="pt", padding=True, add_special_tokens=not use_chat)
         return {k: v.to(self.device) for k, v in enc.items()}
 
     @torch.inference_mode()
@@ -108,6 +107,38 @@ class LerpModel:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         finally:
             self.runtime.set_coefficients(None)
+
+    @torch.inference_mode()
+    def nll(self, prefixes: Sequence[str], texts: Sequence[str], coeffs: torch.Tensor | None, batch_size: int = 16) -> list[float]:
+        """Mean per-token negative log-likelihood of each text given its prefix (NaN for empty texts)."""
+        tok = self.tokenizer
+        out: list[float] = []
+        for i in range(0, len(texts), batch_size):
+            pre = tok(list(prefixes[i : i + batch_size]), add_special_tokens=False)["input_ids"]
+            txt = tok(list(texts[i : i + batch_size]), add_special_tokens=False)["input_ids"]
+            seqs = [(p or [tok.eos_token_id]) + t for p, t in zip(pre, txt)]
+            width = max(map(len, seqs))
+            ids = torch.full((len(seqs), width), tok.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            target = torch.zeros_like(ids, dtype=torch.bool)  # positions whose token is scored
+            for r, (p, t) in enumerate(zip(pre, txt)):
+                n_pre = max(len(p), 1)
+                ids[r, : n_pre + len(t)] = torch.tensor(seqs[r])
+                mask[r, : n_pre + len(t)] = 1
+                target[r, n_pre : n_pre + len(t)] = True
+            c = None if coeffs is None else coeffs[i : i + batch_size]
+            logits = self.logits(ids.to(self.device), c, mask.to(self.device)).float()
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), ids[:, 1:].to(self.device), reduction="none"
+            ).cpu()
+            tgt = target[:, 1:].float()
+            per_row = (nll * tgt).sum(1) / tgt.sum(1)
+            out += per_row.tolist()
+        return out
+
+    def chat_prefixes(self, prompts: Sequence[str], chat: bool | None = None) -> list[str]:
+        use_chat = has_chat_template(self.tokenizer) if chat is None else chat
+        return [format_prompt(self.tokenizer, p) if use_chat else p for p in prompts]
 
     @torch.inference_mode()
     def generate(

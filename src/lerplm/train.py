@@ -23,10 +23,15 @@ SUMMARY = "lerplm_training.json"  # sidecar inside each adapter dir: settings, l
 LOSS_LOG = "loss_log.jsonl"
 
 
-def endpoint_texts(cfg: StylesConfig, ep: EndpointConfig) -> tuple[list[str], list[dict]]:
-    """All texts of an endpoint after normalisation and the ``max_examples`` cap, plus provenance."""
+def endpoint_texts(
+    cfg: StylesConfig, ep: EndpointConfig, held_out: bool = False, cap: int | None = None
+) -> tuple[list[str], list[dict]]:
+    """An endpoint's training (or held-out) texts after normalisation and a random cap, plus provenance."""
     texts, provenance = [], []
-    for f in ep.data_files():
+    files = ep.held_out_files() if held_out else ep.data_files()
+    if not files:
+        raise LerpError(f"endpoint {ep.name!r} has no held-out files; set test_files in the config")
+    for f in files:
         path = Path(f.path).expanduser()
         if not path.is_absolute():
             path = cfg.data_root() / path
@@ -34,7 +39,6 @@ def endpoint_texts(cfg: StylesConfig, ep: EndpointConfig) -> tuple[list[str], li
         texts += got
         provenance.append({"path": str(path), "sha256": file_sha256(path), "texts": len(got)})
     texts = normalize(texts, ep.normalize)
-    cap = cfg.training.max_examples
     if cap and len(texts) > cap:
         texts = random.Random(cfg.training.seed).sample(texts, cap)
     return texts, provenance
@@ -142,7 +146,7 @@ def train_anchors(
     plan = []
     for attr in cfg.attributes:
         for ep in (attr.negative, attr.positive):
-            texts, prov = endpoint_texts(cfg, ep)
+            texts, prov = endpoint_texts(cfg, ep, cap=cfg.training.max_examples)
             plan.append((attr, ep, texts, prov))
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(cfg)

@@ -1,0 +1,1 @@
+"""Measuring control: attribute scorers, grids of mixes, sweeps, metrics and reports."""

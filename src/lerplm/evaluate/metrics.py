@@ -1,0 +1,68 @@
+"""Control metrics from sweep rows: control curves with 95% intervals, Spearman ρ, score range,
+the entanglement matrix, and fluency by level."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+
+def _varied_rows(df: pd.DataFrame, grid: str, b: float | None = None) -> pd.DataFrame:
+    sel = df[df["meta_grid"] == grid]
+    if b is not None and "meta_b" in sel:
+        sel = sel[np.isclose(sel["meta_b"], b)]
+    return sel
+
+
+def control_curves(df: pd.DataFrame, attributes: Sequence[str], grid: str = "single", b: float | None = None) -> pd.DataFrame:
+    """Per varied attribute and level: mean own score, 95% interval (normal approx.), n, fluency."""
+    sel = _varied_rows(df, grid, b)
+    recs = []
+    for (attr, level), g in sel.groupby(["meta_varied", "meta_level"]):
+        if attr not in attributes:
+            continue
+        s = g[f"score_{attr}"].to_numpy(float)
+        half = 1.96 * s.std(ddof=1) / math.sqrt(len(s)) if len(s) > 1 else math.nan
+        recs.append({
+            "attribute": attr, "level": float(level), "mean": s.mean(), "ci95": half, "n": len(s),
+            "base_ppl_median": g["base_ppl"].median(), "distinct2": g["distinct2"].mean(),
+            "heldout_ppl": g["heldout_ppl"].mean(),
+        })
+    return pd.DataFrame(recs).sort_values(["attribute", "level"]).reset_index(drop=True) if recs else pd.DataFrame()
+
+
+def control_summary(curves: pd.DataFrame, df: pd.DataFrame | None = None, grid: str = "single", b: float | None = None) -> dict:
+    """Per attribute: Spearman ρ of mean score against level, score range (level 1 minus level 0),
+    and ρ over individual generations (noisier; reported alongside)."""
+    out = {}
+    for attr, c in curves.groupby("attribute"):
+        rho = spearmanr(c["level"], c["mean"]).statistic if len(c) > 2 else math.nan
+        lo, hi = c.loc[c["level"].idxmin(), "mean"], c.loc[c["level"].idxmax(), "mean"]
+        entry = {"spearman_rho": float(rho), "score_range": float(hi - lo), "score_at_0": float(lo), "score_at_1": float(hi)}
+        if df is not None:
+            rows = _varied_rows(df, grid, b)
+            rows = rows[rows["meta_varied"] == attr]
+            entry["spearman_rho_rows"] = float(spearmanr(rows["meta_level"], rows[f"score_{attr}"]).statistic)
+        out[attr] = entry
+    return out
+
+
+def entanglement(df: pd.DataFrame, attributes: Sequence[str], grid: str = "single", b: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Slopes d(score_j)/d(level_i) by least squares over the rows that vary i, and the same matrix
+    with each row divided by its diagonal (1 on the diagonal; |E_ij| = how much j moves per unit of i's control)."""
+    sel = _varied_rows(df, grid, b)
+    slopes = pd.DataFrame(np.nan, index=list(attributes), columns=list(attributes))
+    for i in attributes:
+        rows = sel[sel["meta_varied"] == i]
+        if rows["meta_level"].nunique() < 2:
+            continue
+        x = rows["meta_level"].to_numpy(float)
+        for j in attributes:
+            y = rows[f"score_{j}"].to_numpy(float)
+            slopes.loc[i, j] = np.polyfit(x, y, 1)[0]
+    normalised = slopes.div(pd.Series(np.diag(slopes.to_numpy()), index=slopes.index), axis=0)
+    return slopes, normalised

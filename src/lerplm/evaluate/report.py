@@ -1,0 +1,169 @@
+"""``lerplm report RUN_DIR``: metrics as JSON, PNG plots, and a Markdown report embedding them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import LerpError
+from .metrics import control_curves, control_summary, entanglement
+from .sweep import RESULTS, SETTINGS
+
+
+def _attributes(df: pd.DataFrame) -> list[str]:
+    return [c[len("score_"):] for c in df.columns if c.startswith("score_")]
+
+
+def _plot_curves(curves_by_label: dict[str, pd.DataFrame], attrs: list[str], path: Path, column: str = "mean", ylabel: str = "score") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(attrs), figsize=(3.2 * len(attrs), 3.0), sharey=column == "mean", squeeze=False)
+    for ax, a in zip(axes[0], attrs):
+        for label, curves in curves_by_label.items():
+            c = curves[curves["attribute"] == a] if len(curves) else curves
+            if not len(c):
+                continue
+            ax.plot(c["level"], c[column], marker="o", ms=3, label=label)
+            if column == "mean":
+                ax.fill_between(c["level"], c["mean"] - c["ci95"], c["mean"] + c["ci95"], alpha=0.25)
+        ax.set_title(a)
+        ax.set_xlabel("level")
+        if column == "mean":
+            ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    if len(curves_by_label) > 1:
+        axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_heatmap(matrix: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(matrix) + 2, 1.0 * len(matrix) + 1.5))
+    im = ax.imshow(matrix.to_numpy(float), cmap="coolwarm", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(matrix.columns)), matrix.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(matrix.index)), matrix.index)
+    ax.set_xlabel("score of attribute j")
+    ax.set_ylabel("level of attribute i varied")
+    for (i, j), v in np.ndenumerate(matrix.to_numpy(float)):
+        ax.text(j, i, "" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_simplex(df: pd.DataFrame, attrs: list[str], path: Path) -> list[str]:
+    """One ternary heat map per scored attribute over the simplex of weights."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wcols = [c for c in df.columns if c.startswith("meta_w_")]
+    corners = [c[len("meta_w_"):] for c in wcols]
+    g = df.groupby(wcols)[[f"score_{a}" for a in attrs]].mean().reset_index()
+    w = g[wcols].to_numpy(float)
+    xy = w @ np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+    fig, axes = plt.subplots(1, len(attrs), figsize=(3.0 * len(attrs), 3.0), squeeze=False)
+    for ax, a in zip(axes[0], attrs):
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=g[f"score_{a}"], cmap="viridis", vmin=0, vmax=1, s=120)
+        for (x, y), name in zip([(0, 0), (1, 0), (0.5, math.sqrt(3) / 2)], corners):
+            ax.annotate(name, (x, y), ha="center", va="top" if y == 0 else "bottom", fontsize=7)
+        ax.set_title(f"score: {a}", fontsize=9)
+        ax.set_axis_off()
+        ax.set_aspect("equal")
+    fig.colorbar(sc, ax=axes[0].tolist(), shrink=0.7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return corners
+
+
+def _table(df: pd.DataFrame, fmt: str = "{:.3f}") -> list[str]:
+    cols = [""] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for idx, row in df.iterrows():
+        cells = [fmt.format(v) if isinstance(v, (float, np.floating)) and not math.isnan(v) else ("" if isinstance(v, float) else str(v)) for v in row]
+        lines.append(f"| {idx} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def build_report(run_dir: str | Path, title: str = "lerplm control report", samples_per_level: int = 1) -> Path:
+    """Compute metrics from ``run_dir/results.csv``; write summary.json, PNGs and report.md there."""
+    run = Path(run_dir)
+    if not (run / RESULTS).is_file():
+        raise LerpError(f"no sweep results in {run} ({RESULTS} not found; run 'lerplm sweep' first)")
+    df = pd.read_csv(run / RESULTS, keep_default_na=False, na_values=[""])
+    settings = json.loads((run / SETTINGS).read_text()) if (run / SETTINGS).is_file() else {}
+    attrs = _attributes(df)
+    grids = set(df["meta_grid"].unique())
+    summary: dict = {"n_rows": len(df), "grids": sorted(grids), "settings": settings}
+    lines = [f"# {title}", "", f"Sweep `{run}`: {len(df)} generations, grids: {', '.join(sorted(grids))}.", ""]
+    if settings:
+        p = settings.get("params", {})
+        lines += [f"Anchors `{settings.get('anchors')}`, scorers `{settings.get('scorers')}`; {len(settings.get('prompts', []))} prompts x "
+                  f"{settings.get('n')} samples per grid point; {p.get('max_new_tokens')} new tokens, temperature {p.get('temperature')}, "
+                  f"top-p {p.get('top_p')}, seed {p.get('seed')}.", ""]
+
+    designs = [("single", None)] if "single" in grids else []
+    if "five" in grids:
+        designs += [("five", float(b)) for b in sorted(df.loc[df["meta_grid"] == "five", "meta_b"].unique())]
+    curves_by = {}
+    for grid, b in designs:
+        label = "single attribute" if grid == "single" else f"five-attribute, b={b:g}"
+        curves = control_curves(df, attrs, grid, b)
+        curves_by[label] = curves
+        s = control_summary(curves, df, grid, b)
+        slopes, ent = entanglement(df, attrs, grid, b)
+        key = grid if b is None else f"five_b{b:g}"
+        summary[key] = {"control": s, "slopes": slopes.to_dict(), "entanglement": ent.to_dict(), "curves": curves.to_dict("records")}
+        lines += [f"## {label}", "", "| attribute | Spearman ρ (level means) | ρ (all generations) | score at 0 | score at 1 | range |", "|---|---|---|---|---|---|"]
+        for a, e in s.items():
+            lines.append(f"| {a} | {e['spearman_rho']:.3f} | {e['spearman_rho_rows']:.3f} | {e['score_at_0']:.3f} | {e['score_at_1']:.3f} | {e['score_range']:.3f} |")
+        png = f"entanglement_{key}.png"
+        _plot_heatmap(ent, run / png, f"entanglement ({label})")
+        lines += ["", f"Entanglement: slope of score j against level i, each row divided by its diagonal ({label}).", "",
+                  *_table(ent), "", f"![entanglement]({png})", ""]
+    if curves_by:
+        _plot_curves(curves_by, attrs, run / "control_curves.png")
+        _plot_curves(curves_by, attrs, run / "fluency_base_ppl.png", "base_ppl_median", "median ppl under base")
+        lines += ["## Control curves", "", "Mean score of the varied attribute at each level, with 95% intervals.", "", "![control curves](control_curves.png)", ""]
+        first = next(iter(curves_by.values()))
+        fl = first.pivot(index="level", columns="attribute", values="base_ppl_median")
+        lines += ["## Fluency", "", "Median perplexity of the generations under the base model (conditioned on the prompt), by level:", "",
+                  *_table(fl, "{:.1f}"), "", "![fluency](fluency_base_ppl.png)", ""]
+        if first["heldout_ppl"].notna().any():
+            hp = first.pivot(index="level", columns="attribute", values="heldout_ppl")
+            lines += ["The interpolated model's own perplexity on held-out corpus text (the paper's WikiText-2 check), by level:", "", *_table(hp, "{:.1f}"), ""]
+        d2 = first.pivot(index="level", columns="attribute", values="distinct2")
+        lines += ["Distinct-2 (unique word bigrams per generation), by level:", "", *_table(d2), ""]
+    if "simplex" in grids:
+        corners = _plot_simplex(df[df["meta_grid"] == "simplex"], attrs, run / "simplex.png")
+        lines += ["## Simplex of weights", "", f"Weights over {', '.join(corners)} (levels fixed); colour = mean score.", "", "![simplex](simplex.png)", ""]
+    if "single" in grids:
+        lines += ["## Sample generations", ""]
+        single = df[df["meta_grid"] == "single"]
+        for a in attrs:
+            rows = single[(single["meta_varied"] == a) & single["meta_level"].isin([0.0, 0.5, 1.0]) & (single["prompt_id"] == 0) & (single["sample"] < samples_per_level)]
+            if len(rows):
+                lines += [f"**{a}** (prompt: {settings.get('prompts', ['?'])[0]!r})", "", "| level | score | text |", "|---|---|---|"]
+                for _, r in rows.sort_values("meta_level").iterrows():
+                    lines.append(f"| {r['meta_level']:g} | {r[f'score_{a}']:.2f} | {str(r['text']).replace('|', '/')} |")
+                lines.append("")
+    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (run / "report.md").write_text("\n".join(lines) + "\n")
+    return run / "report.md"

@@ -1,0 +1,148 @@
+"""Evaluation: scorers on tiny data, grid builders, metrics with known answers, sweep resumption, report files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lerplm import LerpError
+from lerplm.config import load_config
+from lerplm.evaluate.grids import five_attribute, parse_grid, simplex, single
+from lerplm.evaluate.metrics import control_curves, control_summary, entanglement
+from lerplm.evaluate.report import build_report
+from lerplm.evaluate.scorers import ScorerSet, train_scorers
+from lerplm.evaluate.sweep import distinct_n, run_sweep
+from lerplm.generate import SamplingParams
+
+GOOD = ["great food and lovely staff", "wonderful place, amazing service", "loved it, great value", "amazing and lovely"]
+BAD = ["awful food and rude staff", "terrible place, horrible service", "hated it, awful value", "horrible and rude"]
+
+
+def tiny_scorer_config(tmp_path):
+    for name, lines in [("pos.train.txt", GOOD * 5), ("neg.train.txt", BAD * 5), ("pos.test.txt", GOOD), ("neg.test.txt", BAD)]:
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    (tmp_path / "c.toml").write_text(
+        'data_dir = "."\n[[attributes]]\nname = "sentiment"\n'
+        'negative = { name = "negative", files = ["neg.train.txt"] }\n'
+        'positive = { name = "positive", files = ["pos.train.txt"] }\n'
+    )
+    return load_config(tmp_path / "c.toml")
+
+
+def test_scorers_train_report_and_reload(tmp_path):
+    scorers = train_scorers(tiny_scorer_config(tmp_path), tmp_path / "scorers", log=lambda s: None)
+    info = json.loads((tmp_path / "scorers" / "scorers.json").read_text())["attributes"]["sentiment"]
+    assert info["accuracy"] == 1.0 and info["auc"] == 1.0 and info["n_test"] == 8
+    s = ScorerSet.load(tmp_path / "scorers").score(["lovely amazing food", "rude and horrible"])["sentiment"]
+    assert 0 <= s[1] < 0.5 < s[0] <= 1
+    with pytest.raises(LerpError, match="already exists"):
+        train_scorers(tiny_scorer_config(tmp_path), tmp_path / "scorers", log=lambda s: None)
+    with pytest.raises(LerpError, match="scorers.json not found"):
+        ScorerSet.load(tmp_path)
+
+
+def test_grids():
+    attrs = ["a", "b", "c", "d", "e"]
+    five = five_attribute(attrs, (0.05, 0.15, 0.2), 11)
+    assert len(five) == 3 * 5 * 11
+    for p in five:
+        assert sum(p.weights.values()) == pytest.approx(1.0)
+        assert p.weights[p.meta["varied"]] == pytest.approx(1 - 4 * p.meta["b"])
+        assert p.levels[p.meta["varied"]] == p.meta["level"]
+    assert [p.levels["a"] for p in single("a", 11)] == pytest.approx([i / 10 for i in range(11)])
+    sx = simplex(["a", "b", "c"], steps=4)
+    assert len(sx) == 15 and all(sum(p.weights.values()) == pytest.approx(1.0) for p in sx)
+    assert len({p.id for p in parse_grid("single:all", attrs, 5) + parse_grid("five:b=0.1", attrs, 5)}) == 25 + 25
+    for bad, msg in [("single:x", "unknown attribute"), ("cube", "unknown grid"), ("simplex:a,b", "exactly three"),
+                     ("five:b=0.3", "too large")]:
+        with pytest.raises(LerpError, match=msg):
+            parse_grid(bad, attrs)
+
+
+def synthetic(n_per_level=40, seed=0):
+    """score_a = 0.2 + 0.6 l (+noise) when a is varied, score_b = 0.5 + 0.3 l then; b varied moves only b."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    for varied in ["a", "b"]:
+        for lvl in np.linspace(0, 1, 11):
+            for k in range(n_per_level):
+                noise = rng.normal(0, 0.05)
+                if varied == "a":
+                    sa, sb = 0.2 + 0.6 * lvl + noise, 0.5 + 0.3 * lvl
+                else:
+                    sa, sb = 0.4, 0.1 + 0.8 * lvl
+                recs.append({"meta_grid": "single", "meta_varied": varied, "meta_level": lvl, "score_a": sa, "score_b": sb,
+                             "base_ppl": 10.0, "distinct2": 1.0, "heldout_ppl": 20.0, "prompt_id": k, "sample": 0, "text": "x"})
+    return pd.DataFrame(recs)
+
+
+def test_metrics_recover_known_answers():
+    df = synthetic()
+    curves = control_curves(df, ["a", "b"])
+    a = curves[curves["attribute"] == "a"]
+    assert a["mean"].to_numpy() == pytest.approx(0.2 + 0.6 * np.linspace(0, 1, 11), abs=0.03)
+    assert a["ci95"].to_numpy() == pytest.approx(1.96 * 0.05 / math.sqrt(40), rel=0.35)
+    s = control_summary(curves, df)
+    assert s["b"]["spearman_rho"] == pytest.approx(1.0) and s["b"]["score_range"] == pytest.approx(0.8)
+    assert s["a"]["score_range"] == pytest.approx(0.6, abs=0.05)
+    slopes, ent = entanglement(df, ["a", "b"])
+    assert slopes.loc["a", "b"] == pytest.approx(0.3) and slopes.loc["b", "a"] == pytest.approx(0.0, abs=1e-9)
+    assert ent.loc["a", "b"] == pytest.approx(0.3 / slopes.loc["a", "a"]) and ent.loc["a", "a"] == 1.0
+    assert distinct_n("a b a b") == pytest.approx(2 / 3) and math.isnan(distinct_n("one"))
+
+
+class KeywordScorers(ScorerSet):
+    """A stand-in scorer set: share of characters that are vowels, per attribute."""
+
+    def __init__(self, root, names):
+        super().__init__(root, {}, {})
+        self._names = names
+
+    def score(self, texts):
+        v = np.array([sum(c in "aeiou" for c in t) / max(len(t), 1) for t in texts])
+        return {n: v for n in self._names}
+
+
+def test_sweep_resumes_and_report_is_written(lm, tmp_path):
+    scorers = KeywordScorers(tmp_path, lm.anchors.names)
+    points = parse_grid("single:sentiment", lm.anchors.names, 3)
+    prompts = ["the food", "could you"]
+    params = SamplingParams(max_new_tokens=6, seed=1)
+    out = tmp_path / "run"
+    first = run_sweep(lm, scorers, points, prompts, out, 2, params, batch_rows=4, heldout=["the food was great"], progress=False)
+    assert len(first) == 3 * 2 * 2 and first["heldout_ppl"].notna().all()
+    kept = out / "points" / f"{points[0].id}.csv"
+    mtime = kept.stat().st_mtime_ns
+    (out / "points" / f"{points[1].id}.csv").unlink()
+    again = run_sweep(lm, scorers, points, prompts, out, 2, params, batch_rows=4, heldout=["the food was great"], progress=False)
+    assert kept.stat().st_mtime_ns == mtime  # a finished point is not regenerated
+    pd.testing.assert_frame_equal(first, again)  # the regenerated point is identical (same seeds)
+    with pytest.raises(LerpError, match="other settings"):
+        run_sweep(lm, scorers, points, prompts, out, 3, params, progress=False)
+
+    report = build_report(out)
+    text = report.read_text()
+    for png in ["control_curves.png", "entanglement_single.png", "fluency_base_ppl.png"]:
+        assert (out / png).stat().st_size > 1000 and f"({png})" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["single"]["control"]) == {"sentiment"}
+
+
+def test_report_on_synthetic_simplex_and_five_attribute_rows(tmp_path):
+    df = synthetic()
+    five = df.assign(meta_grid="five", meta_b=0.1)
+    sx = pd.DataFrame([{"meta_grid": "simplex", "meta_w_a": p.weights.get("a", 0), "meta_w_b": p.weights.get("b", 0),
+                        "meta_w_c": p.weights.get("c", 0), "score_a": p.weights.get("a", 0), "score_b": 0.5,
+                        "base_ppl": 1.0, "distinct2": 1.0, "heldout_ppl": 1.0, "prompt_id": 0, "sample": 0, "text": "x"}
+                       for p in simplex(["a", "b", "c"], 3)])
+    (tmp_path / "r").mkdir()
+    pd.concat([df, five, sx]).to_csv(tmp_path / "r" / "results.csv", index=False)
+    text = build_report(tmp_path / "r").read_text()
+    assert "five-attribute, b=0.1" in text and "(simplex.png)" in text
+    assert (tmp_path / "r" / "simplex.png").is_file() and (tmp_path / "r" / "entanglement_five_b0.1.png").is_file()
+    with pytest.raises(LerpError, match="results.csv not found"):
+        build_report(tmp_path)
