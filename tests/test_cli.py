@@ -73,3 +73,17 @@ def test_info_and_export(anchor_dir, tmp_path):
     assert r.exit_code == 0 and (tmp_path / "e" / "adapter_model.safetensors").is_file()
     r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0.3", "--out", tmp_path / "m", "--format", "onnx")
     assert r.exit_code == 2 and "choose from: peft, merged" in r.output
+
+
+def test_export_grid_and_rank_from_the_cli(anchor_dir, tmp_path):
+    r = run("export", "--anchors", anchor_dir, "--grid", "single:sentiment", "--levels", "3", "--out", tmp_path / "g")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "g" / "exports.json").read_text())
+    assert sorted(manifest["adapters"]) == ["single-sentiment-0", "single-sentiment-0.5", "single-sentiment-1"]
+    assert "max rank 12" in r.output
+    r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0.5", "--rank", "4", "--out", tmp_path / "r")
+    assert r.exit_code == 0 and "rank 4" in r.output and "relative error max" in r.output
+    r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0.5", "--rank", "4", "--format", "merged", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "--rank applies to --format peft only" in r.output
+    r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0", "--mix", "sentiment=1", "--format", "merged", "--out", tmp_path / "y")
+    assert r.exit_code == 2 and "several mixes" in r.output

@@ -7,7 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lerplm import LerpError
-from lerplm.export import export
+from lerplm.export import export, export_grid, export_peft
+
+from .conftest import make_anchor_set
 
 PROMPTS = ["the food was great", "could you please take a look?"]
 MIXES = [{"sentiment": 0.9, "formality": 0.2}, {"formality": 1.0}]
@@ -96,3 +98,66 @@ def test_export_never_overwrites(lm, tmp_path):
         export(lm, {"sentiment": 1.0}, tmp_path / "x", "peft")
     with pytest.raises(LerpError, match="unknown export format"):
         export(lm, {"sentiment": 1.0}, tmp_path / "y", "gguf")
+
+
+def _peft_logits(base_dir, adapter, enc):
+    from peft import PeftModel
+
+    return _logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter).eval(), enc)
+
+
+def test_per_layer_ranks_and_rslora_export_exactly(base_dir, tmp_path):
+    """Adapters with rank_pattern / alpha_pattern / rsLoRA: the runtime and the export both follow them."""
+    import lerplm
+
+    root = make_anchor_set(base_dir, tmp_path / "anchors", [
+        ("tone", "low", 4, 8, {"rank_pattern": {"q_proj": 2}, "alpha_pattern": {"v_proj": 3}}),
+        ("tone", "high", 6, 6, {"use_rslora": True}),
+    ])
+    lm = lerplm.load(root, device="cpu")
+    enc = lm.encode(PROMPTS, chat=False)
+    mask = enc["attention_mask"].bool()
+    for level, adapter in [(0.0, "tone.low"), (1.0, "tone.high")]:
+        want = _peft_logits(base_dir, root / adapter, enc)
+        got = lm.logits(enc["input_ids"], lm.coefficients([{"tone": level}] * 2), enc["attention_mask"])
+        assert (got - want).abs()[mask].max() < 1e-4
+    export_peft(lm, {"tone": 0.3}, tmp_path / "mix")
+    cfg = json.loads((tmp_path / "mix" / "adapter_config.json").read_text())
+    assert cfg["r"] == 10 and set(cfg["rank_pattern"].values()) == {8}  # q_proj layers: 2 + 6
+    want = lm.logits(enc["input_ids"], lm.coefficients([{"tone": 0.3}] * 2), enc["attention_mask"])
+    assert (_peft_logits(base_dir, tmp_path / "mix", enc) - want).abs()[mask].max() < 1e-4
+
+
+def test_export_grid_manifest_and_every_adapter_reproduces_its_mix(lm, base_dir, tmp_path):
+    from lerplm.evaluate.grids import parse_grid
+
+    mixes = {p.id: p.mix for p in parse_grid("single:formality", lm.anchors.names, 3)}
+    manifest = export_grid(lm, mixes, tmp_path / "grid")
+    assert set(manifest["adapters"]) == set(mixes) and manifest["max_rank"] == 10
+    assert manifest["adapters"]["single-formality-0.5"]["mix"] == {"levels": {"formality": 0.5}, "weights": {"formality": 1.0}}
+    enc = lm.encode(PROMPTS, chat=False)
+    for name, mix in mixes.items():
+        want = lm.logits(enc["input_ids"], lm.coefficients([mix] * 2), enc["attention_mask"])
+        assert (_peft_logits(base_dir, tmp_path / "grid" / name, enc) - want).abs()[enc["attention_mask"].bool()].max() < 1e-4
+
+
+def test_rank_reduced_export_reports_its_true_error(lm, base_dir, tmp_path):
+    mix = {"sentiment": 0.6, "formality": 0.2}
+    coeffs = lm.coefficients([mix])[0]
+    exact = lm.runtime.delta_weights(coeffs)
+    full = export_peft(lm, mix, tmp_path / "full", rank=22)
+    assert full["rank"] == 22 and full["relative_error"]["max"] < 1e-5
+    low = export_peft(lm, mix, tmp_path / "low", rank=3)
+    from safetensors.torch import load_file
+
+    state = load_file(tmp_path / "low" / "adapter_model.safetensors")
+    for name, delta in exact.items():
+        a = state[f"base_model.model.{name}.lora_A.weight"]
+        b = state[f"base_model.model.{name}.lora_B.weight"]
+        assert a.shape[0] == 3
+        err = ((delta - b @ a).norm() / delta.norm()).item()
+        assert err == pytest.approx(low["relative_error"]["per_layer"][name], rel=1e-3, abs=1e-6)
+        assert err > 0.01
+        # the truncated SVD is optimal: no rank-3 factorisation of the exact pair does better
+        u, s, vh = torch.linalg.svd(delta.double())
+        assert err == pytest.approx((s[3:].pow(2).sum() / s.pow(2).sum()).sqrt().item(), rel=1e-3)

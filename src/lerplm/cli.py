@@ -128,9 +128,7 @@ def generate(
     for (m, p), texts in zip(pairs, outs):
         for j, text in enumerate(texts):
             if as_json:
-                levels, weights_ = m.resolve(lm.anchors.names, extrapolate)
-                named = {k: levels[k] for k in m.levels}
-                rec = {"prompt": p, "mix": {"levels": named, "weights": {k: weights_[k] for k in m.levels}},
+                rec = {"prompt": p, "mix": m.to_json(lm.anchors.names, extrapolate),
                        "sample": j, "seed": seed + j, "text": text}
                 typer.echo(json.dumps(rec, ensure_ascii=False))
             else:
@@ -144,22 +142,46 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write (must not exist).")],
     mix: MixOpt = [],
     weights: WeightsOpt = None,
+    grid: Annotated[list[str], typer.Option("--grid", "-g", help="Export every point of a grid (see 'sweep'), e.g. single:sentiment.")] = [],
+    levels: Annotated[int, typer.Option(min=2, help="Levels per varied attribute in --grid.")] = 11,
     fmt: Annotated[str, typer.Option("--format", "-f", help="peft (one exact LoRA adapter) or merged (full weights).")] = "peft",
+    rank: Annotated[Optional[int], typer.Option(min=1, help="peft only: best rank-R approximation (SVD of the exact ΔW); reports the error.")] = None,
     extrapolate: ExtrapolateOpt = False,
 ) -> None:
-    """Write one mix as a standard PEFT adapter or as a merged transformers model."""
+    """Write a mix as a standard PEFT adapter or merged model; several mixes (or a grid) as a set of adapters."""
+    from .anchors import AnchorSet
+    from .evaluate.grids import parse_grid
     from .export import export as run_export
+    from .export import export_grid, export_peft
     from .generate import LerpModel
 
-    mixes = _checked_mixes(anchors, mix, weights, extrapolate)
-    if len(mixes) != 1:
-        raise LerpError("export takes exactly one --mix")
     if fmt not in ("peft", "merged"):
         raise LerpError(f"unknown --format {fmt!r}; choose from: peft, merged")
+    if rank is not None and fmt != "peft":
+        raise LerpError("--rank applies to --format peft only")
+    names = AnchorSet.load(anchors).names
+    named = {p.id: p.mix for g in grid for p in parse_grid(g, names, levels)}
+    if mix or not grid:
+        named |= {m.slug(): m for m in _checked_mixes(anchors, mix, weights, extrapolate)}
+    for m in named.values():
+        m.coefficients(names, extrapolate)
+    if len(named) > 1 and fmt != "peft":
+        raise LerpError("several mixes export as PEFT adapters only (--format peft)")
     _quiet_transformers()
     lm = LerpModel.load(anchors, device="cpu")
-    path = run_export(lm, mixes[0], out, fmt, extrapolate)
-    typer.echo(f"wrote {fmt} export of [{mixes[0].describe()}] to {path}")
+    if len(named) > 1:
+        manifest = export_grid(lm, named, out, extrapolate, rank)
+        typer.echo(f"wrote {len(named)} PEFT adapters and exports.json to {out} (max rank {manifest['max_rank']}: "
+                   "set your engine's max LoRA rank at least this high)")
+        return
+    (name, only), = named.items()
+    if fmt == "peft":
+        info = export_peft(lm, only, out, extrapolate, rank)
+        err = f"; relative error max {info['relative_error']['max']:.2e}, mean {info['relative_error']['mean']:.2e}" if rank else ""
+        typer.echo(f"wrote PEFT adapter of rank {info['rank']} for [{only.describe()}] to {out}{err}")
+    else:
+        run_export(lm, only, out, fmt, extrapolate)
+        typer.echo(f"wrote merged model for [{only.describe()}] to {out}")
 
 
 scorers_app = typer.Typer(no_args_is_help=True, help="Attribute scorers (classifiers giving P(positive endpoint)).")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import LerpError
-from .generate import LerpModel, MixLike
+from .generate import LerpModel, MixLike, to_mix
 
 _PREFIX = "base_model.model."
 
@@ -38,22 +39,44 @@ def _atomic_dir(out: Path):
         raise
 
 
-def export_peft(lm: LerpModel, mix: MixLike, out: str | Path, extrapolate: bool = False) -> Path:
-    """Write one PEFT adapter that reproduces ``mix`` exactly."""
+def _exact_factors(layer, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) of the stacked adapters with non-zero coefficient, c_k s_k folded into B."""
+    seg = layer.seg.cpu()
+    keep = coeffs[seg] != 0
+    return layer.a_cat.float().cpu()[keep].contiguous(), (layer.b_cat.float().cpu()[:, keep] * coeffs[seg][keep]).contiguous()
+
+
+def _reduced_factors(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Best rank-``rank`` factors of ΔW = B A (truncated SVD, via QR of the thin factors) and the
+    relative Frobenius error ||ΔW - B'A'|| / ||ΔW||."""
+    qb, rb = torch.linalg.qr(b.double())
+    qa, ra = torch.linalg.qr(a.T.double())
+    u, s, vh = torch.linalg.svd(rb @ ra.T)
+    r = min(rank, s.numel())
+    b_r = (qb @ u[:, :r]) * s[:r]
+    a_r = vh[:r] @ qa.T
+    total = s.pow(2).sum()
+    err = (s[r:].pow(2).sum() / total).sqrt().item() if total > 0 else 0.0
+    return a_r.float().contiguous(), b_r.float().contiguous(), err
+
+
+def export_peft(lm: LerpModel, mix: MixLike, out: str | Path, extrapolate: bool = False, rank: int | None = None) -> dict:
+    """Write one PEFT adapter that reproduces ``mix`` exactly, or its best rank-``rank`` approximation
+    (then the relative error of every layer is reported). Returns the export's description."""
     from peft import LoraConfig
     from safetensors.torch import save_file
 
     coeffs = lm.coefficients([mix], extrapolate)[0].float().cpu()
-    keep = (coeffs != 0).nonzero().flatten()
-    state, ranks = {}, {}
+    state, ranks, errors = {}, {}, {}
     for name, layer in lm.runtime.layers.items():
-        sel = torch.isin(layer.seg.cpu(), keep)
-        c = coeffs[layer.seg.cpu()][sel]
-        state[f"{_PREFIX}{name}.lora_A.weight"] = layer.a_cat.float().cpu()[sel].contiguous()
-        state[f"{_PREFIX}{name}.lora_B.weight"] = (layer.b_cat.float().cpu()[:, sel] * c).contiguous()
-        ranks[name] = int(sel.sum())
+        a, b = _exact_factors(layer, coeffs)
+        if rank is not None:
+            a, b, errors[name] = _reduced_factors(a, b, rank)
+        state[f"{_PREFIX}{name}.lora_A.weight"] = a
+        state[f"{_PREFIX}{name}.lora_B.weight"] = b
+        ranks[name] = a.shape[0]
     r = max(ranks.values())
-    patterns = {f"^{n}$".replace(".", r"\."): v for n, v in ranks.items() if v != r} if len(set(ranks.values())) > 1 else {}
+    patterns = {re.escape(n): v for n, v in ranks.items() if v != r}  # PEFT matches keys as name suffixes
     config = LoraConfig(
         r=r,
         lora_alpha=r,
@@ -65,15 +88,31 @@ def export_peft(lm: LerpModel, mix: MixLike, out: str | Path, extrapolate: bool 
         task_type="CAUSAL_LM",
         base_model_name_or_path=lm.anchors.base_model.describe(),
     )
+    info = {
+        "anchors": str(lm.anchors.root), "mix": to_mix(mix).to_json(lm.anchors.names, extrapolate), "coefficients": coeffs.tolist(),
+        "endpoints": [e.adapter for e in lm.anchors.endpoints], "rank": r, "exact": rank is None,
+    }
+    if errors:
+        info["relative_error"] = {"max": max(errors.values()), "mean": sum(errors.values()) / len(errors), "per_layer": errors}
     with _atomic_dir(Path(out)) as tmp:
         config.save_pretrained(str(tmp))
         save_file(state, str(tmp / "adapter_model.safetensors"))
-        (tmp / "lerplm_mix.json").write_text(json.dumps(
-            {"anchors": str(lm.anchors.root), "coefficients": coeffs.tolist(),
-             "endpoints": [e.adapter for e in lm.anchors.endpoints], "rank": r},
-            indent=2,
-        ))
-    return Path(out)
+        (tmp / "lerplm_mix.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def export_grid(lm: LerpModel, mixes: dict[str, MixLike], out: str | Path, extrapolate: bool = False, rank: int | None = None) -> dict:
+    """One PEFT adapter per named mix under ``out`` plus ``exports.json`` naming each adapter's mix and
+    rank (configure the serving engine's max LoRA rank to at least ``max_rank``)."""
+    entries = {}
+    with _atomic_dir(Path(out)) as tmp:
+        for name, mix in mixes.items():
+            info = export_peft(lm, mix, tmp / name, extrapolate, rank)
+            entries[name] = {k: info[k] for k in ("mix", "rank", "exact")} | (
+                {"relative_error_max": info["relative_error"]["max"]} if "relative_error" in info else {})
+        manifest = {"anchors": str(lm.anchors.root), "max_rank": max(e["rank"] for e in entries.values()), "adapters": entries}
+        (tmp / "exports.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
 
 
 def export_merged(lm: LerpModel, mix: MixLike, out: str | Path, extrapolate: bool = False) -> Path:
@@ -96,7 +135,10 @@ def export_merged(lm: LerpModel, mix: MixLike, out: str | Path, extrapolate: boo
 
 
 def export(lm: LerpModel, mix: MixLike, out: str | Path, fmt: str = "peft", extrapolate: bool = False) -> Path:
-    writers = {"peft": export_peft, "merged": export_merged}
-    if fmt not in writers:
-        raise LerpError(f"unknown export format {fmt!r}; choose from: {', '.join(writers)}")
-    return writers[fmt](lm, mix, out, extrapolate)
+    if fmt == "peft":
+        export_peft(lm, mix, out, extrapolate)
+    elif fmt == "merged":
+        export_merged(lm, mix, out, extrapolate)
+    else:
+        raise LerpError(f"unknown export format {fmt!r}; choose from: peft, merged")
+    return Path(out)

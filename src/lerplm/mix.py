@@ -109,6 +109,18 @@ class Mix:
             coeffs += [w * (1.0 - level), w * level]
         return coeffs
 
+    def to_json(self, attributes: Sequence[str], extrapolate: bool = False) -> dict:
+        """The named attributes' levels and normalised weights."""
+        levels, weights = self.resolve(attributes, extrapolate)
+        return {"levels": {k: levels[k] for k in self.levels}, "weights": {k: weights[k] for k in self.levels}}
+
+    def slug(self) -> str:
+        """A file-name-safe name, e.g. ``sentiment-0.9_formality-0.3``."""
+        parts = [f"{k}-{v:g}" for k, v in self.levels.items()]
+        if self.weights is not None:
+            parts += [f"w{k}-{v:g}" for k, v in self.weights.items()]
+        return "_".join(parts)
+
     def describe(self) -> str:
         levels = ",".join(f"{k}={v:g}" for k, v in self.levels.items())
         return levels if self.weights is None else f"{levels} weights " + ",".join(

@@ -8,6 +8,7 @@ The Trainer makes ``accelerate launch`` work unchanged.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from collections.abc import Callable
@@ -18,6 +19,18 @@ from .config import EndpointConfig, StylesConfig
 from .data import file_sha256, normalize, read_texts
 from .errors import LerpError
 from .models import DEFAULT_NAMES, ModelRef, load_model, load_tokenizer, resolve, weights_hash
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch (or a plain single process): the one that writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
 
 SUMMARY = "lerplm_training.json"  # sidecar inside each adapter dir: settings, loss, data
 LOSS_LOG = "loss_log.jsonl"
@@ -120,7 +133,7 @@ def train_anchor(
         "texts": len(texts),
         "resumed_from": Path(last).name if last else None,
     }
-    if trainer.is_world_process_zero():
+    if is_main_process():
         final = work / "final"
         model.save_pretrained(final)
         with open(final / LOSS_LOG, "w") as fh:
@@ -129,6 +142,7 @@ def train_anchor(
         (final / SUMMARY).write_text(json.dumps(summary, indent=2))
         final.rename(out)  # the anchor appears only when complete
         shutil.rmtree(work, ignore_errors=True)
+    barrier()  # the other ranks wait until the anchor is in place
     return summary
 
 
@@ -140,6 +154,8 @@ def train_anchors(
 ) -> AnchorSet:
     """Train every endpoint of every attribute that is not finished yet; write the manifest last."""
     out = Path(out)
+    if not is_main_process():
+        log = lambda s: None  # noqa: E731 - one rank speaks
     base_ref = resolve(cfg.base_model, cfg.gguf_file)
     embedded = cfg.base_model.strip().lower() in DEFAULT_NAMES
     # Validate every data file before spending time on training.
@@ -148,7 +164,8 @@ def train_anchors(
         for ep in (attr.negative, attr.positive):
             texts, prov = endpoint_texts(cfg, ep, cap=cfg.training.max_examples)
             plan.append((attr, ep, texts, prov))
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
     settings = _settings(cfg)
     endpoints: dict[str, Endpoint] = {}
     for i, (attr, ep, texts, prov) in enumerate(plan, 1):
@@ -179,6 +196,8 @@ def train_anchors(
         embedded=embedded,
         training=settings,
     )
-    anchor_set.save()
-    shutil.rmtree(out / ".work", ignore_errors=True)
+    if is_main_process():
+        anchor_set.save()
+        shutil.rmtree(out / ".work", ignore_errors=True)
+    barrier()
     return anchor_set
