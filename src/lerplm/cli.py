@@ -6,6 +6,7 @@ User mistakes (LerpError) print one line and exit 2; anything else is a bug and 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -184,6 +185,22 @@ def export(
         typer.echo(f"wrote merged model for [{only.describe()}] to {out}")
 
 
+@app.command()
+def doctor() -> None:
+    """Check the environment (Python, torch, device, libraries, embedded model) and say how to fix gaps."""
+    from .doctor import report
+
+    text, ok = report()
+    typer.echo(text)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _require_eval() -> None:
+    missing = [m for m in ("sklearn", "scipy", "pandas", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LerpError(f"evaluation needs {', '.join(missing)}: pip install 'lerplm[eval]'")
+
+
 scorers_app = typer.Typer(no_args_is_help=True, help="Attribute scorers (classifiers giving P(positive endpoint)).")
 app.add_typer(scorers_app, name="scorers")
 
@@ -197,6 +214,7 @@ def scorers_train(
     max_train: Annotated[Optional[int], typer.Option(min=1, help="Cap training texts per endpoint.")] = None,
 ) -> None:
     """Train one TF-IDF + logistic-regression scorer per attribute; report held-out accuracy and AUC."""
+    _require_eval()
     from .config import load_config
     from .evaluate.scorers import train_scorers
 
@@ -224,6 +242,7 @@ def sweep(
     heldout_per_endpoint: Annotated[int, typer.Option(min=0, help="Held-out texts per endpoint for perplexity.")] = 10,
 ) -> None:
     """Generate over a grid of mixes, score every generation on every attribute, write tidy rows."""
+    _require_eval()
     from .anchors import AnchorSet
     from .data import read_texts
     from .evaluate.grids import parse_grid
@@ -265,6 +284,7 @@ def report(
     title: str = "lerplm control report",
 ) -> None:
     """Metrics, PNG plots and a Markdown report for a sweep."""
+    _require_eval()
     from .evaluate.report import build_report
 
     typer.echo(f"wrote {build_report(run_dir, title)}")

@@ -133,9 +133,9 @@ def train_anchor(
         "texts": len(texts),
         "resumed_from": Path(last).name if last else None,
     }
+    final = work / "final"
+    trainer.save_model(str(final))  # collective under FSDP/DeepSpeed; rank 0 writes
     if is_main_process():
-        final = work / "final"
-        model.save_pretrained(final)
         with open(final / LOSS_LOG, "w") as fh:
             for rec in trainer.state.log_history:
                 fh.write(json.dumps(rec) + "\n")

