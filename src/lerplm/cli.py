@@ -186,6 +186,35 @@ def export(
 
 
 @app.command()
+@user_errors
+def serve(
+    anchors: AnchorsOpt,
+    host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
+    port: int = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="LERPLM_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/ routes.")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Rows in the running batch.")] = 16,
+    max_queue: Annotated[int, typer.Option(min=1, help="Waiting requests before 503.")] = 64,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Per-request limit on max_tokens.")] = 512,
+    max_prompt_tokens: Annotated[int, typer.Option(min=1, help="Per-request limit on prompt length.")] = 1024,
+) -> None:
+    """Serve an OpenAI-compatible API (a mix per request, continuous batching) and the slider page at /."""
+    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LerpError(f"serving needs {', '.join(missing)}: pip install 'lerplm[serve]'")
+    import uvicorn
+
+    from .anchors import AnchorSet
+    from .generate import LerpModel
+    from .serve.app import create_app
+
+    _quiet_transformers()
+    AnchorSet.load(anchors)
+    app_ = create_app(LerpModel.load(anchors), api_key, max_batch, max_queue, max_tokens, max_prompt_tokens)
+    typer.echo(f"serving {anchors} on http://{host}:{port}/ (API at /v1, page at /){' with an API key' if api_key else ''}", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def doctor() -> None:
     """Check the environment (Python, torch, device, libraries, embedded model) and say how to fix gaps."""
     from .doctor import report

@@ -15,7 +15,7 @@ from importlib import metadata
 from .models import EMBEDDED_GGUF, EMBEDDED_PACKAGE, cache_dir
 
 CORE = ["torch", "transformers", "peft", "accelerate", "safetensors", "gguf", "datasets", "typer", "rich", "tqdm", "pydantic"]
-EXTRAS = {"eval": ["scikit-learn", "scipy", "pandas", "matplotlib"], "dev": ["pytest"]}
+EXTRAS = {"eval": ["scikit-learn", "scipy", "pandas", "matplotlib"], "serve": ["fastapi", "uvicorn", "prometheus-client"], "dev": ["pytest"]}
 
 
 @dataclass

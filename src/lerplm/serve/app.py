@@ -1,0 +1,291 @@
+"""The HTTP layer: OpenAI-compatible completions and chat completions with an extra ``mix`` field,
+server-sent-event streaming, bearer-key access, Prometheus metrics, and the slider page at ``/``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import LerpError
+from ..generate import LerpModel, SamplingParams
+from ..mix import Mix
+from .engine import Engine, QueueFull
+from .engine import Request as EngineRequest
+
+API_KEY_ENV = "LERPLM_API_KEY"
+STATIC = Path(__file__).with_name("static")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, headers=None):
+        self.status, self.message, self.type, self.param, self.headers = status, message, type_, param, headers
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    max_tokens: int | None = Field(None)
+    max_completion_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    seed: int | None = None
+    stream: bool = False
+    stop: str | list[str] | None = None
+    mix: dict[str, Any] | None = None
+    user: str | None = None
+
+
+class CompletionBody(_Common):
+    prompt: str | list[str]
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | None = ""
+
+
+class ChatBody(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("lerplm_requests_total", "HTTP requests", ["route", "status"], registry=self.registry)
+        self.tokens = Counter("lerplm_generated_tokens_total", "Generated tokens", registry=self.registry)
+        self.queue = Gauge("lerplm_queue_depth", "Requests waiting for a batch slot", registry=self.registry)
+        self.batch = Gauge("lerplm_batch_size", "Rows in the running batch", registry=self.registry)
+        self.latency = Histogram("lerplm_request_latency_seconds", "Time from request to last token", ["route"], registry=self.registry)
+
+
+def create_app(
+    lm: LerpModel, api_key: str | None = None, max_batch: int = 16, max_queue: int = 64,
+    max_tokens_limit: int = 512, max_prompt_tokens: int = 1024, default_max_tokens: int = 64,
+) -> FastAPI:
+    """The FastAPI app; the engine thread starts and stops with it."""
+    engine = Engine(lm, max_batch=max_batch, max_queue=max_queue)
+    metrics = Metrics()
+    engine.on_step = metrics.batch.set
+    app = FastAPI(title="lerplm", version="0.1.0", on_startup=[engine.start], on_shutdown=[engine.stop])
+    app.state.engine, app.state.metrics = engine, metrics
+    model_id = lm.anchors.root.name or "lerplm"
+    names = lm.anchors.names
+
+    # -- errors, OpenAI style -------------------------------------------------------------------
+    def error(status: int, message: str, type_: str = "invalid_request_error", param=None, headers=None) -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": None}}, status, headers=headers)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError):
+        return error(e.status, e.message, e.type, e.param, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, e: RequestValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"] if x != "body")
+        msg = "request body is not valid JSON" if first["type"] == "json_invalid" else f"{where}: {first['msg']}"
+        return error(400, msg, param=where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        return error(e.status_code, str(e.detail), "not_found_error" if e.status_code == 404 else "invalid_request_error")
+
+    @app.middleware("http")
+    async def _auth_and_count(request: Request, call_next):
+        path = request.url.path
+        if api_key and path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {api_key}":
+            response = error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error")
+        else:
+            response = await call_next(request)
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        return response
+
+    # -- helpers --------------------------------------------------------------------------------
+    def parse_mix(body: _Common) -> torch.Tensor:
+        if body.mix is None:
+            raise APIError(400, f"the 'mix' field is required, e.g. {{\"levels\": {{\"{names[0]}\": 0.8}}}}; attributes: {', '.join(names)}", param="mix")
+        try:
+            return lm.coefficients([Mix.from_dict(body.mix)])[0].cpu()
+        except LerpError as e:
+            raise APIError(400, str(e), param="mix") from None
+
+    def sampling(body: _Common, index: int) -> SamplingParams:
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        max_tokens = default_max_tokens if max_tokens is None else max_tokens
+        if not 1 <= max_tokens <= max_tokens_limit:
+            raise APIError(400, f"max_tokens must lie in [1, {max_tokens_limit}], got {max_tokens}", param="max_tokens")
+        if not 1 <= body.n <= 8:
+            raise APIError(400, f"n must lie in [1, 8], got {body.n}", param="n")
+        if body.stop:
+            raise APIError(400, "'stop' sequences are not supported; generation stops at the model's end token or max_tokens", param="stop")
+        seed = (body.seed if body.seed is not None else int.from_bytes(os.urandom(4), "little")) + index
+        p = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, seed)
+        try:
+            p.validate()
+        except LerpError as e:
+            raise APIError(400, str(e)) from None
+        return p
+
+    def encode(text: str) -> list[int]:
+        ids = lm.tokenizer(text, add_special_tokens=not lm.tokenizer.chat_template)["input_ids"]
+        if len(ids) > max_prompt_tokens:
+            raise APIError(400, f"prompt is {len(ids)} tokens; the limit is {max_prompt_tokens}", param="prompt")
+        return ids
+
+    def submit(prompt_ids: list[int], coeffs: torch.Tensor, params: SamplingParams) -> EngineRequest:
+        req = EngineRequest(prompt_ids, coeffs, params, asyncio.get_running_loop())
+        try:
+            engine.submit(req)
+        except QueueFull:
+            raise APIError(503, "the server is at capacity; retry shortly", "server_busy", headers={"Retry-After": "1"}) from None
+        metrics.queue.set(engine.queue_depth)
+        return req
+
+    async def run(kind: str, prompt_ids: list[list[int]], body: _Common, route: str):
+        coeffs = parse_mix(body)
+        params = [sampling(body, j) for j in range(body.n)]
+        reqs = [submit(ids, coeffs, p) for ids in prompt_ids for p in params]
+        created, rid = int(time.time()), f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        usage_prompt = sum(len(i) for i in prompt_ids) * body.n
+        start = time.monotonic()
+
+        async def tokens(req: EngineRequest):
+            """(delta text, finish_reason) as tokens arrive; decodes the whole tail so multi-byte characters come out whole."""
+            ids, sent = [], ""
+            while True:
+                ev = await req.events.get()
+                if ev.token_id is None:
+                    if ev.finish_reason and ev.finish_reason.startswith("error"):
+                        raise APIError(500, f"generation failed ({ev.finish_reason[7:]}); other requests are unaffected", "server_error")
+                    yield "", ev.finish_reason
+                    return
+                ids.append(ev.token_id)
+                metrics.tokens.inc()
+                text = lm.tokenizer.decode(ids, skip_special_tokens=True)
+                if not text.endswith("\ufffd") and len(text) > len(sent):
+                    yield text[len(sent):], None
+                    sent = text
+
+        def chunk(i: int, delta: str, finish: str | None, first: bool = False) -> dict:
+            if kind == "chat":
+                d = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta else {})
+                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_id,
+                        "choices": [{"index": i, "delta": d, "finish_reason": finish, "logprobs": None}]}
+            return {"id": rid, "object": "text_completion", "created": created, "model": model_id,
+                    "choices": [{"index": i, "text": delta, "finish_reason": finish, "logprobs": None}]}
+
+        if body.stream:
+            async def events():
+                queue: asyncio.Queue = asyncio.Queue()
+
+                async def pump(i, req):
+                    try:
+                        async for delta, finish in tokens(req):
+                            await queue.put(chunk(i, delta, finish))
+                    except APIError as e:  # the status line is already sent: report in-band, as OpenAI does
+                        await queue.put({"error": {"message": e.message, "type": e.type, "param": None, "code": None}})
+                    finally:
+                        await queue.put(None)
+
+                tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(reqs)]
+                try:
+                    if kind == "chat":
+                        for i in range(len(reqs)):
+                            yield f"data: {json.dumps(chunk(i, '', None, first=True))}\n\n"
+                    remaining = len(reqs)
+                    while remaining:
+                        item = await queue.get()
+                        if item is None:
+                            remaining -= 1
+                            continue
+                        yield f"data: {json.dumps(item)}\n\n"
+                    yield "data: [DONE]\n\n"
+                    metrics.latency.labels(route).observe(time.monotonic() - start)
+                finally:  # the client went away (or we are done): free the rows
+                    for r in reqs:
+                        r.cancelled = True
+                    for t in tasks:
+                        t.cancel()
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        texts, finishes, completion_tokens = [], [], 0
+        try:
+            for r in reqs:
+                parts, finish = [], None
+                async for delta, fin in tokens(r):
+                    parts.append(delta)
+                    finish = fin or finish
+                texts.append("".join(parts))
+                finishes.append(finish)
+                completion_tokens += r.generated
+        finally:
+            for r in reqs:
+                r.cancelled = True
+        metrics.latency.labels(route).observe(time.monotonic() - start)
+        usage = {"prompt_tokens": usage_prompt, "completion_tokens": completion_tokens, "total_tokens": usage_prompt + completion_tokens}
+        if kind == "chat":
+            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f, "logprobs": None}
+                       for i, (t, f) in enumerate(zip(texts, finishes))]
+            return {"id": rid, "object": "chat.completion", "created": created, "model": model_id, "choices": choices, "usage": usage}
+        choices = [{"index": i, "text": t, "finish_reason": f, "logprobs": None} for i, (t, f) in enumerate(zip(texts, finishes))]
+        return {"id": rid, "object": "text_completion", "created": created, "model": model_id, "choices": choices, "usage": usage}
+
+    # -- routes ---------------------------------------------------------------------------------
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody):
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts or len(prompts) > 8:
+            raise APIError(400, "prompt must be a string or a list of 1 to 8 strings", param="prompt")
+        ids = [encode(lm.chat_prefixes([p])[0] if lm.tokenizer.chat_template else p) for p in prompts]
+        return await run("completion", ids, body, "/v1/completions")
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatBody):
+        msgs = [m.model_dump() for m in body.messages]
+        if lm.tokenizer.chat_template:
+            text = lm.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\nassistant:"
+        return await run("chat", [encode(text)], body, "/v1/chat/completions")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "lerplm"}]}
+
+    @app.get("/v1/attributes")
+    async def attributes():
+        return {"attributes": [{"name": a.name, "negative": a.negative.name, "positive": a.positive.name,
+                                "default_level": 0.5, "default_weight": 1.0} for a in lm.anchors.attributes],
+                "limits": {"max_tokens": max_tokens_limit, "max_prompt_tokens": max_prompt_tokens}}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "batch_size": engine.batch_size, "queue_depth": engine.queue_depth}
+
+    @app.get("/metrics")
+    async def prometheus():
+        metrics.queue.set(engine.queue_depth)
+        metrics.batch.set(engine.batch_size)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return (STATIC / "index.html").read_text()
+
+    return app

@@ -1,0 +1,177 @@
+"""The server on loopback with a tiny model: the openai client, streaming, mixes per request,
+batching invariance, bad input, API keys, cancellation, and queue overflow."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+import uvicorn  # noqa: E402
+
+import lerplm  # noqa: E402
+from lerplm.serve.app import create_app  # noqa: E402
+
+
+class Server:
+    """uvicorn in a thread on a free loopback port."""
+
+    def __init__(self, app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def make_server(anchor_dir, **kwargs) -> Server:
+    return Server(create_app(lerplm.load(anchor_dir, device="cpu"), **kwargs))
+
+
+@pytest.fixture(scope="module")
+def server(anchor_dir):
+    with make_server(anchor_dir) as s:
+        yield s
+
+
+def client(server, key="none"):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+
+
+MIX = {"levels": {"sentiment": 0.8, "formality": 0.2}}
+
+
+def test_openai_client_completions_chat_and_streaming(server):
+    c = client(server)
+    r = c.completions.create(model="x", prompt="the food was", max_tokens=8, seed=1, extra_body={"mix": MIX})
+    assert r.object == "text_completion" and r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1
+    chat = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "hello"}], max_tokens=8, seed=1,
+                                     extra_body={"mix": {"alpha": {"sentiment": 0.1}, "lambda": {"sentiment": 1}}})
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
+    pieces = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "hello"}], max_tokens=8, seed=1, stream=True,
+        extra_body={"mix": {"alpha": {"sentiment": 0.1}, "lambda": {"sentiment": 1}}})]
+    assert "".join(pieces) == chat.choices[0].message.content  # streamed = whole, same seed
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+        model="x", prompt="the food was", max_tokens=8, seed=1, stream=True, extra_body={"mix": MIX}))
+    assert streamed == r.choices[0].text
+    assert [m.id for m in c.models.list().data] == [server.app.state.engine.lm.anchors.root.name]
+
+
+def test_mix_changes_the_output(server):
+    c = client(server)
+    outs = {c.completions.create(model="x", prompt="the food was", max_tokens=12, temperature=0, extra_body={"mix": {"sentiment": lvl}}).choices[0].text
+            for lvl in (0.0, 1.0)} | {c.completions.create(model="x", prompt="the food was", max_tokens=12, temperature=0,
+                                                           extra_body={"mix": {"formality": 1.0}}).choices[0].text}
+    assert len(outs) > 1
+
+
+def test_concurrent_requests_with_different_mixes_equal_the_same_requests_alone(server):
+    c = client(server)
+    jobs = [("the food was", {"sentiment": i / 5}, 10 + i) for i in range(6)] + [("could you", {"formality": 0.3}, 99)]
+
+    def one(job):
+        prompt, mix, seed = job
+        return c.completions.create(model="x", prompt=prompt, max_tokens=16, seed=seed, temperature=0.9, extra_body={"mix": mix}).choices[0].text
+
+    alone = [one(j) for j in jobs]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(one, jobs))
+    assert together == alone
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"prompt": "hi", "mix": {"levels": {"tone": 0.5}}}, "unknown attribute 'tone'"),
+    ({"prompt": "hi", "mix": {"levels": {"sentiment": 1.5}}}, "must lie in [0, 1]"),
+    ({"prompt": "hi", "mix": {"levels": {"sentiment": "high"}}}, "must be a number"),
+    ({"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "temperature": "hot"}, "temperature"),
+    ({"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "max_tokens": -5}, "max_tokens must lie in [1, 512]"),
+    ({"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "max_tokens": 100000}, "max_tokens must lie in [1, 512]"),
+    ({"prompt": "word " * 3000, "mix": {"levels": {"sentiment": 0.5}}}, "the limit is 1024"),
+    ({"prompt": "hi"}, "the 'mix' field is required"),
+    ({"prompt": 5, "mix": {"levels": {"sentiment": 0.5}}}, "prompt"),
+    ({"mix": {"levels": {"sentiment": 0.5}}}, "prompt: Field required"),
+])
+def test_bad_input_gets_an_openai_style_400(server, body, message):
+    r = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert message in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_malformed_json_and_unknown_routes_then_the_server_still_serves(server):
+    r = httpx.post(server.url + "/v1/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    assert httpx.get(server.url + "/v1/nothing").status_code == 404
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    ok = client(server).completions.create(model="x", prompt="hi", max_tokens=3, extra_body={"mix": MIX})
+    assert ok.choices[0].text is not None
+
+
+def test_attributes_metrics_and_page(server):
+    attrs = httpx.get(server.url + "/v1/attributes").json()["attributes"]
+    assert [(a["name"], a["negative"], a["positive"]) for a in attrs] == [("sentiment", "negative", "positive"), ("formality", "informal", "formal")]
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("lerplm_requests_total", "lerplm_generated_tokens_total", "lerplm_queue_depth", "lerplm_batch_size", "lerplm_request_latency_seconds"):
+        assert name in text
+    assert "/v1/chat/completions" in httpx.get(server.url + "/").text
+
+
+def test_api_key_is_enforced(anchor_dir):
+    with make_server(anchor_dir, api_key="s3cret") as s:
+        r = httpx.get(s.url + "/v1/models")
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        with pytest.raises(openai.AuthenticationError):
+            client(s, "wrong").models.list()
+        assert client(s, "s3cret").completions.create(model="x", prompt="hi", max_tokens=2, extra_body={"mix": MIX}).choices
+        assert httpx.get(s.url + "/health").status_code == 200  # not an API route
+
+
+def test_cancelled_stream_frees_its_row(anchor_dir):
+    with make_server(anchor_dir) as s:
+        engine = s.app.state.engine
+        engine.eos = set()  # rows end only by max_tokens or cancellation
+        with httpx.stream("POST", s.url + "/v1/completions", timeout=30,
+                          json={"prompt": "hi", "max_tokens": 500, "stream": True, "mix": MIX}) as r:
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]
+            assert any(line.startswith("data: ") for line in got)
+        deadline = time.time() + 10
+        while engine.batch_size and time.time() < deadline:
+            time.sleep(0.05)
+        assert engine.batch_size == 0 and engine.tokens_generated < 500
+
+
+def test_queue_overflow_answers_503(anchor_dir):
+    with make_server(anchor_dir, max_batch=1, max_queue=1) as s:
+        s.app.state.engine.eos = set()
+        body = {"prompt": "hi", "max_tokens": 300, "mix": MIX}
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            rs = list(pool.map(lambda _: httpx.post(s.url + "/v1/completions", json=body, timeout=60), range(4)))
+        busy = [r for r in rs if r.status_code == 503]
+        assert busy and busy[0].headers["retry-after"] == "1" and busy[0].json()["error"]["type"] == "server_busy"
+        assert any(r.status_code == 200 for r in rs)
