@@ -48,6 +48,21 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+def _solve_target(anchors: Path, target: str, calibration: Path | None, free_weights: bool, extrapolate: bool):
+    from .anchors import AnchorSet
+    from .calibrate import CALIBRATION, ResponseModel, solve
+    from .mix import parse_assignments
+
+    anchor_set = AnchorSet.load(anchors)
+    model = ResponseModel.load(calibration or anchor_set.root / CALIBRATION)
+    sol = solve(model, parse_assignments(target, "target"), free_weights=free_weights, extrapolate=extrapolate)
+    for w in sol.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    predicted = ", ".join(f"{a}={sol.predicted[a]:.2f}" for a in sol.targets)
+    typer.echo(f"solved mix: {sol.mix.describe()} (predicted {predicted})", err=True)
+    return sol.mix
+
+
 def _checked_mixes(anchors: Path, mix: list[str], weights: str | None, extrapolate: bool):
     """Parse and validate every mix against the anchor set before any model is loaded."""
     from .anchors import AnchorSet
@@ -108,9 +123,12 @@ def generate(
     top_k: Annotated[int, typer.Option(min=0, help="0 = off.")] = 0,
     seed: int = 0,
     extrapolate: ExtrapolateOpt = False,
+    target: Annotated[Optional[str], typer.Option(help='Target scores instead of levels, e.g. "formality=0.8,sentiment=0.3" (needs a calibration).')] = None,
+    calibration: Annotated[Optional[Path], typer.Option(help="Calibration file (default: ANCHORS/calibration.json).")] = None,
+    free_weights: Annotated[bool, typer.Option(help="With --target: let the solver move the weights too.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Generate under one or more mixes; every (prompt, mix) pair shares one batch."""
+    """Generate under one or more mixes (or the mix solved for --target); every (prompt, mix) pair shares one batch."""
     from .generate import LerpModel, SamplingParams
 
     prompts = list(prompt)
@@ -120,7 +138,10 @@ def generate(
         prompts += read_texts(prompts_file)
     if not prompts:
         raise LerpError("give a --prompt or a --prompts-file")
-    mixes = _checked_mixes(anchors, mix, weights, extrapolate)
+    if target:
+        mixes = [_solve_target(anchors, target, calibration, free_weights, extrapolate)]
+    else:
+        mixes = _checked_mixes(anchors, mix, weights, extrapolate)
     _quiet_transformers()
     lm = LerpModel.load(anchors)
     pairs = [(m, p) for m in mixes for p in prompts]
@@ -212,6 +233,37 @@ def serve(
     app_ = create_app(LerpModel.load(anchors), api_key, max_batch, max_queue, max_tokens, max_prompt_tokens)
     typer.echo(f"serving {anchors} on http://{host}:{port}/ (API at /v1, page at /){' with an API key' if api_key else ''}", err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+@user_errors
+def calibrate(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Sweep run directories (their results.csv are pooled).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Calibration file (default: ANCHORS/calibration.json).")] = None,
+) -> None:
+    """Fit the response model (mix -> expected scores) from sweeps; report its cross-validated error."""
+    _require_eval()
+    import pandas as pd
+
+    from .anchors import AnchorSet
+    from .calibrate import CALIBRATION, ResponseModel
+    from .evaluate.sweep import RESULTS, SETTINGS
+
+    frames, anchor_roots = [], set()
+    for run in run_dirs:
+        if not (run / RESULTS).is_file():
+            raise LerpError(f"no sweep results in {run} ({RESULTS} not found)")
+        frames.append(pd.read_csv(run / RESULTS, keep_default_na=False, na_values=[""]))
+        anchor_roots.add(json.loads((run / SETTINGS).read_text())["anchors"])
+    if len(anchor_roots) != 1:
+        raise LerpError(f"the sweeps come from different anchor sets: {sorted(anchor_roots)}")
+    anchor_set = AnchorSet.load(anchor_roots.pop())
+    model = ResponseModel.fit(pd.concat(frames, ignore_index=True), anchor_set.names)
+    path = out or anchor_set.root / CALIBRATION
+    model.save(path, {"runs": [str(r) for r in run_dirs]})
+    for a, e in model.cv_mae.items():
+        typer.echo(f"{a}: cross-validated MAE of grid-point mean scores {e:.3f}")
+    typer.echo(f"wrote {path} ({model.n_points} grid points)")
 
 
 @app.command()

@@ -84,6 +84,15 @@ class LerpModel:
         runtime = MixedRuntime.from_dirs(model, anchors.adapter_dirs())
         return cls(anchors, model, tok, runtime)
 
+    def solve_target(self, targets: Mapping[str, float], calibration: str | Path | None = None, **kwargs):
+        """The mix whose calibrated predicted scores hit ``targets`` (see ``lerplm.calibrate.solve``)."""
+        from .calibrate import CALIBRATION, ResponseModel, solve
+
+        model = ResponseModel.load(calibration or self.anchors.root / CALIBRATION)
+        if model.attributes != self.anchors.names:
+            raise LerpError("the calibration was fitted for other attributes than this anchor set's")
+        return solve(model, targets, **kwargs)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

@@ -47,6 +47,8 @@ class _Common(BaseModel):
     stream: bool = False
     stop: str | list[str] | None = None
     mix: dict[str, Any] | None = None
+    target: dict[str, float] | None = None  # target scores; the solved mix comes back in the response
+    free_weights: bool = False
     user: str | None = None
 
 
@@ -116,11 +118,19 @@ def create_app(
         return response
 
     # -- helpers --------------------------------------------------------------------------------
-    def parse_mix(body: _Common) -> torch.Tensor:
+    def parse_mix(body: _Common) -> tuple[torch.Tensor, dict | None]:
+        if body.target is not None:
+            if body.mix is not None:
+                raise APIError(400, "give either 'mix' or 'target', not both", param="target")
+            try:
+                sol = lm.solve_target(body.target, free_weights=body.free_weights)
+                return lm.coefficients([sol.mix])[0].cpu(), {**sol.mix.to_json(names), "predicted": sol.predicted, "warnings": sol.warnings}
+            except LerpError as e:
+                raise APIError(400, str(e), param="target") from None
         if body.mix is None:
             raise APIError(400, f"the 'mix' field is required, e.g. {{\"levels\": {{\"{names[0]}\": 0.8}}}}; attributes: {', '.join(names)}", param="mix")
         try:
-            return lm.coefficients([Mix.from_dict(body.mix)])[0].cpu()
+            return lm.coefficients([Mix.from_dict(body.mix)])[0].cpu(), None
         except LerpError as e:
             raise APIError(400, str(e), param="mix") from None
 
@@ -157,11 +167,12 @@ def create_app(
         return req
 
     async def run(kind: str, prompt_ids: list[list[int]], body: _Common, route: str):
-        coeffs = parse_mix(body)
+        coeffs, solved = parse_mix(body)
         params = [sampling(body, j) for j in range(body.n)]
         reqs = [submit(ids, coeffs, p) for ids in prompt_ids for p in params]
         created, rid = int(time.time()), f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         usage_prompt = sum(len(i) for i in prompt_ids) * body.n
+        extra = {"mix": solved} if solved else {}
         start = time.monotonic()
 
         async def tokens(req: EngineRequest):
@@ -185,9 +196,9 @@ def create_app(
             if kind == "chat":
                 d = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta else {})
                 return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                        "choices": [{"index": i, "delta": d, "finish_reason": finish, "logprobs": None}]}
+                        "choices": [{"index": i, "delta": d, "finish_reason": finish, "logprobs": None}]} | extra
             return {"id": rid, "object": "text_completion", "created": created, "model": model_id,
-                    "choices": [{"index": i, "text": delta, "finish_reason": finish, "logprobs": None}]}
+                    "choices": [{"index": i, "text": delta, "finish_reason": finish, "logprobs": None}]} | extra
 
         if body.stream:
             async def events():
@@ -242,9 +253,9 @@ def create_app(
         if kind == "chat":
             choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f, "logprobs": None}
                        for i, (t, f) in enumerate(zip(texts, finishes))]
-            return {"id": rid, "object": "chat.completion", "created": created, "model": model_id, "choices": choices, "usage": usage}
+            return {"id": rid, "object": "chat.completion", "created": created, "model": model_id, "choices": choices, "usage": usage} | extra
         choices = [{"index": i, "text": t, "finish_reason": f, "logprobs": None} for i, (t, f) in enumerate(zip(texts, finishes))]
-        return {"id": rid, "object": "text_completion", "created": created, "model": model_id, "choices": choices, "usage": usage}
+        return {"id": rid, "object": "text_completion", "created": created, "model": model_id, "choices": choices, "usage": usage} | extra
 
     # -- routes ---------------------------------------------------------------------------------
     @app.post("/v1/completions")

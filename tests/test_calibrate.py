@@ -1,0 +1,124 @@
+"""Calibration: fit and solve on synthetic response surfaces with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lerplm import LerpError
+from lerplm.calibrate import ResponseModel, mix_features, solve
+from lerplm.evaluate.grids import five_attribute, single
+
+ATTRS = ["a", "b"]
+# true logits: intercept + coefficient of (a-, a+, b-, b+)
+TRUE = {
+    "a": np.array([0.0, -2.0, 2.0, 0.0, 0.0]),   # a's own control: sigma(-2..2) = [0.12, 0.88]
+    "b": np.array([0.0, 0.6, -0.6, -1.5, 1.5]),  # b's control, entangled with a: raising a lowers b
+}
+
+
+def true_scores(levels, weights):
+    x = np.r_[1.0, mix_features(ATTRS, levels, weights)]
+    return {k: 1 / (1 + np.exp(-(th @ x))) for k, th in TRUE.items()}
+
+
+def synthetic_sweep(noise=0.03, per_point=30, seed=0):
+    rng = np.random.default_rng(seed)
+    points = [p for a in ATTRS for p in single(a, 11)] + five_attribute(ATTRS, (0.2, 0.35), 6)
+    rows = []
+    for p in points:
+        total = sum(p.weights.values())
+        s = true_scores(p.levels, {k: v / total for k, v in p.weights.items()})
+        for k in range(per_point):
+            rows.append({"point": p.id, **{f"level_{a}": v for a, v in p.levels.items()},
+                         **{f"weight_{a}": v for a, v in p.weights.items()},
+                         **{f"score_{a}": float(np.clip(s[a] + rng.normal(0, noise), 0, 1)) for a in ATTRS}})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ResponseModel.fit(synthetic_sweep(), ATTRS)
+
+
+def test_fit_recovers_the_surface_and_reports_held_out_error(model, tmp_path):
+    for lv in ({"a": 0.2}, {"a": 0.9, "b": 0.1}, {"b": 0.6}):
+        w = {k: 1 / len(lv) for k in lv}
+        truth, pred = true_scores(lv, w), model.predict(lv, w)
+        for k in ATTRS:
+            assert pred[k] == pytest.approx(truth[k], abs=0.02)
+    assert all(v < 0.02 for v in model.cv_mae.values())
+    model.save(tmp_path / "c.json")
+    again = ResponseModel.load(tmp_path / "c.json")
+    assert again.predict({"a": 0.3}, {"a": 1}) == pytest.approx(model.predict({"a": 0.3}, {"a": 1}))
+
+
+def test_solve_a_single_target(model):
+    sol = solve(model, {"a": 0.7})
+    assert not sol.warnings and sol.max_error < 0.01
+    lv, w = sol.mix.resolve(ATTRS)
+    assert true_scores(lv, w)["a"] == pytest.approx(0.7, abs=0.02)
+
+
+def test_solve_compensates_an_entangled_pair(model):
+    targets = {"a": 0.8, "b": 0.3}
+    sol = solve(model, targets, free_weights=True)
+    assert not sol.warnings
+    truth = true_scores(*sol.mix.resolve(ATTRS))
+    assert truth["a"] == pytest.approx(0.8, abs=0.03) and truth["b"] == pytest.approx(0.3, abs=0.03)
+    naive = true_scores({"a": 0.8, "b": 0.3}, {"a": 0.5, "b": 0.5})
+    assert max(abs(naive[k] - t) for k, t in targets.items()) > 0.1  # level = target does not get there
+
+
+def test_unreachable_target_warns_with_the_reachable_range(model):
+    sol = solve(model, {"a": 0.97})
+    assert sol.warnings and "out of reach" in sol.warnings[0]
+    lo, hi = [float(x) for x in sol.warnings[0].split("[")[1].split("]")[0].split(",")]
+    assert lo == pytest.approx(0.12, abs=0.03) and hi == pytest.approx(0.88, abs=0.03)
+    assert sol.predicted["a"] == pytest.approx(hi, abs=0.01)  # the closest reachable score
+
+
+def test_bad_targets(model):
+    with pytest.raises(LerpError, match="no calibrated scorer for 'c'"):
+        solve(model, {"c": 0.5})
+    with pytest.raises(LerpError, match="scores lie in"):
+        solve(model, {"a": 1.5})
+    with pytest.raises(LerpError, match="both a target and fixed"):
+        solve(model, {"a": 0.5}, fixed={"a": 0.2})
+
+
+def test_target_from_the_cli_and_the_server(anchor_dir, tmp_path):
+    """A calibration for the tiny anchor set (sentiment, formality): generate --target and the server's target field."""
+    import httpx
+    from typer.testing import CliRunner
+
+    from lerplm.cli import app
+
+    theta = np.array([[0.0, -2.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.5, 1.5]])
+    calib = ResponseModel(["sentiment", "formality"], ["sentiment", "formality"], theta, {"sentiment": 0.0, "formality": 0.0}, 10)
+    calib.save(tmp_path / "calib.json")
+    r = CliRunner().invoke(app, ["generate", "--anchors", str(anchor_dir), "--target", "sentiment=0.7", "--calibration",
+                                 str(tmp_path / "calib.json"), "--prompt", "hi", "--max-new-tokens", "3"])
+    assert r.exit_code == 0, r.output
+    assert "solved mix: sentiment=0.7" in r.output and "predicted sentiment=0.70" in r.output
+    r = CliRunner().invoke(app, ["generate", "--anchors", str(anchor_dir), "--target", "sentiment=0.99", "--calibration",
+                                 str(tmp_path / "calib.json"), "--prompt", "hi", "--max-new-tokens", "3"])
+    assert r.exit_code == 0 and "warning: target sentiment=0.99 is out of reach" in r.output
+    r = CliRunner().invoke(app, ["generate", "--anchors", str(anchor_dir), "--target", "sentiment=0.5", "--prompt", "hi"])
+    assert r.exit_code == 2 and "no calibration at" in r.output
+
+    from .test_serve import make_server
+
+    calib.save(anchor_dir / "calibration.json")
+    try:
+        with make_server(anchor_dir) as s:
+            body = {"prompt": "hi", "max_tokens": 3, "target": {"sentiment": 0.3, "formality": 0.6}, "free_weights": True}
+            out = httpx.post(s.url + "/v1/completions", json=body, timeout=60).json()
+            assert out["mix"]["predicted"]["sentiment"] == pytest.approx(0.3, abs=0.01)
+            assert out["mix"]["predicted"]["formality"] == pytest.approx(0.6, abs=0.01)
+            assert set(out["mix"]["levels"]) == {"sentiment", "formality"}
+            bad = httpx.post(s.url + "/v1/completions", json=body | {"mix": {"sentiment": 0.5}}, timeout=60)
+            assert bad.status_code == 400 and "either 'mix' or 'target'" in bad.json()["error"]["message"]
+    finally:
+        (anchor_dir / "calibration.json").unlink()
