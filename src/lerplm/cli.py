@@ -21,6 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 AnchorsOpt = Annotated[Path, typer.Option("--anchors", "-a", help="Anchor set directory (holds anchors.json).")]
 MixOpt = Annotated[list[str], typer.Option("--mix", "-m", help='Levels, e.g. "sentiment=0.9,formality=0.3". Repeat for several mixes.')]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help='Weights, e.g. "sentiment=2,formality=1" (default: equal).')]
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Training config (TOML), e.g. examples/styles.toml.")]
+DataDirOpt = Annotated[Optional[str], typer.Option(help="Override the config's data_dir.")]
 ExtrapolateOpt = Annotated[bool, typer.Option("--extrapolate", help="Allow levels in [-1, 2] (outside the anchors' hull).")]
 
 
@@ -80,9 +82,9 @@ def _checked_mixes(anchors: Path, mix: list[str], weights: str | None, extrapola
 @app.command()
 @user_errors
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Training config (TOML), e.g. examples/styles.toml.")],
+    config: ConfigOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Anchor set directory to write (resumes if it exists).")],
-    data_dir: Annotated[Optional[str], typer.Option(help="Override the config's data_dir.")] = None,
+    data_dir: DataDirOpt = None,
     max_examples: Annotated[Optional[int], typer.Option(min=1, help="Cap texts per endpoint.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Cap optimizer steps per anchor.")] = None,
 ) -> None:
@@ -289,9 +291,9 @@ app.add_typer(scorers_app, name="scorers")
 @scorers_app.command("train")
 @user_errors
 def scorers_train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="The anchors' training config: same attributes and files.")],
+    config: ConfigOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Scorer directory to write (must not exist).")],
-    data_dir: Annotated[Optional[str], typer.Option(help="Override the config's data_dir.")] = None,
+    data_dir: DataDirOpt = None,
     max_train: Annotated[Optional[int], typer.Option(min=1, help="Cap training texts per endpoint.")] = None,
 ) -> None:
     """Train one TF-IDF + logistic-regression scorer per attribute; report held-out accuracy and AUC."""
