@@ -46,7 +46,7 @@ def random_anchors(model, out: Path, k: int = 10, r: int = 32, alpha: float = 16
                 p.normal_(0, 0.01)
     peft_model.save_pretrained(out)
     peft_model.unload()  # the base model back, LoRA layers removed
-    return [out if i == 0 else out / f"a{i}" for i in range(k)]
+    return [out / f"a{i}" for i in range(k)]  # PEFT saves each named adapter in a folder of its name
 
 
 def sync(device: str) -> None:
