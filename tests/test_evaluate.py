@@ -34,7 +34,7 @@ def tiny_scorer_config(tmp_path):
 
 
 def test_scorers_train_report_and_reload(tmp_path):
-    scorers = train_scorers(tiny_scorer_config(tmp_path), tmp_path / "scorers", log=lambda s: None)
+    train_scorers(tiny_scorer_config(tmp_path), tmp_path / "scorers", log=lambda s: None)
     info = json.loads((tmp_path / "scorers" / "scorers.json").read_text())["attributes"]["sentiment"]
     assert info["accuracy"] == 1.0 and info["auc"] == 1.0 and info["n_test"] == 8
     s = ScorerSet.load(tmp_path / "scorers").score(["lovely amazing food", "rude and horrible"])["sentiment"]

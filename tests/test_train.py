@@ -61,7 +61,7 @@ def test_training_resumes_after_an_interruption(tmp_path, base_dir):
     mtime = first.stat().st_mtime_ns
 
     logs: list[str] = []
-    anchors = train_anchors(cfg, out, log=logs.append)
+    train_anchors(cfg, out, log=logs.append)
     assert first.stat().st_mtime_ns == mtime  # the finished anchor was not trained again
     assert any("sentiment.negative: already trained, skipped" in s for s in logs)
     summary = json.loads((out / "sentiment.positive" / "lerplm_training.json").read_text())

@@ -263,7 +263,7 @@ def create_app(
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or len(prompts) > 8:
             raise APIError(400, "prompt must be a string or a list of 1 to 8 strings", param="prompt")
-        ids = [encode(lm.chat_prefixes([p])[0] if lm.tokenizer.chat_template else p) for p in prompts]
+        ids = [encode(text) for text in lm.chat_prefixes(prompts)]
         return await run("completion", ids, body, "/v1/completions")
 
     @app.post("/v1/chat/completions")

@@ -70,7 +70,6 @@ class Engine:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopped = False
-        self.steps = 0
         self.tokens_generated = 0
         self.on_step = None  # callback(batch_size), for metrics
         self.thread = threading.Thread(target=self._run, name="lerplm-engine", daemon=True)
@@ -156,7 +155,6 @@ class Engine:
         self.mask = mask
         nxt = self._sample(logits, self.rows)
         self.last = nxt
-        self.steps += 1
         if self.on_step:
             self.on_step(len(self.rows))
         self._emit(list(self.rows), nxt)
