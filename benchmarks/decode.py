@@ -1,5 +1,6 @@
 """Decode step time with K=10 rank-32 anchors: lerplm (every row a different mix) against the base
-model alone (the limit), lerplm with one mix merged, PEFT with ten adapters active, PEFT with one
+model alone (the limit), lerplm with rows that differ in one attribute's level (8 of the 10 adapters
+have zero coefficients and are skipped), lerplm with one mix merged, PEFT with ten adapters active, PEFT with one
 `cat` adapter; and the time from a new mix to its first token (lerplm vs PEFT add_weighted_adapter).
 
 python benchmarks/decode.py                          # CPU, embedded default, fp32
@@ -79,6 +80,11 @@ def main() -> None:
             row["base"] = step_time(plain, b, args.prompt, args.steps, vocab, dev, args.repeat)
         runtime.set_coefficients(per_row(b))
         row["lerplm_rows"] = step_time(model, b, args.prompt, args.steps, vocab, dev, args.repeat)
+        one_attr = torch.zeros(b, k, device=dev)  # one slider: every row a different level of the same attribute
+        one_attr[:, 1] = torch.linspace(0, 1, b, device=dev)
+        one_attr[:, 0] = 1 - one_attr[:, 1]
+        runtime.set_coefficients(one_attr)
+        row["lerplm_rows_one_attribute"] = step_time(model, b, args.prompt, args.steps, vocab, dev, args.repeat)
         runtime.set_coefficients(None)
         with runtime.detached() as plain:  # one mix merged into the weights, restored afterwards
             deltas = runtime.delta_weights(per_row(1)[0].cpu())

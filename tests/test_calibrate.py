@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,18 +25,22 @@ def true_scores(levels, weights):
     return {k: 1 / (1 + np.exp(-(th @ x))) for k, th in TRUE.items()}
 
 
-def synthetic_sweep(noise=0.03, per_point=30, seed=0):
+def rows_from_truth(points, per_point=30, noise=0.03, seed=0):
+    """Sweep rows (levels, weights, meta, noisy scores) whose scores follow the true surface."""
     rng = np.random.default_rng(seed)
-    points = [p for a in ATTRS for p in single(a, 11)] + five_attribute(ATTRS, (0.2, 0.35), 6)
     rows = []
     for p in points:
         total = sum(p.weights.values())
         s = true_scores(p.levels, {k: v / total for k, v in p.weights.items()})
         for k in range(per_point):
-            rows.append({"point": p.id, **{f"level_{a}": v for a, v in p.levels.items()},
-                         **{f"weight_{a}": v for a, v in p.weights.items()},
+            rows.append({"point": p.id, **{f"meta_{m}": v for m, v in p.meta.items()},
+                         **{f"level_{a}": v for a, v in p.levels.items()}, **{f"weight_{a}": v for a, v in p.weights.items()},
                          **{f"score_{a}": float(np.clip(s[a] + rng.normal(0, noise), 0, 1)) for a in ATTRS}})
     return pd.DataFrame(rows)
+
+
+def synthetic_sweep():
+    return rows_from_truth([p for a in ATTRS for p in single(a, 11)] + five_attribute(ATTRS, (0.2, 0.35), 6))
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +128,60 @@ def test_target_from_the_cli_and_the_server(anchor_dir, tmp_path):
             assert bad.status_code == 400 and "either 'mix' or 'target'" in bad.json()["error"]["message"]
     finally:
         (anchor_dir / "calibration.json").unlink()
+
+
+def test_target_evaluation_calibrated_beats_naive_on_a_known_surface(model, tmp_path):
+    from lerplm.evaluate.targets import target_points, target_sets, write_report
+
+    targets, ranges = target_sets(model, ATTRS, [("a", "b")])
+    assert len(targets) == 4 + 4 + 4
+    assert ranges["a"] == pytest.approx(1 / (1 + np.exp(-1.6)) - 1 / (1 + np.exp(1.6)), abs=0.02)  # levels 0.1..0.9
+    points = target_points(model, targets)
+    naive = [p for p in points if p.meta["method"] == "naive"]
+    assert all(p.levels == {a: float(x) for a, x in (q.split("=") for q in p.meta["targets"].split(","))} for p in naive)
+    summary = write_report(rows_from_truth(points, 40, 0.05), tmp_path, ranges, {"prompts": 40})
+    # calibrated: off only by the fit's error and the noise of a 40-row mean (sd 0.05/sqrt(40))
+    assert summary["single_overall"]["calibrated"] < 0.02 and summary["pairs_overall"]["calibrated"] < 0.03
+    # naive error of attribute a is known: |sigma(-2 + 4t) - t| averaged over its targets
+    tgt = [t["a"] for t in targets if list(t) == ["a"]]
+    expected = np.mean([abs(1 / (1 + np.exp(2 - 4 * t)) - t) for t in tgt])
+    assert summary["single"]["a"]["naive"] == pytest.approx(expected, abs=0.02)
+    assert summary["single"]["a"]["naive"] > 3 * summary["single"]["a"]["calibrated"]
+    for f in ("targets.md", "targets.json", "targets.csv"):
+        assert (tmp_path / f).stat().st_size > 100
+    assert (tmp_path / "targets.png").stat().st_size > 1000 and "(targets.png)" in (tmp_path / "targets.md").read_text()
+
+
+def test_target_sets_leave_out_an_attribute_the_anchors_do_not_move():
+    from lerplm.evaluate.targets import target_sets
+
+    flat = ResponseModel(ATTRS, ATTRS, np.array([TRUE["a"], np.zeros(5)]), {"a": 0.0, "b": 0.0}, 10)
+    targets, ranges = target_sets(flat, ATTRS, [])
+    assert ranges["b"] == pytest.approx(0.0) and all(list(t) == ["a"] for t in targets) and len(targets) == 4
+
+
+def test_eval_targets_cli(anchor_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from lerplm.cli import app
+    from lerplm.evaluate.scorers import train_scorers
+
+    from .test_evaluate import tiny_scorer_config
+
+    train_scorers(tiny_scorer_config(tmp_path), tmp_path / "scorers", log=lambda s: None)
+    theta = np.array([[0.0, -2.0, 2.0, 0.0, 0.0]])
+    ResponseModel(["sentiment", "formality"], ["sentiment"], theta, {"sentiment": 0.0}, 10).save(tmp_path / "calib.json")
+    (tmp_path / "prompts.txt").write_text("used for calibration\nthe food\ncould you\n")
+    args = ["eval-targets", "--anchors", str(anchor_dir), "--scorers", str(tmp_path / "scorers"), "--calibration",
+            str(tmp_path / "calib.json"), "--prompts", str(tmp_path / "prompts.txt"), "--skip-prompts", "1",
+            "--max-new-tokens", "3", "--out", str(tmp_path / "run")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "single targets: calibrated MAE" in r.output
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert len(df) == 4 * 2 * 2 and set(df["prompt_id"]) == {0, 1}
+    assert json.loads((tmp_path / "run" / "sweep.json").read_text())["prompts"] == ["the food", "could you"]
+    r = CliRunner().invoke(app, args + ["--pair", "sentiment,nope"])
+    assert r.exit_code == 2 and "--pair takes two different attributes" in r.output
+    r = CliRunner().invoke(app, args[:-2] + ["--skip-prompts", "9", "--out", str(tmp_path / "r2")])
+    assert r.exit_code == 2 and "no prompts after skipping 9" in r.output

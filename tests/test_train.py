@@ -128,3 +128,30 @@ def test_example_config_is_valid():
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "styles.toml")
     assert [a.name for a in cfg.attributes] == ["sentiment", "politeness", "formality", "simplicity", "humor"]
     assert cfg.data_root().resolve() == STYLES.resolve()
+
+
+def test_training_together_writes_the_same_kind_of_anchor_set(tmp_path, base_dir):
+    """`lerplm train --together`: standard PEFT anchors, sidecars, a loadable anchor set; finished anchors kept."""
+    from typer.testing import CliRunner
+
+    import lerplm
+    from lerplm.cli import app
+
+    config = write_config(tmp_path, base_dir, max_steps=2)
+    out = tmp_path / "anchors"
+    r = CliRunner().invoke(app, ["train", "--config", str(config), "--out", str(out), "--together"])
+    assert r.exit_code == 0, r.output
+    assert "training 2 anchors together" in r.output
+    anchors = AnchorSet.load(out)
+    for d in anchors.adapter_dirs():
+        summary = json.loads((d / "lerplm_training.json").read_text())
+        assert summary["steps"] == 2 and summary["trained_together"] == 2
+        assert len((d / "loss_log.jsonl").read_text().splitlines()) == 2
+        assert any(b.abs().max() > 0 for _, b, _ in LoraWeights.load(d).modules.values())
+    assert not (out / ".work").exists()
+    lm = lerplm.load(out)
+    assert len(lm.generate(["the food"], [{"sentiment": 0.7}], params=lerplm.SamplingParams(max_new_tokens=3))[0]) == 1
+    r = CliRunner().invoke(app, ["train", "--config", str(config), "--out", str(out), "--together"])
+    assert r.exit_code == 0 and "anchors together" not in r.output and r.output.count("already trained") == 2
+    r = CliRunner().invoke(app, ["train", "--config", str(config), "--out", str(out), "--only", "humor"])
+    assert r.exit_code == 2 and "--only names ['humor'], not in the config (sentiment)" in r.output

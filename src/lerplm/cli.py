@@ -87,13 +87,20 @@ def train(
     data_dir: DataDirOpt = None,
     max_examples: Annotated[Optional[int], typer.Option(min=1, help="Cap texts per endpoint.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Cap optimizer steps per anchor.")] = None,
+    together: Annotated[bool, typer.Option("--together", help="Train all unfinished anchors in one run (every batch carries rows of each; see docs/performance.md).")] = False,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Train only these attributes of the config. Repeatable.")] = None,
 ) -> None:
     """Train one LoRA anchor adapter per endpoint of every attribute in the config."""
     from .config import load_config
     from .train import train_anchors
 
     cfg = load_config(config, data_dir, {"max_examples": max_examples, "max_steps": max_steps})
-    anchors = train_anchors(cfg, out, log=lambda s: typer.echo(s, err=True))
+    if only:
+        unknown = sorted(set(only) - {a.name for a in cfg.attributes})
+        if unknown:
+            raise LerpError(f"--only names {unknown}, not in the config ({', '.join(a.name for a in cfg.attributes)})")
+        cfg.attributes = [a for a in cfg.attributes if a.name in only]
+    anchors = train_anchors(cfg, out, log=lambda s: typer.echo(s, err=True), together=together)
     typer.echo(anchors.describe())
 
 
@@ -343,6 +350,59 @@ def sweep(
     params = SamplingParams(max_new_tokens, temperature, top_p, 0, seed)
     df = run_sweep(lm, scorer_set, points, prompt_list, out, n, params, batch_rows, heldout)
     typer.echo(f"wrote {len(df)} rows for {len(points)} grid points to {out}; next: lerplm report {out}")
+
+
+@app.command("eval-targets")
+@user_errors
+def eval_targets(
+    anchors: AnchorsOpt,
+    scorers: Annotated[Path, typer.Option("--scorers", "-s", help="Scorer directory (lerplm scorers train).")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="One prompt per line.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumes if it exists).")],
+    calibration: Annotated[Optional[Path], typer.Option(help="Calibration file (default: ANCHORS/calibration.json).")] = None,
+    skip_prompts: Annotated[int, typer.Option(min=0, help="Skip the first N prompts (those used for calibration).")] = 0,
+    max_prompts: Annotated[Optional[int], typer.Option(min=1, help="Then use N prompts.")] = None,
+    attribute: Annotated[Optional[list[str]], typer.Option("--attribute", help="One-attribute targets for these (default: all calibrated).")] = None,
+    pair: Annotated[Optional[list[str]], typer.Option("--pair", help="Two-attribute targets, e.g. sentiment,formality. Repeatable.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    seed: int = 1,
+    batch_rows: Annotated[int, typer.Option(min=1, help="Generations per batch.")] = 64,
+) -> None:
+    """Calibrated target control against the naive mapping (level = target) on prompts not used for calibration."""
+    _require_eval()
+    from .anchors import AnchorSet
+    from .calibrate import CALIBRATION, ResponseModel
+    from .data import read_texts
+    from .evaluate.scorers import ScorerSet
+    from .evaluate.sweep import run_sweep
+    from .evaluate.targets import check_calibration, parse_pairs, target_points, target_sets, write_report
+    from .generate import LerpModel, SamplingParams
+
+    anchor_set = AnchorSet.load(anchors)
+    model = ResponseModel.load(calibration or anchor_set.root / CALIBRATION)
+    check_calibration(model, anchor_set.names)
+    singles = attribute or list(model.scored)
+    for a in singles:
+        if a not in model.scored:
+            raise LerpError(f"no calibrated scorer for {a!r}; calibrated: {', '.join(model.scored)}")
+    targets, ranges = target_sets(model, singles, parse_pairs(pair or [], model.scored))
+    if not targets:
+        raise LerpError("no reachable targets: the calibration predicts almost no control for these attributes")
+    prompt_list = read_texts(prompts)[skip_prompts:][:max_prompts]
+    if not prompt_list:
+        raise LerpError(f"{prompts} has no prompts after skipping {skip_prompts}")
+    scorer_set = ScorerSet.load(scorers)
+    _quiet_transformers()
+    lm = LerpModel.load(anchors)
+    params = SamplingParams(max_new_tokens, 0.8, 0.95, 0, seed)
+    df = run_sweep(lm, scorer_set, target_points(model, targets), prompt_list, out, 1, params, batch_rows)
+    summary = write_report(df, out, ranges, {"prompts": len(prompt_list), "skip_prompts": skip_prompts,
+                                              "calibration": str(calibration or anchor_set.root / CALIBRATION)})
+    for part in ("single_overall", "pairs_overall"):
+        if part in summary:
+            v = summary[part]
+            typer.echo(f"{part.split('_')[0]} targets: calibrated MAE {v['calibrated']:.3f}, naive MAE {v['naive']:.3f}")
+    typer.echo(f"wrote {out / 'targets.md'}")
 
 
 def _heldout_texts(config: Path, per_endpoint: int) -> list[str]:

@@ -12,6 +12,7 @@ travel with the rows (shape (B, K)) or with the tokens (shape (B, T, K)).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,19 +72,36 @@ class LoraWeights:
 
 
 class MixState:
-    """The coefficients of the current forward pass, shared by every mixed layer of a model."""
+    """The coefficients of the current forward pass, shared by every mixed layer of a model.
+
+    Two exact shortcuts are decided here once per mix change, not per layer: adapters whose
+    coefficient is zero in every row are skipped (most mixes name one or two attributes), and in
+    grouped mode (training, one adapter per block of rows) each block runs only its own adapter."""
 
     def __init__(self, num_adapters: int) -> None:
         self.num_adapters = num_adapters
         self.coeffs: torch.Tensor | None = None
+        self.blocks: list[tuple[int, int]] | None = None  # runs of active adapters [k0, k1); None = all
+        self.group_scale: torch.Tensor | None = None  # (K,): row block k uses adapter k only
         self._expanded: dict[int, torch.Tensor] = {}
 
     def set(self, coeffs: torch.Tensor | None) -> None:
         """Coefficients of shape (B, K) (one mix per row) or (B, T, K) (one per token); None = base model."""
         if coeffs is not None and coeffs.shape[-1] != self.num_adapters:
             raise ValueError(f"expected {self.num_adapters} coefficients per row, got {coeffs.shape[-1]}")
-        self.coeffs = coeffs
+        self.coeffs, self.group_scale, self.blocks = coeffs, None, None
         self._expanded = {}
+        if coeffs is not None:
+            active = coeffs.reshape(-1, self.num_adapters).ne(0).any(0).tolist()  # one host sync per mix change
+            if not all(active):
+                self.blocks = [(k0, k1) for k0, k1 in _runs(active)]
+
+    def set_groups(self, scale: torch.Tensor) -> None:
+        """Grouped mode: the batch is K equal blocks of rows, block k under adapter k times scale[k]."""
+        if scale.shape != (self.num_adapters,):
+            raise ValueError(f"expected {self.num_adapters} group scales, got shape {tuple(scale.shape)}")
+        self.set(None)
+        self.group_scale = scale
 
     def per_rank(self, seg: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         """c[..., seg] as (B, 1 or T, R), computed once per forward for each distinct rank layout."""
@@ -99,24 +117,54 @@ class MixState:
         return out
 
 
+def _runs(flags: list[bool]) -> Iterator[tuple[int, int]]:
+    """Maximal runs of True as half-open index ranges."""
+    start = None
+    for i, f in enumerate([*flags, False]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            yield start, i
+            start = None
+
+
 class MixedLinear(nn.Module):
     """A frozen base linear layer plus the stacked adapters, scaled per row/token by MixState."""
 
-    def __init__(self, base: nn.Linear, a_cat: torch.Tensor, b_cat: torch.Tensor, seg: torch.Tensor, state: MixState):
+    def __init__(self, base: nn.Linear, a_cat: torch.Tensor, b_cat: torch.Tensor, seg: torch.Tensor, state: MixState,
+                 ranks: Sequence[int]):
         super().__init__()
         self.base = base
         self.register_buffer("a_cat", a_cat, persistent=False)
         self.register_buffer("b_cat", b_cat, persistent=False)
         self.register_buffer("seg", seg, persistent=False)
         self.state = state
+        self.offsets = [0, *itertools.accumulate(ranks)]  # adapter k owns ranks offsets[k]:offsets[k+1]
+        self.dropout = 0.0  # LoRA dropout on the adapter input, grouped (training) mode only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        if self.state.group_scale is not None:
+            return y + self._grouped(x).reshape(y.shape)
         c = self.state.per_rank(self.seg, x.dtype)
         if c is None:
             return y
-        h = F.linear(x, self.a_cat) * c
-        return y + F.linear(h, self.b_cat)
+        if self.state.blocks is None:
+            return y + F.linear(F.linear(x, self.a_cat) * c, self.b_cat)
+        for k0, k1 in self.state.blocks:  # only adapters with a non-zero coefficient somewhere in the batch
+            r = slice(self.offsets[k0], self.offsets[k1])
+            y = y + F.linear(F.linear(x, self.a_cat[r]) * c[..., r], self.b_cat[:, r])
+        return y
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """Block k of the rows through adapter k alone: two batched products (the punica 'sgmv' shape)."""
+        k = self.state.num_adapters
+        r = self.a_cat.shape[0] // k
+        if r * k != self.a_cat.shape[0] or x.shape[0] % k:
+            raise ValueError("grouped mode needs equal adapter ranks and a batch of K equal row blocks")
+        xg = F.dropout(x.reshape(k, -1, x.shape[-1]), self.dropout, self.training)
+        h = torch.bmm(xg, self.a_cat.view(k, r, -1).transpose(1, 2)) * self.state.group_scale.to(x.dtype).view(k, 1, 1)
+        return torch.bmm(h, self.b_cat.view(-1, k, r).permute(1, 2, 0))
 
     def delta_weight(self, coeffs: torch.Tensor) -> torch.Tensor:
         """ΔW = B_cat diag(c[seg]) A_cat for one mix (K,), in fp32: the exact merged update."""
@@ -156,7 +204,7 @@ class MixedRuntime:
             b_cat = torch.cat([b * s for _, b, s in parts], dim=1).to(w.device, w.dtype)
             if ranks not in segs:
                 segs[ranks] = torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks)).to(w.device)
-            layer = MixedLinear(base, a_cat, b_cat, segs[ranks], self.state)
+            layer = MixedLinear(base, a_cat, b_cat, segs[ranks], self.state, ranks)
             self.layers[name] = layer
             self.ranks[name] = list(ranks)
         self._swap(True)
@@ -177,6 +225,49 @@ class MixedRuntime:
     def delta_weights(self, coeffs: torch.Tensor | Sequence[float]) -> dict[str, torch.Tensor]:
         coeffs = torch.as_tensor(coeffs, dtype=torch.float32)
         return {name: layer.delta_weight(coeffs) for name, layer in self.layers.items()}
+
+    def trainable(self, dropout: float = 0.0) -> list[nn.Parameter]:
+        """Turn every layer's stacked A and B into trainable parameters (training all anchors at once)."""
+        params = []
+        for layer in self.layers.values():
+            for key in ("a_cat", "b_cat"):
+                p = nn.Parameter(layer._buffers.pop(key).float())
+                layer.register_parameter(key, p)
+                params.append(p)
+            layer.dropout = dropout
+        return params
+
+    @torch.no_grad()
+    def clip_per_adapter(self, max_norm: float) -> None:
+        """Scale each adapter's gradients to a global norm of at most ``max_norm``, as if trained alone."""
+        sq = torch.zeros(self.num_adapters, dtype=torch.float64)
+        for layer in self.layers.values():
+            for g, dim in ((layer.a_cat.grad, 1), (layer.b_cat.grad, 0)):
+                if g is not None:
+                    sq.index_add_(0, layer.seg.cpu(), g.double().pow(2).sum(dim).cpu())
+        factor = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0).float()
+        for layer in self.layers.values():
+            f = factor.to(layer.seg.device)[layer.seg]
+            if layer.a_cat.grad is not None:
+                layer.a_cat.grad.mul_(f[:, None])
+            if layer.b_cat.grad is not None:
+                layer.b_cat.grad.mul_(f[None, :])
+
+    def export_adapters(self) -> list[LoraWeights]:
+        """The stacked weights split back into one adapter each (scaling as stored: b_cat holds s·B)."""
+        out = []
+        for k in range(self.num_adapters):
+            modules = {}
+            for name, layer in self.layers.items():
+                r = slice(layer.offsets[k], layer.offsets[k + 1])
+                modules[name] = (layer.a_cat[r].detach().float().cpu().clone(), layer.b_cat[:, r].detach().float().cpu().clone(), 1.0)
+            out.append(LoraWeights(modules))
+        return out
+
+    def detach(self) -> nn.Module:
+        """Put the original linear layers back for good; the model is the plain base model again."""
+        self._swap(False)
+        return self.model
 
     def _swap(self, attached: bool) -> None:
         for name, layer in self.layers.items():

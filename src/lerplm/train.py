@@ -146,14 +146,46 @@ def train_anchor(
     return summary
 
 
+def train_together(base: ModelRef, todo: list[tuple[str, list[str]]], cfg: StylesConfig, out: Path) -> dict[str, dict]:
+    """Train the named anchors in one run (lerplm.train_mixed); each appears in ``out`` when all are done."""
+    import torch
+
+    from .train_mixed import save_adapter, train_mixed
+
+    tok = load_tokenizer(base)
+    blocks = [build_blocks(tok, texts, cfg.training.block_size) for _, texts in todo]
+    model = load_model(base, dtype=torch.float32)
+    adapters, loss_log = train_mixed(model, blocks, cfg)
+    summaries = {}
+    for k, ((name, texts), weights) in enumerate(zip(todo, adapters)):
+        work = out / ".work" / name
+        shutil.rmtree(work, ignore_errors=True)
+        save_adapter(weights, cfg, base.describe(), work)
+        losses = [rec["loss"][k] for rec in loss_log]
+        summary = {"settings": _settings(cfg), "train_loss": sum(losses) / len(losses), "steps": loss_log[-1]["step"],
+                   "blocks": len(blocks[k]), "texts": len(texts), "resumed_from": None, "trained_together": len(todo)}
+        with open(work / LOSS_LOG, "w") as fh:
+            for rec in loss_log:
+                fh.write(json.dumps({"step": rec["step"], "loss": rec["loss"][k], "learning_rate": rec["learning_rate"]}) + "\n")
+        (work / SUMMARY).write_text(json.dumps(summary, indent=2))
+        summaries[name] = summary
+    for name, _ in todo:
+        (out / ".work" / name).rename(out / name)
+    return summaries
+
+
 def train_anchors(
     cfg: StylesConfig,
     out: str | Path,
     log: Callable[[str], None] = print,
     callbacks: list | None = None,
+    together: bool = False,
 ) -> AnchorSet:
-    """Train every endpoint of every attribute that is not finished yet; write the manifest last."""
+    """Train every endpoint of every attribute that is not finished yet; write the manifest last.
+    ``together`` trains the unfinished anchors in one run (one base forward serves all of them)."""
     out = Path(out)
+    if together and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise LerpError("--together runs in one process; launch it without torchrun/accelerate")
     if not is_main_process():
         log = lambda s: None  # noqa: E731 - one rank speaks
     base_ref = resolve(cfg.base_model, cfg.gguf_file)
@@ -167,6 +199,18 @@ def train_anchors(
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
     settings = _settings(cfg)
+    for attr, ep, _, _ in plan:
+        target = out / f"{attr.name}.{ep.name}"
+        if (target / "adapter_config.json").is_file():
+            summary = json.loads((target / SUMMARY).read_text()) if (target / SUMMARY).is_file() else {}
+            if summary.get("settings", settings) != settings:
+                raise LerpError(f"{target} was trained with other settings; use a new --out or delete that directory")
+    todo = [(f"{attr.name}.{ep.name}", texts) for attr, ep, texts, _ in plan
+            if not (out / f"{attr.name}.{ep.name}" / "adapter_config.json").is_file()]
+    if together and todo:
+        log(f"training {len(todo)} anchors together: {', '.join(n for n, _ in todo)}")
+        for name, summary in train_together(base_ref, todo, cfg, out).items():
+            log(f"{name}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
     endpoints: dict[str, Endpoint] = {}
     for i, (attr, ep, texts, prov) in enumerate(plan, 1):
         name = f"{attr.name}.{ep.name}"
@@ -174,11 +218,8 @@ def train_anchors(
         tag = f"[{i}/{len(plan)}] {name}"
         if (target / "adapter_config.json").is_file():
             summary = json.loads((target / SUMMARY).read_text()) if (target / SUMMARY).is_file() else {}
-            if summary.get("settings", settings) != settings:
-                raise LerpError(
-                    f"{target} was trained with other settings; use a new --out or delete that directory"
-                )
-            log(f"{tag}: already trained, skipped")
+            if not (together and name in dict(todo)):
+                log(f"{tag}: already trained, skipped")
         else:
             log(f"{tag}: training on {len(texts)} texts")
             summary = train_anchor(base_ref, texts, cfg, target, out / ".work" / name, name, callbacks)

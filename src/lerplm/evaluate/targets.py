@@ -1,0 +1,174 @@
+"""Does target control hit its targets? Solved (calibrated) mixes against the naive mapping
+(level = target score), generated on prompts the calibration never saw.
+
+Targets are chosen inside what the response model says is reachable (a target nobody can reach
+measures nothing but the reach): for one attribute, its predicted score at a few levels with weight 1;
+for a pair, the predicted scores at level corners with equal weights. The naive mapping sets each
+targeted attribute's level to its target score with equal weights, as a user would without a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ..calibrate import ResponseModel, solve
+from ..errors import LerpError
+from .grids import GridPoint
+
+SUMMARY = "targets.json"
+METHODS = ("calibrated", "naive")
+
+
+def target_sets(
+    model: ResponseModel,
+    singles: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    levels: Sequence[float] = (0.1, 0.37, 0.63, 0.9),
+    corners: Sequence[float] = (0.15, 0.85),
+    min_range: float = 0.05,
+) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Reachable target dicts, and the predicted range of every single attribute (those under
+    ``min_range`` are left out: no mapping can steer an attribute the anchors do not move)."""
+    out, ranges = [], {}
+    for a in singles:
+        preds = [model.predict({a: lv}, {a: 1.0})[a] for lv in levels]
+        ranges[a] = max(preds) - min(preds)
+        if ranges[a] >= min_range:
+            out += [{a: round(p, 3)} for p in preds]
+    for a, b in pairs:
+        for la in corners:
+            for lb in corners:
+                pred = model.predict({a: la, b: lb}, {a: 0.5, b: 0.5})
+                out.append({a: round(pred[a], 3), b: round(pred[b], 3)})
+    return out, ranges
+
+
+def _slug(targets: dict[str, float]) -> str:
+    return ",".join(f"{a}={t:g}" for a, t in targets.items())
+
+
+def target_points(model: ResponseModel, targets: Sequence[dict[str, float]]) -> list[GridPoint]:
+    """Two grid points per target: the solved mix and the naive one (levels = targets, equal weights)."""
+    points = []
+    for t in targets:
+        meta = {"grid": "target", "targets": _slug(t), "n_targets": len(t)}
+        sol = solve(model, t)
+        equal = {a: 1 / len(t) for a in t}
+        for method, levels, weights in (("calibrated", sol.mix.levels, sol.mix.weights), ("naive", dict(t), equal)):
+            points.append(GridPoint(f"target-{method}-{_slug(t)}", dict(levels), dict(weights),
+                                    meta | {"method": method, **{f"predicted_{a}": round(v, 4) for a, v in sol.predicted.items() if a in t}}))
+    return points
+
+
+def target_errors(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (grid point, targeted attribute): target, achieved mean score, its 95% half-width, |error|."""
+    sel = df[df["meta_grid"] == "target"]
+    if not len(sel):
+        raise LerpError("no target points in these sweep results")
+    recs = []
+    for pid, g in sel.groupby("point", sort=False):
+        for pair in str(g["meta_targets"].iloc[0]).split(","):
+            a, _, t = pair.partition("=")
+            s = g[f"score_{a}"].to_numpy(float)
+            mean = float(s.mean())
+            recs.append({
+                "point": pid, "method": g["meta_method"].iloc[0], "targets": g["meta_targets"].iloc[0],
+                "n_targets": int(g["meta_n_targets"].iloc[0]), "attribute": a, "target": float(t), "achieved": mean,
+                "ci95": 1.96 * s.std(ddof=1) / math.sqrt(len(s)) if len(s) > 1 else math.nan,
+                "abs_error": abs(mean - float(t)), "n": len(s),
+            })
+    return pd.DataFrame(recs)
+
+
+def summarize(errors: pd.DataFrame) -> dict:
+    """MAE per method: per attribute for one-attribute targets, and over two-attribute targets."""
+    out: dict = {"single": {}, "pairs": {}}
+    one = errors[errors["n_targets"] == 1]
+    for a, g in one.groupby("attribute", sort=False):
+        out["single"][a] = {m: float(g[g["method"] == m]["abs_error"].mean()) for m in METHODS}
+    two = errors[errors["n_targets"] == 2]
+    for key, g in two.groupby(two["targets"].map(lambda s: "+".join(p.split("=")[0] for p in s.split(","))), sort=False):
+        out["pairs"][key] = {m: float(g[g["method"] == m]["abs_error"].mean()) for m in METHODS}
+    for part in ("single", "pairs"):
+        sub = one if part == "single" else two
+        if len(sub):
+            out[f"{part}_overall"] = {m: float(sub[sub["method"] == m]["abs_error"].mean()) for m in METHODS}
+    out["median_ci95"] = float(errors["ci95"].median())
+    return out
+
+
+def _plot(errors: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attrs = list(dict.fromkeys(errors["attribute"]))
+    fig, axes = plt.subplots(1, len(attrs), figsize=(3.0 * len(attrs), 3.0), squeeze=False)
+    for ax, a in zip(axes[0], attrs):
+        g = errors[errors["attribute"] == a]
+        for m, marker in zip(METHODS, "os"):
+            h = g[g["method"] == m]
+            ax.errorbar(h["target"], h["achieved"], yerr=h["ci95"], fmt=marker, ms=4, capsize=2, label=m, alpha=0.8)
+        lo, hi = min(g["target"].min(), g["achieved"].min()) - 0.05, max(g["target"].max(), g["achieved"].max()) + 0.05
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+        ax.set_title(a)
+        ax.set_xlabel("target score")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("achieved mean score")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(df: pd.DataFrame, out: str | Path, ranges: dict[str, float], meta: dict) -> dict:
+    """targets.json, targets.csv (one row per target and attribute), targets.png and targets.md in ``out``."""
+    out = Path(out)
+    errors = target_errors(df)
+    summary = summarize(errors) | {"predicted_ranges": ranges, **meta}
+    errors.to_csv(out / "targets.csv", index=False)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2))
+    _plot(errors, out / "targets.png")
+    lines = ["# Target control: calibrated against naive", "",
+             f"Mean absolute error between target and achieved mean score ({meta.get('prompts', '?')} held-out prompts per point; "
+             f"median 95% half-width of an achieved mean: {summary['median_ci95']:.3f}).", "",
+             "| targets | attribute(s) | calibrated MAE | naive MAE | calibrated / naive |", "|---|---|---|---|---|"]
+    for part, label in (("single", "one attribute"), ("pairs", "two attributes")):
+        for a, v in summary[part].items():
+            lines.append(f"| {label} | {a} | {v['calibrated']:.3f} | {v['naive']:.3f} | {_ratio(v)} |")
+        if f"{part}_overall" in summary:
+            v = summary[f"{part}_overall"]
+            lines.append(f"| {label} | **all** | **{v['calibrated']:.3f}** | **{v['naive']:.3f}** | {_ratio(v)} |")
+    skipped = [f"{a} ({r:.3f})" for a, r in ranges.items() if not any(errors["attribute"].eq(a) & errors["n_targets"].eq(1))]
+    if skipped:
+        lines += ["", "Left out (predicted score range over levels 0.1-0.9 too small to set targets in): " + ", ".join(skipped) + "."]
+    lines += ["", "![target vs achieved](targets.png)", "", "| point | attribute | target | achieved | ±95% |", "|---|---|---|---|---|"]
+    for r in errors.itertuples():
+        lines.append(f"| {r.point} | {r.attribute} | {r.target:.3f} | {r.achieved:.3f} | {r.ci95:.3f} |")
+    (out / "targets.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def _ratio(v: dict) -> str:
+    return f"{v['calibrated'] / v['naive']:.2f}" if v["naive"] > 0 else "n/a"
+
+
+def parse_pairs(specs: Sequence[str], attributes: Sequence[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for s in specs:
+        parts = [x.strip() for x in s.split(",")]
+        if len(parts) != 2 or parts[0] == parts[1] or any(p not in attributes for p in parts):
+            raise LerpError(f"--pair takes two different attributes as A,B (from {', '.join(attributes)}), got {s!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def check_calibration(model: ResponseModel, attributes: Sequence[str]) -> None:
+    if list(model.attributes) != list(attributes):
+        raise LerpError(f"the calibration was fitted for attributes {model.attributes}, the anchors have {list(attributes)}")

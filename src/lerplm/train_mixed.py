@@ -1,0 +1,136 @@
+"""All anchors in one run: every batch carries a block of rows per anchor, and each block's loss
+updates only its own adapter.
+
+The K fresh adapters are stacked in the mixed runtime (grouped mode: block k of the rows goes
+through adapter k alone), so one forward and backward of the frozen base serves every anchor. The
+update is K independent LoRA trainings: the loss is the sum of per-anchor mean losses (each
+adapter's gradient is what its own run would get), AdamW is elementwise, and gradient clipping is
+done per adapter. What differs from the sequential path: every anchor takes the same number of
+steps (the largest any anchor needs; smaller datasets are cycled), and there are no mid-run
+checkpoints (an interrupted run starts again; anchors already finished are kept).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import StylesConfig
+from .errors import LerpError
+from .runtime import LoraWeights, MixedRuntime
+
+
+def fresh_adapters(model: nn.Module, cfg: StylesConfig, k: int, seed: int) -> list[LoraWeights]:
+    """K adapters initialised as PEFT does (A Kaiming-uniform, B zero), scaling 1: the LoRA scaling
+    travels as the group scale, so B trains in PEFT's parametrisation."""
+    lora = cfg.lora
+    names = [n for n, m in model.named_modules()  # PEFT's rule for a list of targets: the name or a dotted suffix
+             if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in lora.target_modules)]
+    if not names:
+        raise LerpError(f"the base model has no linear layer named {lora.target_modules}")
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(k):
+        modules = {}
+        for n in names:
+            w = model.get_submodule(n).weight
+            a = torch.empty(lora.r, w.shape[1])
+            bound = 1 / math.sqrt(w.shape[1])  # kaiming_uniform_(a=sqrt(5)) as nn.Linear and PEFT use
+            a.uniform_(-bound, bound, generator=gen)
+            modules[n] = (a, torch.zeros(w.shape[0], lora.r), 1.0)
+        out.append(LoraWeights(modules))
+    return out
+
+
+def _cycle(blocks: list[list[int]], batch: int, seed: int):
+    """Endless shuffled batches of one anchor's blocks (reshuffled every epoch)."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        take = []
+        while len(take) < batch:
+            if not order:
+                order = list(range(len(blocks)))
+                rng.shuffle(order)
+            take.append(blocks[order.pop()])
+        yield take
+
+
+def train_mixed(
+    model: nn.Module,
+    blocks: Sequence[list[list[int]]],
+    cfg: StylesConfig,
+    steps: int | None = None,
+    progress: bool = True,
+    on_log: Callable[[dict], None] | None = None,
+) -> tuple[list[LoraWeights], list[dict]]:
+    """Train len(blocks) adapters together on ``model`` (frozen); return them and the loss log."""
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    t = cfg.training
+    k = len(blocks)
+    per_step = t.batch_size * t.gradient_accumulation
+    if steps is None:
+        steps = t.max_steps or max(math.ceil(t.epochs * len(b) / per_step) for b in blocks)
+    device = next(model.parameters()).device
+    for p in model.parameters():
+        p.requires_grad_(False)
+    runtime = MixedRuntime(model, fresh_adapters(model, cfg, k, t.seed))
+    params = runtime.trainable(cfg.lora.dropout)
+    opt = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=0.0)
+    warmup = math.ceil(t.warmup_ratio * steps) if t.warmup_ratio < 1 else int(t.warmup_ratio)
+    sched = get_linear_schedule_with_warmup(opt, warmup, steps)
+    scale = torch.full((k,), cfg.lora.alpha / cfg.lora.r, device=device)
+    streams = [_cycle(b, t.batch_size, t.seed + i) for i, b in enumerate(blocks)]
+    log: list[dict] = []
+    model.train()
+    try:
+        for step in tqdm(range(1, steps + 1), desc=f"{k} anchors together", disable=not progress):
+            losses = torch.zeros(k)
+            for _ in range(t.gradient_accumulation):
+                ids = torch.tensor([row for s in streams for row in next(s)], device=device)
+                runtime.state.set_groups(scale)
+                logits = model(input_ids=ids).logits[:, :-1]
+                tok = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+                per_anchor = tok.view(k, -1).mean(1)  # block k = anchor k
+                (per_anchor.sum() / t.gradient_accumulation).backward()
+                losses += per_anchor.detach().cpu() / t.gradient_accumulation
+            runtime.clip_per_adapter(1.0)  # the Trainer's max_grad_norm, per adapter
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if step % t.logging_steps == 0 or step == steps:
+                rec = {"step": step, "loss": losses.tolist(), "learning_rate": sched.get_last_lr()[0]}
+                log.append(rec)
+                if on_log:
+                    on_log(rec)
+    finally:
+        runtime.state.set(None)
+        model.eval()
+    s = cfg.lora.alpha / cfg.lora.r
+    adapters = [LoraWeights({n: (a, b, s) for n, (a, b, _) in ad.modules.items()}) for ad in runtime.export_adapters()]
+    runtime.detach()
+    return adapters, log
+
+
+def save_adapter(weights: LoraWeights, cfg: StylesConfig, base_name: str, out: Path) -> None:
+    """A standard PEFT adapter directory (PeftModel.from_pretrained and lerplm load it)."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    lora = cfg.lora
+    out.mkdir(parents=True, exist_ok=True)
+    LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+               task_type="CAUSAL_LM", bias="none", base_model_name_or_path=base_name).save_pretrained(str(out))
+    state = {}
+    for name, (a, b, _) in weights.modules.items():
+        state[f"base_model.model.{name}.lora_A.weight"] = a.contiguous()
+        state[f"base_model.model.{name}.lora_B.weight"] = b.contiguous()
+    save_file(state, str(out / "adapter_model.safetensors"))

@@ -1,0 +1,117 @@
+"""Training all anchors in one run equals training each alone (same batches, same optimiser)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
+
+from lerplm.config import StylesConfig
+from lerplm.runtime import LoraWeights, MixedRuntime
+from lerplm.train_mixed import _cycle, fresh_adapters, save_adapter, train_mixed
+
+
+def tiny_config(**training) -> StylesConfig:
+    return StylesConfig.model_validate({
+        "base_model": "x", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "training": {"batch_size": 2, "block_size": 12, "learning_rate": 5e-3, "max_steps": 4, "warmup_ratio": 0.25,
+                     "logging_steps": 1, **training},
+        "attributes": [{"name": "a", "negative": {"name": "n", "files": ["x"]}, "positive": {"name": "p", "files": ["y"]}}],
+    })
+
+
+def alone(model, adapter: LoraWeights, blocks, cfg: StylesConfig, seed: int):
+    """One adapter trained the ordinary way: PEFT, mean loss, clip_grad_norm_, AdamW, linear schedule."""
+    t = cfg.training
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                                 target_modules=cfg.lora.target_modules))
+    with torch.no_grad():
+        for name, (a, _, _) in adapter.modules.items():
+            peft_model.base_model.model.get_submodule(name).lora_A["default"].weight.copy_(a)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=0.0)
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(t.warmup_ratio * t.max_steps), t.max_steps)
+    stream = _cycle(blocks, t.batch_size, seed)
+    losses = []
+    for _ in range(t.max_steps):
+        ids = torch.tensor(next(stream))
+        logits = peft_model(input_ids=ids).logits[:, :-1]
+        loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    out = {n: (peft_model.base_model.model.get_submodule(n).lora_A["default"].weight.detach(),
+               peft_model.base_model.model.get_submodule(n).lora_B["default"].weight.detach()) for n in adapter.modules}
+    return out, losses
+
+
+def test_mixed_training_equals_training_each_anchor_alone(base_dir, tmp_path):
+    cfg = tiny_config()
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    blocks = [[torch.randint(0, vocab, (12,), generator=g).tolist() for _ in range(n)] for n in (5, 7, 6)]
+    init = fresh_adapters(model, cfg, 3, cfg.training.seed)
+    reference = copy.deepcopy(model)
+    adapters, log = train_mixed(model, blocks, cfg, progress=False)
+    assert len(log) == 4 and all(isinstance(x, float) for x in log[-1]["loss"])
+    assert type(model.get_submodule("model.layers.0.self_attn.q_proj")) is torch.nn.Linear  # base model restored
+    for k in range(3):
+        ref, losses = alone(reference, init[k], blocks[k], cfg, cfg.training.seed + k)
+        assert [r["loss"][k] for r in log] == pytest.approx(losses, rel=1e-4)
+        for name, (a, b) in ref.items():
+            got_a, got_b, s = adapters[k].modules[name]
+            assert s == pytest.approx(cfg.lora.alpha / cfg.lora.r)
+            assert b.abs().max() > 0  # trained, not the zero init
+            torch.testing.assert_close(got_a, a, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(got_b, b, atol=1e-5, rtol=1e-4)
+
+    # saved as standard PEFT adapters that plain PEFT and lerplm read back identically
+    save_adapter(adapters[1], cfg, str(base_dir), tmp_path / "a1")
+    ids = torch.tensor([blocks[1][0]])
+    peft_logits = PeftModel.from_pretrained(copy.deepcopy(reference), str(tmp_path / "a1")).eval()(input_ids=ids).logits
+    runtime = MixedRuntime.from_dirs(reference, [tmp_path / "a1"])
+    runtime.set_coefficients([[1.0]])
+    with torch.no_grad():
+        torch.testing.assert_close(reference(input_ids=ids).logits, peft_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_grouped_mode_equals_one_hot_rows_and_zero_blocks_are_skipped_exactly(base_dir):
+    """Grouped mode (row block k -> adapter k) and the zero-skipping path compute the full product's function."""
+    cfg = tiny_config()
+    model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    adapters = fresh_adapters(model, cfg, 3, 0)
+    for ad in adapters:  # non-zero B so that every adapter changes the output
+        for name, (a, b, s) in list(ad.modules.items()):
+            ad.modules[name] = (a, torch.randn(b.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1, s)
+    runtime = MixedRuntime(model, adapters)
+    ids = torch.randint(0, model.config.vocab_size, (6, 9), generator=torch.Generator().manual_seed(1))
+    scale = torch.tensor([0.5, 2.0, 1.5])
+    with torch.no_grad():
+        runtime.set_coefficients(torch.eye(3).repeat_interleave(2, 0) * scale)  # rows 0-1 adapter 0, ...
+        assert runtime.state.blocks is None  # every adapter is used by some row
+        one_hot = model(input_ids=ids).logits
+        runtime.state.set_groups(scale)
+        grouped = model(input_ids=ids).logits
+        torch.testing.assert_close(grouped, one_hot, atol=1e-5, rtol=1e-5)
+
+        c = torch.tensor([[0.3, 0.0, 0.7], [0.0, 0.0, 1.0]])  # adapter 1 unused by the batch: skipped
+        runtime.set_coefficients(c)
+        assert runtime.state.blocks == [(0, 1), (2, 3)]
+        skipped = model(input_ids=ids[:2]).logits
+        runtime.set_coefficients(c + torch.tensor([0.0, 1e-30, 0.0]))  # same function, no adapter skipped
+        assert runtime.state.blocks is None
+        torch.testing.assert_close(skipped, model(input_ids=ids[:2]).logits, atol=1e-5, rtol=1e-5)
+        runtime.set_coefficients(torch.zeros(2, 3))
+        assert runtime.state.blocks == []
+        with runtime.detached() as plain:
+            base = plain(input_ids=ids[:2]).logits
+        torch.testing.assert_close(model(input_ids=ids[:2]).logits, base)
