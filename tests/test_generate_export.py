@@ -40,7 +40,7 @@ def test_greedy_decode_with_kv_cache_matches_transformers_generate(lm, base_dir)
             ref.get_submodule(name).weight += delta
         for prompt, (text,) in zip(PROMPTS, ours):
             ids = lm.tokenizer(prompt, return_tensors="pt")
-            out = ref.generate(**ids, max_new_tokens=10, do_sample=False, eos_token_id=lm._eos_ids(), pad_token_id=0)
+            out = ref.generate(**ids, max_new_tokens=10, do_sample=False, eos_token_id=lm.eos_ids(), pad_token_id=0)
             want = lm.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
             assert text == want
 

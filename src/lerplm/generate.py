@@ -180,7 +180,7 @@ class LerpModel:
 
         ids, mask = enc["input_ids"], enc["attention_mask"]
         gens = [torch.Generator().manual_seed(s) for s in seeds]
-        eos = self._eos_ids()
+        eos = self.eos_ids()
         cache = DynamicCache()
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         new_tokens: list[torch.Tensor] = []
@@ -210,7 +210,8 @@ class LerpModel:
             texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return texts
 
-    def _eos_ids(self) -> list[int]:
+    def eos_ids(self) -> list[int]:
+        """Token ids that end a generation: the model's generation config plus the tokenizer's EOS."""
         ids = self.model.generation_config.eos_token_id
         ids = [ids] if isinstance(ids, int) else list(ids or [])
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:

@@ -66,7 +66,7 @@ class Engine:
         self.cache = None
         self.mask: torch.Tensor | None = None
         self.last: torch.Tensor | None = None  # (B,) the token each row feeds next
-        self.eos = set(lm._eos_ids())
+        self.eos = set(lm.eos_ids())
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopped = False
