@@ -69,6 +69,12 @@ def main() -> None:
     k = len(dirs)
     runtime = MixedRuntime.from_dirs(model, dirs)
     results: dict = {"args": vars(args), "step_s": {}, "ratio_to_base": {}}
+    # A decode step must read every weight once: (base + stacked adapters) / base is the floor of the ratio
+    base_params = sum(p.numel() for p in model.parameters())  # a tied lm_head counts once, as it is read once
+    adapter_params = sum(layer.a_cat.numel() + layer.b_cat.numel() for layer in runtime.layers.values())
+    results["weight_read_floor"] = 1 + adapter_params / base_params
+    print(f"weights read per decode step: base {base_params / 1e6:.1f}M, stacked adapters {adapter_params / 1e6:.1f}M "
+          f"-> floor for a mix per row {results['weight_read_floor']:.3f}x the base", flush=True)
 
     def per_row(batch: int) -> torch.Tensor:
         c = torch.rand(batch, k, generator=torch.Generator().manual_seed(batch))

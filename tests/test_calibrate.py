@@ -185,3 +185,7 @@ def test_eval_targets_cli(anchor_dir, tmp_path):
     assert r.exit_code == 2 and "--pair takes two different attributes" in r.output
     r = CliRunner().invoke(app, args[:-2] + ["--skip-prompts", "9", "--out", str(tmp_path / "r2")])
     assert r.exit_code == 2 and "no prompts after skipping 9" in r.output
+    r = CliRunner().invoke(app, args[:-2] + ["--target", "sentiment=0.4", "--out", str(tmp_path / "r3")])
+    assert r.exit_code == 0, r.output
+    assert sorted(pd.read_csv(tmp_path / "r3" / "targets.csv")["point"]) == [
+        "target-calibrated-sentiment=0.4", "target-naive-sentiment=0.4"]

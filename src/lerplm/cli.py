@@ -321,7 +321,8 @@ def sweep(
     prompts: Annotated[Path, typer.Option("--prompts", help="One prompt per line.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumes if it exists).")],
     n: Annotated[int, typer.Option(min=1, help="Samples per prompt and grid point.")] = 1,
-    max_prompts: Annotated[Optional[int], typer.Option(min=1, help="Use the first N prompts.")] = None,
+    max_prompts: Annotated[Optional[int], typer.Option(min=1, help="Use N prompts (after --skip-prompts).")] = None,
+    skip_prompts: Annotated[int, typer.Option(min=0, help="Skip the first N prompts (e.g. to keep them for evaluation).")] = 0,
     levels: Annotated[int, typer.Option(min=2, help="Levels per varied attribute.")] = 11,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
@@ -334,7 +335,6 @@ def sweep(
     """Generate over a grid of mixes, score every generation on every attribute, write tidy rows."""
     _require_eval()
     from .anchors import AnchorSet
-    from .data import read_texts
     from .evaluate.grids import parse_grid
     from .evaluate.scorers import ScorerSet
     from .evaluate.sweep import run_sweep
@@ -342,7 +342,7 @@ def sweep(
 
     names = AnchorSet.load(anchors).names
     points = [p for g in grid for p in parse_grid(g, names, levels)]
-    prompt_list = read_texts(prompts)[:max_prompts]
+    prompt_list = _prompt_slice(prompts, skip_prompts, max_prompts)
     scorer_set = ScorerSet.load(scorers)
     heldout = _heldout_texts(config, heldout_per_endpoint) if config else []
     _quiet_transformers()
@@ -364,6 +364,7 @@ def eval_targets(
     max_prompts: Annotated[Optional[int], typer.Option(min=1, help="Then use N prompts.")] = None,
     attribute: Annotated[Optional[list[str]], typer.Option("--attribute", help="One-attribute targets for these (default: all calibrated).")] = None,
     pair: Annotated[Optional[list[str]], typer.Option("--pair", help="Two-attribute targets, e.g. sentiment,formality. Repeatable.")] = None,
+    target: Annotated[Optional[list[str]], typer.Option("--target", "-t", help='Explicit targets instead of the grid, e.g. "sentiment=0.4,formality=0.7". Repeatable.')] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
     seed: int = 1,
     batch_rows: Annotated[int, typer.Option(min=1, help="Generations per batch.")] = 64,
@@ -372,11 +373,11 @@ def eval_targets(
     _require_eval()
     from .anchors import AnchorSet
     from .calibrate import CALIBRATION, ResponseModel
-    from .data import read_texts
     from .evaluate.scorers import ScorerSet
     from .evaluate.sweep import run_sweep
     from .evaluate.targets import check_calibration, parse_pairs, target_points, target_sets, write_report
     from .generate import LerpModel, SamplingParams
+    from .mix import parse_assignments
 
     anchor_set = AnchorSet.load(anchors)
     model = ResponseModel.load(calibration or anchor_set.root / CALIBRATION)
@@ -386,11 +387,11 @@ def eval_targets(
         if a not in model.scored:
             raise LerpError(f"no calibrated scorer for {a!r}; calibrated: {', '.join(model.scored)}")
     targets, ranges = target_sets(model, singles, parse_pairs(pair or [], model.scored))
+    if target:
+        targets = [parse_assignments(t, "target") for t in target]
     if not targets:
         raise LerpError("no reachable targets: the calibration predicts almost no control for these attributes")
-    prompt_list = read_texts(prompts)[skip_prompts:][:max_prompts]
-    if not prompt_list:
-        raise LerpError(f"{prompts} has no prompts after skipping {skip_prompts}")
+    prompt_list = _prompt_slice(prompts, skip_prompts, max_prompts)
     scorer_set = ScorerSet.load(scorers)
     _quiet_transformers()
     lm = LerpModel.load(anchors)
@@ -403,6 +404,15 @@ def eval_targets(
             v = summary[part]
             typer.echo(f"{part.split('_')[0]} targets: calibrated MAE {v['calibrated']:.3f}, naive MAE {v['naive']:.3f}")
     typer.echo(f"wrote {out / 'targets.md'}")
+
+
+def _prompt_slice(path: Path, skip: int, count: int | None) -> list[str]:
+    from .data import read_texts
+
+    got = read_texts(path)[skip:][:count]
+    if not got:
+        raise LerpError(f"{path} has no prompts after skipping {skip}")
+    return got
 
 
 def _heldout_texts(config: Path, per_endpoint: int) -> list[str]:
