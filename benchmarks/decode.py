@@ -48,6 +48,25 @@ def step_time(model, batch: int, prompt: int, steps: int, vocab: int, device: st
     return median([median(run()) for _ in range(repeat)])
 
 
+@torch.inference_mode()
+def profile_step(model, batch: int, prompt: int, vocab: int, device: str) -> dict[str, float]:
+    """Self time (ms) per operator over 4 decode steps, printed as a table and returned."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import DynamicCache
+
+    ids = torch.randint(0, vocab, (batch, prompt), generator=torch.Generator().manual_seed(0)).to(device)
+    cache = DynamicCache()
+    model(input_ids=ids, past_key_values=cache, use_cache=True)
+    nxt = ids[:, -1:]
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        for _ in range(4):
+            model(input_ids=nxt, past_key_values=cache, use_cache=True)
+    print(f"batch {batch}, where 4 decode steps spend their time:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    return {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="default", help="default | llama-1b | llama-8b")
@@ -58,6 +77,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="decode steps timed per repeat")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="print where a decode step's time goes (lerplm, a mix per row)")
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     dev = args.device
@@ -86,6 +106,8 @@ def main() -> None:
             row["base"] = step_time(plain, b, args.prompt, args.steps, vocab, dev, args.repeat)
         runtime.set_coefficients(per_row(b))
         row["lerplm_rows"] = step_time(model, b, args.prompt, args.steps, vocab, dev, args.repeat)
+        if args.profile:
+            results.setdefault("profile", {})[b] = profile_step(model, b, args.prompt, vocab, dev)
         one_attr = torch.zeros(b, k, device=dev)  # one slider: every row a different level of the same attribute
         one_attr[:, 1] = torch.linspace(0, 1, b, device=dev)
         one_attr[:, 0] = 1 - one_attr[:, 1]

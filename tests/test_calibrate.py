@@ -152,6 +152,17 @@ def test_target_evaluation_calibrated_beats_naive_on_a_known_surface(model, tmp_
     assert (tmp_path / "targets.png").stat().st_size > 1000 and "(targets.png)" in (tmp_path / "targets.md").read_text()
 
 
+def test_targets_the_solver_calls_unreachable_are_reported_apart(model, tmp_path):
+    from lerplm.evaluate.targets import target_points, write_report
+
+    points = target_points(model, [{"a": 0.5}, {"a": 0.99}])  # sigma(2) = 0.88 is a's ceiling
+    assert [p.meta["reachable"] for p in points] == [1, 1, 0, 0]
+    summary = write_report(rows_from_truth(points, 40, 0.05), tmp_path, {}, {"prompts": 40})
+    assert summary["single_unreachable_targets"] == ["a=0.99"]
+    assert summary["single_reachable"]["calibrated"] < 0.02 < summary["single_overall"]["calibrated"]
+    assert "out of reach under this calibration: a=0.99" in (tmp_path / "targets.md").read_text()
+
+
 def test_target_sets_leave_out_an_attribute_the_anchors_do_not_move():
     from lerplm.evaluate.targets import target_sets
 

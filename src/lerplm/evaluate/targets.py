@@ -56,8 +56,8 @@ def target_points(model: ResponseModel, targets: Sequence[dict[str, float]]) -> 
     """Two grid points per target: the solved mix and the naive one (levels = targets, equal weights)."""
     points = []
     for t in targets:
-        meta = {"grid": "target", "targets": _slug(t), "n_targets": len(t)}
         sol = solve(model, t)
+        meta = {"grid": "target", "targets": _slug(t), "n_targets": len(t), "reachable": int(not sol.warnings)}
         equal = {a: 1 / len(t) for a in t}
         for method, levels, weights in (("calibrated", sol.mix.levels, sol.mix.weights), ("naive", dict(t), equal)):
             points.append(GridPoint(f"target-{method}-{_slug(t)}", dict(levels), dict(weights),
@@ -79,10 +79,15 @@ def target_errors(df: pd.DataFrame) -> pd.DataFrame:
             recs.append({
                 "point": pid, "method": g["meta_method"].iloc[0], "targets": g["meta_targets"].iloc[0],
                 "n_targets": int(g["meta_n_targets"].iloc[0]), "attribute": a, "target": float(t), "achieved": mean,
+                "reachable": bool(g["meta_reachable"].iloc[0]) if "meta_reachable" in g else True,
                 "ci95": 1.96 * s.std(ddof=1) / math.sqrt(len(s)) if len(s) > 1 else math.nan,
                 "abs_error": abs(mean - float(t)), "n": len(s),
             })
-    return pd.DataFrame(recs)
+    out = pd.DataFrame(recs)
+    # reachability belongs to the target (the solver's verdict), so both methods' rows take the calibrated one's
+    verdict = out[out["method"] == "calibrated"].groupby("targets")["reachable"].all()
+    out["reachable"] = out["targets"].map(verdict).fillna(True).astype(bool)
+    return out
 
 
 def summarize(errors: pd.DataFrame) -> dict:
@@ -98,6 +103,10 @@ def summarize(errors: pd.DataFrame) -> dict:
         sub = one if part == "single" else two
         if len(sub):
             out[f"{part}_overall"] = {m: float(sub[sub["method"] == m]["abs_error"].mean()) for m in METHODS}
+        reach = sub[sub["reachable"]]
+        if 0 < len(reach) < len(sub):  # the solver warned for some targets: also report the ones it did not
+            out[f"{part}_reachable"] = {m: float(reach[reach["method"] == m]["abs_error"].mean()) for m in METHODS}
+            out[f"{part}_unreachable_targets"] = sorted(set(sub[~sub["reachable"]]["targets"]))
     out["median_ci95"] = float(errors["ci95"].median())
     return out
 
@@ -145,12 +154,20 @@ def write_report(df: pd.DataFrame, out: str | Path, ranges: dict[str, float], me
         if f"{part}_overall" in summary:
             v = summary[f"{part}_overall"]
             lines.append(f"| {label} | **all** | **{v['calibrated']:.3f}** | **{v['naive']:.3f}** | {_ratio(v)} |")
+        if f"{part}_reachable" in summary:
+            v = summary[f"{part}_reachable"]
+            lines.append(f"| {label} | **all the solver called reachable** | **{v['calibrated']:.3f}** | **{v['naive']:.3f}** | {_ratio(v)} |")
     skipped = [f"{a} ({r:.3f})" for a, r in ranges.items() if not any(errors["attribute"].eq(a) & errors["n_targets"].eq(1))]
     if skipped:
         lines += ["", "Left out (predicted score range over levels 0.1-0.9 too small to set targets in): " + ", ".join(skipped) + "."]
-    lines += ["", "![target vs achieved](targets.png)", "", "| point | attribute | target | achieved | ±95% |", "|---|---|---|---|---|"]
+    for part in ("single", "pairs"):
+        if f"{part}_unreachable_targets" in summary:
+            lines += ["", "The solver warned that these targets are out of reach under this calibration: "
+                      + "; ".join(summary[f"{part}_unreachable_targets"]) + "."]
+    lines += ["", "![target vs achieved](targets.png)", "", "| point | attribute | target | achieved | ±95% | solver: reachable |",
+              "|---|---|---|---|---|---|"]
     for r in errors.itertuples():
-        lines.append(f"| {r.point} | {r.attribute} | {r.target:.3f} | {r.achieved:.3f} | {r.ci95:.3f} |")
+        lines.append(f"| {r.point} | {r.attribute} | {r.target:.3f} | {r.achieved:.3f} | {r.ci95:.3f} | {'yes' if r.reachable else 'no'} |")
     (out / "targets.md").write_text("\n".join(lines) + "\n")
     return summary
 
