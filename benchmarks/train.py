@@ -111,7 +111,7 @@ def main() -> None:
     print(f"  one after another (PEFT): {seq:.2f} s/step per anchor, {res['sequential_tokens_per_s']:.0f} tokens/s")
     print(f"  all together (lerplm):    {mixed:.2f} s/step for all {args.anchors}, {res['mixed_tokens_per_s']:.0f} tokens/s")
     print(f"  speed-up of training together: {res['speedup']:.2f}x"
-          f" (ten anchors x 60 steps: {args.anchors * 60 * seq / 60:.1f} min vs {60 * mixed / 60:.1f} min)")
+          f" ({args.anchors} anchors x 60 steps: {args.anchors * seq:.1f} min one after another vs {mixed:.1f} min together)")
     print(f"wrote {save(f'train-{args.shape}-{args.dtype}-{args.device}', res)}")
 
 
