@@ -106,6 +106,12 @@ class ResponseModel:
         cv = {s: float(errs[:, j].mean()) for j, s in enumerate(scored)}
         return cls(list(attributes), scored, theta, cv, len(X))
 
+    def check_scored(self, names) -> None:
+        """A clear error for an attribute this calibration has no scores for."""
+        for a in names:
+            if a not in self.scored:
+                raise LerpError(f"no calibrated scorer for {a!r}; calibrated: {', '.join(self.scored)}")
+
     def predict(self, levels: Mapping[str, float], weights: Mapping[str, float]) -> dict[str, float]:
         x = np.r_[1.0, mix_features(self.attributes, levels, weights)]
         return {s: float(_sigmoid(self.theta[j] @ x)) for j, s in enumerate(self.scored)}
@@ -155,9 +161,8 @@ def solve(
     A target the model cannot reach within ``tolerance`` gives a warning naming the reachable range."""
     from scipy.optimize import minimize
 
+    model.check_scored(targets)
     for a, t in targets.items():
-        if a not in model.scored:
-            raise LerpError(f"no calibrated scorer for {a!r}; calibrated: {', '.join(model.scored)}")
         if not (math.isfinite(t) and 0 <= t <= 1):
             raise LerpError(f"target score of {a!r} is {t}; scores lie in [0, 1]")
     fixed = dict(fixed or {})

@@ -380,13 +380,10 @@ def eval_targets(
     from .mix import parse_assignments
 
     anchor_set = AnchorSet.load(anchors)
-    model = ResponseModel.load(calibration or anchor_set.root / CALIBRATION)
+    calibration = calibration or anchor_set.root / CALIBRATION
+    model = ResponseModel.load(calibration)
     check_calibration(model, anchor_set.names)
-    singles = attribute or list(model.scored)
-    for a in singles:
-        if a not in model.scored:
-            raise LerpError(f"no calibrated scorer for {a!r}; calibrated: {', '.join(model.scored)}")
-    targets, ranges = target_sets(model, singles, parse_pairs(pair or [], model.scored))
+    targets, ranges = target_sets(model, attribute or list(model.scored), parse_pairs(pair or [], model.scored))
     if target:
         targets = [parse_assignments(t, "target") for t in target]
     if not targets:
@@ -398,7 +395,7 @@ def eval_targets(
     params = SamplingParams(max_new_tokens, 0.8, 0.95, 0, seed)
     df = run_sweep(lm, scorer_set, target_points(model, targets), prompt_list, out, 1, params, batch_rows)
     summary = write_report(df, out, ranges, {"prompts": len(prompt_list), "skip_prompts": skip_prompts,
-                                              "calibration": str(calibration or anchor_set.root / CALIBRATION)})
+                                              "calibration": str(calibration)})
     for part in ("single_overall", "pairs_overall"):
         if part in summary:
             v = summary[part]

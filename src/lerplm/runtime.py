@@ -94,7 +94,7 @@ class MixState:
         if coeffs is not None:
             active = coeffs.reshape(-1, self.num_adapters).ne(0).any(0).tolist()  # one host sync per mix change
             if not all(active):
-                self.blocks = [(k0, k1) for k0, k1 in _runs(active)]
+                self.blocks = list(_runs(active))
 
     def set_groups(self, scale: torch.Tensor) -> None:
         """Grouped mode: the batch is K equal blocks of rows, block k under adapter k times scale[k]."""
@@ -248,27 +248,29 @@ class MixedRuntime:
     @torch.no_grad()
     def clip_per_adapter(self, max_norm: float) -> None:
         """Scale each adapter's gradients to a global norm of at most ``max_norm``, as if trained alone."""
-        sq = torch.zeros(self.num_adapters, dtype=torch.float64)
-        for layer in self.layers.values():
+        layers = list(self.layers.values())
+        sq = torch.zeros(self.num_adapters, dtype=torch.float64, device=layers[0].seg.device)
+        for layer in layers:
             for g, dim in ((layer.a_cat.grad, 1), (layer.b_cat.grad, 0)):
                 if g is not None:
-                    sq.index_add_(0, layer.seg.cpu(), g.double().pow(2).sum(dim).cpu())
+                    sq.index_add_(0, layer.seg, g.double().pow(2).sum(dim))
         factor = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0).float()
-        for layer in self.layers.values():
-            f = factor.to(layer.seg.device)[layer.seg]
+        for layer in layers:
+            f = factor[layer.seg]
             if layer.a_cat.grad is not None:
                 layer.a_cat.grad.mul_(f[:, None])
             if layer.b_cat.grad is not None:
                 layer.b_cat.grad.mul_(f[None, :])
 
-    def export_adapters(self) -> list[LoraWeights]:
-        """The stacked weights split back into one adapter each (scaling as stored: b_cat holds s·B)."""
+    def export_adapters(self, scaling: float) -> list[LoraWeights]:
+        """The stacked weights split back into one adapter each, as (A, B, ``scaling``): the scaling that
+        the stored B is to be used with (1 for a runtime loaded from adapters, whose b_cat holds s·B)."""
         out = []
         for k in range(self.num_adapters):
             modules = {}
             for name, layer in self.layers.items():
                 r = slice(layer.offsets[k], layer.offsets[k + 1])
-                modules[name] = (layer.a_cat[r].detach().float().cpu().clone(), layer.b_cat[:, r].detach().float().cpu().clone(), 1.0)
+                modules[name] = (layer.a_cat[r].detach().float().cpu().clone(), layer.b_cat[:, r].detach().float().cpu().clone(), scaling)
             out.append(LoraWeights(modules))
         return out
 

@@ -199,30 +199,33 @@ def train_anchors(
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
     settings = _settings(cfg)
+    done: dict[str, dict] = {}  # anchors finished before this run -> their training summary
     for attr, ep, _, _ in plan:
         target = out / f"{attr.name}.{ep.name}"
         if (target / "adapter_config.json").is_file():
             summary = json.loads((target / SUMMARY).read_text()) if (target / SUMMARY).is_file() else {}
             if summary.get("settings", settings) != settings:
                 raise LerpError(f"{target} was trained with other settings; use a new --out or delete that directory")
-    todo = [(f"{attr.name}.{ep.name}", texts) for attr, ep, texts, _ in plan
-            if not (out / f"{attr.name}.{ep.name}" / "adapter_config.json").is_file()]
+            done[target.name] = summary
+    todo = [(f"{attr.name}.{ep.name}", texts) for attr, ep, texts, _ in plan if f"{attr.name}.{ep.name}" not in done]
+    together_now: dict[str, dict] = {}
     if together and todo:
         log(f"training {len(todo)} anchors together: {', '.join(n for n, _ in todo)}")
-        for name, summary in train_together(base_ref, todo, cfg, out).items():
+        together_now = train_together(base_ref, todo, cfg, out)
+        for name, summary in together_now.items():
             log(f"{name}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
     endpoints: dict[str, Endpoint] = {}
     for i, (attr, ep, texts, prov) in enumerate(plan, 1):
         name = f"{attr.name}.{ep.name}"
-        target = out / name
         tag = f"[{i}/{len(plan)}] {name}"
-        if (target / "adapter_config.json").is_file():
-            summary = json.loads((target / SUMMARY).read_text()) if (target / SUMMARY).is_file() else {}
-            if not (together and name in dict(todo)):
-                log(f"{tag}: already trained, skipped")
+        if name in together_now:
+            summary = together_now[name]
+        elif name in done:
+            summary = done[name]
+            log(f"{tag}: already trained, skipped")
         else:
             log(f"{tag}: training on {len(texts)} texts")
-            summary = train_anchor(base_ref, texts, cfg, target, out / ".work" / name, name, callbacks)
+            summary = train_anchor(base_ref, texts, cfg, out / name, out / ".work" / name, name, callbacks)
             log(f"{tag}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
         endpoints[name] = Endpoint(ep.name, name, prov, summary.get("train_loss"))
     attributes = [

@@ -87,7 +87,8 @@ def train_mixed(
     opt = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=0.0)
     warmup = math.ceil(t.warmup_ratio * steps) if t.warmup_ratio < 1 else int(t.warmup_ratio)
     sched = get_linear_schedule_with_warmup(opt, warmup, steps)
-    scale = torch.full((k,), cfg.lora.alpha / cfg.lora.r, device=device)
+    scaling = cfg.lora.alpha / cfg.lora.r  # B trains unscaled (PEFT's parametrisation); s rides as the group scale
+    scale = torch.full((k,), scaling, device=device)
     streams = [_cycle(b, t.batch_size, t.seed + i) for i, b in enumerate(blocks)]
     log: list[dict] = []
     model.train()
@@ -114,8 +115,7 @@ def train_mixed(
     finally:
         runtime.state.set(None)
         model.eval()
-    s = cfg.lora.alpha / cfg.lora.r
-    adapters = [LoraWeights({n: (a, b, s) for n, (a, b, _) in ad.modules.items()}) for ad in runtime.export_adapters()]
+    adapters = runtime.export_adapters(scaling)
     runtime.detach()
     return adapters, log
 

@@ -34,6 +34,7 @@ def target_sets(
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Reachable target dicts, and the predicted range of every single attribute (those under
     ``min_range`` are left out: no mapping can steer an attribute the anchors do not move)."""
+    model.check_scored(singles)
     out, ranges = [], {}
     for a in singles:
         preds = [model.predict({a: lv}, {a: 1.0})[a] for lv in levels]
@@ -90,22 +91,24 @@ def target_errors(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _mae(errors: pd.DataFrame) -> dict[str, float]:
+    return {m: float(errors[errors["method"] == m]["abs_error"].mean()) for m in METHODS}
+
+
 def summarize(errors: pd.DataFrame) -> dict:
     """MAE per method: per attribute for one-attribute targets, and over two-attribute targets."""
-    out: dict = {"single": {}, "pairs": {}}
-    one = errors[errors["n_targets"] == 1]
-    for a, g in one.groupby("attribute", sort=False):
-        out["single"][a] = {m: float(g[g["method"] == m]["abs_error"].mean()) for m in METHODS}
-    two = errors[errors["n_targets"] == 2]
-    for key, g in two.groupby(two["targets"].map(lambda s: "+".join(p.split("=")[0] for p in s.split(","))), sort=False):
-        out["pairs"][key] = {m: float(g[g["method"] == m]["abs_error"].mean()) for m in METHODS}
-    for part in ("single", "pairs"):
-        sub = one if part == "single" else two
+    one, two = errors[errors["n_targets"] == 1], errors[errors["n_targets"] == 2]
+    out: dict = {
+        "single": {a: _mae(g) for a, g in one.groupby("attribute", sort=False)},
+        "pairs": {key: _mae(g) for key, g in two.groupby(
+            two["targets"].map(lambda s: "+".join(p.split("=")[0] for p in s.split(","))), sort=False)},
+    }
+    for part, sub in (("single", one), ("pairs", two)):
         if len(sub):
-            out[f"{part}_overall"] = {m: float(sub[sub["method"] == m]["abs_error"].mean()) for m in METHODS}
+            out[f"{part}_overall"] = _mae(sub)
         reach = sub[sub["reachable"]]
         if 0 < len(reach) < len(sub):  # the solver warned for some targets: also report the ones it did not
-            out[f"{part}_reachable"] = {m: float(reach[reach["method"] == m]["abs_error"].mean()) for m in METHODS}
+            out[f"{part}_reachable"] = _mae(reach)
             out[f"{part}_unreachable_targets"] = sorted(set(sub[~sub["reachable"]]["targets"]))
     out["median_ci95"] = float(errors["ci95"].median())
     return out
