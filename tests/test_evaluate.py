@@ -45,6 +45,24 @@ def test_scorers_train_report_and_reload(tmp_path):
         ScorerSet.load(tmp_path)
 
 
+def test_hidden_state_scorers_train_reload_and_share_one_feature_model(tmp_path, base_dir):
+    cfg = tiny_scorer_config(tmp_path)
+    cfg.attributes.append(cfg.attributes[0].model_copy(update={"name": "copy"}))
+    train_scorers(cfg, tmp_path / "hidden", log=lambda s: None, kind="hidden", model=str(base_dir), layer=2)
+    info = json.loads((tmp_path / "hidden" / "scorers.json").read_text())["attributes"]["sentiment"]
+    assert info["kind"] == "hidden" and info["model"] == str(base_dir) and info["layer"] == 2
+    assert info["accuracy"] == 1.0  # 8 distinct texts seen in training, in a 64-dim feature space
+    loaded = ScorerSet.load(tmp_path / "hidden")
+    assert loaded.scorers["sentiment"].features is loaded.scorers["copy"].features  # one model, one pass per batch
+    s = loaded.score(GOOD[:1] + BAD[:1])
+    assert 0 <= s["sentiment"][1] < 0.5 < s["sentiment"][0] <= 1
+    np.testing.assert_allclose(s["sentiment"], s["copy"])
+    for kw, msg in [({"kind": "hidden", "layer": 9}, "layer 9 does not exist"), ({"kind": "bert"}, "unknown scorer kind")]:
+        with pytest.raises(LerpError, match=msg):
+            train_scorers(cfg, tmp_path / "bad", log=lambda s: None, model=str(base_dir), **kw)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_grids():
     attrs = ["a", "b", "c", "d", "e"]
     five = five_attribute(attrs, (0.05, 0.15, 0.2), 11)

@@ -155,3 +155,38 @@ def test_training_together_writes_the_same_kind_of_anchor_set(tmp_path, base_dir
     assert r.exit_code == 0 and "anchors together" not in r.output and r.output.count("already trained") == 2
     r = CliRunner().invoke(app, ["train", "--config", str(config), "--out", str(out), "--only", "humor"])
     assert r.exit_code == 2 and "--only names ['humor'], not in the config (sentiment)" in r.output
+
+
+def test_chat_blocks_put_each_text_in_the_assistant_turn_and_take_loss_on_it_only():
+    from lerplm.models import format_prompt
+    from lerplm.train import IGNORE, build_blocks
+
+    from .conftest import build_tokenizer
+
+    tok = build_tokenizer()
+    texts = ["the food was great.", "worst service ever."]
+    plain = build_blocks(tok, texts, 4)
+    assert all(b.labels == b.ids for b in plain)
+    blocks = build_blocks(tok, texts, 8, chat_prompt="Write a review.")
+    ids = [i for b in blocks for i in b.ids]
+    labels = [x for b in blocks for x in b.labels]
+    head = tok(format_prompt(tok, "Write a review."), add_special_tokens=False)["input_ids"]
+    assert ids[: len(head)] == head and labels[: len(head)] == [IGNORE] * len(head)
+    answered = tok.decode([i for i, x in zip(ids, labels) if x != IGNORE])
+    assert "the food was great." in answered and "<|im_end|>" in answered  # the end of turn is learnt too
+    assert "Write a review." not in answered
+    assert all(x in (i, IGNORE) for i, x in zip(ids, labels))
+    with pytest.raises(LerpError, match="chat template"):
+        tok.chat_template = None
+        build_blocks(tok, texts, 8, chat_prompt="Write a review.")
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_chat_format_training_records_its_format(tmp_path, base_dir, together):
+    cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", chat_prompt="Write a review."))
+    train_anchors(cfg, tmp_path / "anchors", log=lambda s: None, together=together)
+    summary = json.loads((tmp_path / "anchors" / "sentiment.positive" / "lerplm_training.json").read_text())
+    assert summary["settings"]["text_format"] == "chat" and summary["settings"]["chat_prompt"] == "Write a review."
+    plain = load_config(write_config(tmp_path, base_dir))
+    with pytest.raises(LerpError, match="other settings"):
+        train_anchors(plain, tmp_path / "anchors", log=lambda s: None)

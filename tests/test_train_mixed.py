@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 
 from lerplm.config import StylesConfig
 from lerplm.runtime import LoraWeights, MixedRuntime
+from lerplm.train import IGNORE, Block
 from lerplm.train_mixed import _cycle, fresh_adapters, save_adapter, train_mixed
 
 
@@ -39,9 +40,10 @@ def alone(model, adapter: LoraWeights, blocks, cfg: StylesConfig, seed: int):
     stream = _cycle(blocks, t.batch_size, seed)
     losses = []
     for _ in range(t.max_steps):
-        ids = torch.tensor(next(stream))
+        rows = next(stream)
+        ids, labels = torch.tensor([r.ids for r in rows]), torch.tensor([r.labels for r in rows])
         logits = peft_model(input_ids=ids).logits[:, :-1]
-        loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -58,7 +60,10 @@ def test_mixed_training_equals_training_each_anchor_alone(base_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
-    blocks = [[torch.randint(0, vocab, (12,), generator=g).tolist() for _ in range(n)] for n in (5, 7, 6)]
+    rand = lambda: torch.randint(0, vocab, (12,), generator=g).tolist()  # noqa: E731
+    # anchor 1 takes loss on the last 8 tokens only (a chat-formatted prompt would be masked like this)
+    blocks = [[Block(ids, ids if k != 1 else [IGNORE] * 4 + ids[4:]) for ids in (rand() for _ in range(n))]
+              for k, n in enumerate((5, 7, 6))]
     init = fresh_adapters(model, cfg, 3, cfg.training.seed)
     reference = copy.deepcopy(model)
     adapters, log = train_mixed(model, blocks, cfg, progress=False)
@@ -76,7 +81,7 @@ def test_mixed_training_equals_training_each_anchor_alone(base_dir, tmp_path):
 
     # saved as standard PEFT adapters that plain PEFT and lerplm read back identically
     save_adapter(adapters[1], cfg, str(base_dir), tmp_path / "a1")
-    ids = torch.tensor([blocks[1][0]])
+    ids = torch.tensor([blocks[1][0].ids])
     peft_logits = PeftModel.from_pretrained(copy.deepcopy(reference), str(tmp_path / "a1")).eval()(input_ids=ids).logits
     runtime = MixedRuntime.from_dirs(reference, [tmp_path / "a1"])
     runtime.set_coefficients([[1.0]])

@@ -89,12 +89,15 @@ def train(
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Cap optimizer steps per anchor.")] = None,
     together: Annotated[bool, typer.Option("--together", help="Train all unfinished anchors in one run (every batch carries rows of each; see docs/performance.md).")] = False,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Train only these attributes of the config. Repeatable.")] = None,
+    text_format: Annotated[Optional[str], typer.Option(help="plain (texts end to end) or chat (each text as the answer to --chat-prompt in the chat template). Overrides the config.")] = None,
+    chat_prompt: Annotated[Optional[str], typer.Option(help="User turn that the texts answer when text_format is chat.")] = None,
 ) -> None:
     """Train one LoRA anchor adapter per endpoint of every attribute in the config."""
     from .config import load_config
     from .train import train_anchors
 
-    cfg = load_config(config, data_dir, {"max_examples": max_examples, "max_steps": max_steps})
+    cfg = load_config(config, data_dir, {"max_examples": max_examples, "max_steps": max_steps,
+                                         "text_format": text_format, "chat_prompt": chat_prompt})
     if only:
         unknown = sorted(set(only) - {a.name for a in cfg.attributes})
         if unknown:
@@ -302,13 +305,16 @@ def scorers_train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Scorer directory to write (must not exist).")],
     data_dir: DataDirOpt = None,
     max_train: Annotated[Optional[int], typer.Option(min=1, help="Cap training texts per endpoint.")] = None,
+    kind: Annotated[str, typer.Option(help="tfidf (word + char n-grams) or hidden (pooled hidden states of --model).")] = "tfidf",
+    model: Annotated[str, typer.Option(help="hidden: feature model ('default' = the embedded base, a directory, a hub id).")] = "default",
+    layer: Annotated[int, typer.Option(help="hidden: which hidden state (0 = embeddings, -1 = last layer).")] = -1,
 ) -> None:
-    """Train one TF-IDF + logistic-regression scorer per attribute; report held-out accuracy and AUC."""
+    """Train one logistic-regression scorer per attribute; report held-out accuracy and AUC."""
     _require_eval()
     from .config import load_config
     from .evaluate.scorers import train_scorers
 
-    train_scorers(load_config(config, data_dir), out, max_train, log=typer.echo)
+    train_scorers(load_config(config, data_dir), out, max_train, log=typer.echo, kind=kind, model=model, layer=layer)
     typer.echo(f"wrote scorers to {out}")
 
 

@@ -75,6 +75,10 @@ class TrainSettings(_Strict):
     save_steps: int = Field(50, gt=0)  # checkpoint interval, for resuming inside an anchor
     logging_steps: int = Field(10, gt=0)
     seed: int = 0
+    # "plain": texts end to end, as run_clm. "chat": each text is the assistant's answer to `chat_prompt`
+    # in the model's chat template, as generation prompts it (loss on the answer only).
+    text_format: Literal["plain", "chat"] = "plain"
+    chat_prompt: str = Field("Write a short text.", min_length=1)
 
 
 class StylesConfig(_Strict):

@@ -13,12 +13,13 @@ import random
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from .anchors import AnchorSet, Attribute, Endpoint
 from .config import EndpointConfig, StylesConfig
 from .data import file_sha256, normalize, read_texts
 from .errors import LerpError
-from .models import DEFAULT_NAMES, ModelRef, load_model, load_tokenizer, resolve, weights_hash
+from .models import DEFAULT_NAMES, ModelRef, format_prompt, has_chat_template, load_model, load_tokenizer, resolve, weights_hash
 
 def is_main_process() -> bool:
     """Rank 0 under torchrun / accelerate launch (or a plain single process): the one that writes."""
@@ -34,6 +35,7 @@ def barrier() -> None:
 
 SUMMARY = "lerplm_training.json"  # sidecar inside each adapter dir: settings, loss, data
 LOSS_LOG = "loss_log.jsonl"
+IGNORE = -100  # label of tokens that carry no loss (the ignore_index of transformers and F.cross_entropy)
 
 
 def endpoint_texts(
@@ -57,20 +59,57 @@ def endpoint_texts(
     return texts, provenance
 
 
-def build_blocks(tokenizer, texts: list[str], block_size: int) -> list[list[int]]:
-    """Concatenate texts (each ended by EOS) and cut into fixed-size blocks, as run_clm does."""
+class Block(NamedTuple):
+    """One fixed-size training row: token ids and labels (IGNORE where no loss is taken)."""
+
+    ids: list[int]
+    labels: list[int]
+
+
+def build_blocks(tokenizer, texts: list[str], block_size: int, chat_prompt: str | None = None) -> list[Block]:
+    """Concatenate texts and cut into fixed-size blocks, as run_clm does.
+
+    Plain: each text ended by EOS. ``chat_prompt``: each text is the assistant's answer to that user turn
+    in the model's chat template, the way generation prompts it, and only the answer carries loss."""
     ids: list[int] = []
-    eos = tokenizer.eos_token_id
-    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids += enc + ([eos] if eos is not None else [])
+    labels: list[int] = []
+    if chat_prompt is None:
+        eos = tokenizer.eos_token_id
+        for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            ids += enc + ([eos] if eos is not None else [])
+        labels = ids
+    else:
+        if not has_chat_template(tokenizer):
+            raise LerpError("text_format = \"chat\" needs a tokenizer with a chat template; this base model has none")
+        prefix = format_prompt(tokenizer, chat_prompt)
+        head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        answers = []
+        for text in texts:
+            full = tokenizer.apply_chat_template(
+                [{"role": "user", "content": chat_prompt}, {"role": "assistant", "content": text}], tokenize=False
+            )
+            if not full.startswith(prefix):
+                raise LerpError("this chat template renders an answer differently from a generation prompt")
+            answers.append(full[len(prefix):])
+        for enc in tokenizer(answers, add_special_tokens=False)["input_ids"]:
+            ids += head + enc
+            labels += [IGNORE] * len(head) + enc
     n = len(ids) // block_size
     if n == 0:
         raise LerpError(f"too little text for one block of {block_size} tokens ({len(ids)} tokens)")
-    return [ids[i * block_size : (i + 1) * block_size] for i in range(n)]
+    cut = lambda xs, i: xs[i * block_size : (i + 1) * block_size]  # noqa: E731
+    return [Block(cut(ids, i), cut(labels, i)) for i in range(n)]
+
+
+def _chat_prompt(cfg: StylesConfig) -> str | None:
+    return cfg.training.chat_prompt if cfg.training.text_format == "chat" else None
 
 
 def _settings(cfg: StylesConfig) -> dict:
-    return {"lora": cfg.lora.model_dump(), **cfg.training.model_dump(exclude={"save_steps", "logging_steps"})}
+    """What makes an anchor what it is (compared on resume); the chat fields only when used, so that
+    anchors trained before they existed still match."""
+    skip = {"save_steps", "logging_steps"} | ({"text_format", "chat_prompt"} if _chat_prompt(cfg) is None else set())
+    return {"lora": cfg.lora.model_dump(), **cfg.training.model_dump(exclude=skip)}
 
 
 def train_anchor(
@@ -90,8 +129,8 @@ def train_anchor(
     from transformers.trainer_utils import get_last_checkpoint
 
     tok = load_tokenizer(base)
-    blocks = build_blocks(tok, texts, cfg.training.block_size)
-    ds = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    blocks = build_blocks(tok, texts, cfg.training.block_size, _chat_prompt(cfg))
+    ds = Dataset.from_dict({"input_ids": [b.ids for b in blocks], "labels": [b.labels for b in blocks]})
     model = load_model(base, dtype=torch.float32)
     lora = cfg.lora
     model = get_peft_model(
@@ -153,7 +192,7 @@ def train_together(base: ModelRef, todo: list[tuple[str, list[str]]], cfg: Style
     from .train_mixed import save_adapter, train_mixed
 
     tok = load_tokenizer(base)
-    blocks = [build_blocks(tok, texts, cfg.training.block_size) for _, texts in todo]
+    blocks = [build_blocks(tok, texts, cfg.training.block_size, _chat_prompt(cfg)) for _, texts in todo]
     model = load_model(base, dtype=torch.float32)
     adapters, loss_log = train_mixed(model, blocks, cfg)
     summaries = {}

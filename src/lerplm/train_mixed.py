@@ -24,6 +24,7 @@ from torch import nn
 from .config import StylesConfig
 from .errors import LerpError
 from .runtime import LoraWeights, MixedRuntime
+from .train import IGNORE, Block
 
 
 def fresh_adapters(model: nn.Module, cfg: StylesConfig, k: int, seed: int) -> list[LoraWeights]:
@@ -48,7 +49,7 @@ def fresh_adapters(model: nn.Module, cfg: StylesConfig, k: int, seed: int) -> li
     return out
 
 
-def _cycle(blocks: list[list[int]], batch: int, seed: int):
+def _cycle(blocks: Sequence[Block], batch: int, seed: int):
     """Endless shuffled batches of one anchor's blocks (reshuffled every epoch)."""
     rng = random.Random(seed)
     order: list[int] = []
@@ -64,7 +65,7 @@ def _cycle(blocks: list[list[int]], batch: int, seed: int):
 
 def train_mixed(
     model: nn.Module,
-    blocks: Sequence[list[list[int]]],
+    blocks: Sequence[Sequence[Block]],
     cfg: StylesConfig,
     steps: int | None = None,
     progress: bool = True,
@@ -96,11 +97,14 @@ def train_mixed(
         for step in tqdm(range(1, steps + 1), desc=f"{k} anchors together", disable=not progress):
             losses = torch.zeros(k)
             for _ in range(t.gradient_accumulation):
-                ids = torch.tensor([row for s in streams for row in next(s)], device=device)
+                rows = [row for s in streams for row in next(s)]
+                ids = torch.tensor([r.ids for r in rows], device=device)
+                labels = torch.tensor([r.labels for r in rows], device=device)[:, 1:]
                 runtime.state.set_groups(scale)
                 logits = model(input_ids=ids).logits[:, :-1]
-                tok = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
-                per_anchor = tok.view(k, -1).mean(1)  # block k = anchor k
+                tok = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none")
+                counted = (labels != IGNORE).view(k, -1).sum(1).clamp(min=1)
+                per_anchor = tok.view(k, -1).sum(1) / counted  # block k = anchor k; mean over tokens with loss
                 (per_anchor.sum() / t.gradient_accumulation).backward()
                 losses += per_anchor.detach().cpu() / t.gradient_accumulation
             runtime.clip_per_adapter(1.0)  # the Trainer's max_grad_norm, per adapter

@@ -2,8 +2,10 @@
 
 The paper fine-tuned RoBERTa classifiers; no hub weights are reachable here, so the default is a
 logistic regression on word 1-2-gram and character 3-5-gram TF-IDF features, trained on the same
-endpoint files (and normalisation) as the anchors and checked on the held-out test files. Any local
-transformers sequence-classification model can be named instead (``kind = "hf"`` in scorers.json).
+endpoint files (and normalisation) as the anchors and checked on the held-out test files. A second
+kind reads meaning rather than words: a logistic regression on mean-pooled hidden states of a local
+causal LM (``kind = "hidden"``, default the embedded base model). Any local transformers
+sequence-classification model can be named instead (``kind = "hf"`` in scorers.json).
 """
 
 from __future__ import annotations
@@ -73,6 +75,65 @@ class HFScorer:
         return np.concatenate(out) if out else np.zeros(0)
 
 
+class HiddenStates:
+    """Mean-pooled hidden states of one layer of a causal LM: features shared by every hidden scorer.
+    The last call is remembered, so the attributes of a ScorerSet embed a batch of texts once."""
+
+    def __init__(self, model: str = "default", layer: int = -1, batch_size: int = 32, max_tokens: int = 128) -> None:
+        import torch
+
+        from ..models import load_model, load_tokenizer, resolve
+
+        ref = resolve(model)
+        self.model_spec, self.layer, self.batch_size, self.max_tokens = model, layer, batch_size, max_tokens
+        self.tok = load_tokenizer(ref)
+        self.tok.padding_side = "right"  # positions count from each text's first token
+        self.model = load_model(ref, dtype=torch.float32)
+        self.layers = self.model.config.num_hidden_layers
+        self._last: tuple[tuple[str, ...], np.ndarray] | None = None
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+        from tqdm.auto import tqdm
+
+        key = tuple(texts)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        out = []
+        with torch.inference_mode():
+            for i in tqdm(range(0, len(key), self.batch_size), desc="hidden states", disable=len(key) < 1024, leave=False):
+                enc = self.tok(list(key[i : i + self.batch_size]), return_tensors="pt", padding=True, truncation=True,
+                               max_length=self.max_tokens, add_special_tokens=False)
+                h = self.model(**enc, output_hidden_states=True).hidden_states[self.layer]
+                mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+                out.append((h * mask).sum(1).div(mask.sum(1).clamp(min=1)).float().numpy())
+        feats = np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        self._last = (key, feats)
+        return feats
+
+
+class HiddenScorer:
+    """Standardised hidden-state features, logistic regression. Only the regression is pickled; the
+    feature model is named in scorers.json and loaded once for all attributes."""
+
+    def __init__(self, features: HiddenStates, head=None, c: float = 1.0, seed: int = 0) -> None:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.features = features
+        self.head = head or make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000, random_state=seed))
+
+    def fit(self, negative: Sequence[str], positive: Sequence[str]) -> "HiddenScorer":
+        self.head.fit(self.features(list(negative) + list(positive)), [0] * len(negative) + [1] * len(positive))
+        return self
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        if not len(texts):
+            return np.zeros(0)
+        return self.head.predict_proba(self.features(texts))[:, 1]
+
+
 @dataclass
 class ScorerSet:
     """One scorer per attribute, loaded from a directory with ``scorers.json``."""
@@ -94,15 +155,23 @@ class ScorerSet:
         if not (root / MANIFEST).is_file():
             raise LerpError(f"no scorers at {root}: {MANIFEST} not found (train them with 'lerplm scorers train')")
         info = json.loads((root / MANIFEST).read_text())
-        scorers = {}
+        scorers: dict[str, object] = {}
+        features: dict[tuple, HiddenStates] = {}  # one feature model per (model, layer), shared
         for name, entry in info["attributes"].items():
-            if entry["kind"] == "tfidf":
-                with open(root / entry["file"], "rb") as fh:
-                    scorers[name] = pickle.load(fh)  # written by lerplm itself; never load untrusted files
-            elif entry["kind"] == "hf":
+            kind = entry["kind"]
+            if kind == "hf":
                 scorers[name] = HFScorer(entry["path"], entry.get("positive_label", 1))
-            else:
-                raise LerpError(f"{root / MANIFEST}: unknown scorer kind {entry['kind']!r} (tfidf or hf)")
+                continue
+            if kind not in ("tfidf", "hidden"):
+                raise LerpError(f"{root / MANIFEST}: unknown scorer kind {kind!r} (tfidf, hidden or hf)")
+            with open(root / entry["file"], "rb") as fh:
+                scorer = pickle.load(fh)  # written by lerplm itself; never load untrusted files
+            if kind == "hidden":
+                key = (entry["model"], entry["layer"])
+                if key not in features:
+                    features[key] = HiddenStates(*key)
+                scorer = HiddenScorer(features[key], head=scorer)
+            scorers[name] = scorer
         return cls(root, scorers, info)
 
 
@@ -115,13 +184,27 @@ def evaluate(scorer, negative: Sequence[str], positive: Sequence[str]) -> dict:
             "n_test": int(len(y))}
 
 
-def train_scorers(cfg: StylesConfig, out: str | Path, max_train: int | None = None, log=print) -> ScorerSet:
-    """Train one TF-IDF scorer per attribute; report held-out accuracy and AUC; write atomically."""
+def train_scorers(
+    cfg: StylesConfig,
+    out: str | Path,
+    max_train: int | None = None,
+    log=print,
+    kind: str = "tfidf",
+    model: str = "default",
+    layer: int = -1,
+) -> ScorerSet:
+    """Train one scorer per attribute (``kind`` tfidf or hidden, the latter on ``model``'s layer
+    ``layer``); report held-out accuracy and AUC; write atomically."""
+    if kind not in ("tfidf", "hidden"):
+        raise LerpError(f"unknown scorer kind {kind!r}: tfidf or hidden (an hf classifier is named in scorers.json)")
     from ..train import endpoint_texts
 
     out = Path(out)
     if out.exists():
         raise LerpError(f"{out} already exists; choose another --out or delete it")
+    features = HiddenStates(model, layer) if kind == "hidden" else None
+    if features is not None and not -features.layers - 1 <= layer <= features.layers:
+        raise LerpError(f"layer {layer} does not exist: {model} has {features.layers} layers (0 = embeddings, -1 = last)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     info = {"format": "lerplm.scorers/1", "attributes": {}}
@@ -129,15 +212,16 @@ def train_scorers(cfg: StylesConfig, out: str | Path, max_train: int | None = No
         for attr in cfg.attributes:
             neg, _ = endpoint_texts(cfg, attr.negative, cap=max_train)
             pos, _ = endpoint_texts(cfg, attr.positive, cap=max_train)
-            scorer = TfidfScorer(seed=cfg.training.seed).fit(neg, pos)
+            scorer = (HiddenScorer(features, seed=cfg.training.seed) if features else TfidfScorer(seed=cfg.training.seed)).fit(neg, pos)
             neg_t, _ = endpoint_texts(cfg, attr.negative, held_out=True)
             pos_t, _ = endpoint_texts(cfg, attr.positive, held_out=True)
             metrics = evaluate(scorer, neg_t, pos_t)
             with open(tmp / f"{attr.name}.pkl", "wb") as fh:
-                pickle.dump(scorer, fh)
+                pickle.dump(scorer.head if features else scorer, fh)
             info["attributes"][attr.name] = {
-                "kind": "tfidf", "file": f"{attr.name}.pkl", "negative": attr.negative.name,
+                "kind": kind, "file": f"{attr.name}.pkl", "negative": attr.negative.name,
                 "positive": attr.positive.name, "n_train": len(neg) + len(pos), **metrics,
+                **({"model": model, "layer": layer} if features else {}),
             }
             log(f"{attr.name}: held-out accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f} "
                 f"({metrics['n_test']} test texts)")
