@@ -25,6 +25,7 @@ from ..config import StylesConfig
 from ..errors import LerpError
 
 MANIFEST = "scorers.json"
+TRAINED_KINDS = ("tfidf", "hidden")  # kinds that lerplm trains and pickles (an "hf" classifier is only named)
 
 
 class TfidfScorer:
@@ -85,7 +86,7 @@ class HiddenStates:
         from ..models import load_model, load_tokenizer, resolve
 
         ref = resolve(model)
-        self.model_spec, self.layer, self.batch_size, self.max_tokens = model, layer, batch_size, max_tokens
+        self.layer, self.batch_size, self.max_tokens = layer, batch_size, max_tokens
         self.tok = load_tokenizer(ref)
         self.tok.padding_side = "right"  # positions count from each text's first token
         self.model = load_model(ref, dtype=torch.float32)
@@ -104,7 +105,8 @@ class HiddenStates:
             for i in tqdm(range(0, len(key), self.batch_size), desc="hidden states", disable=len(key) < 1024, leave=False):
                 enc = self.tok(list(key[i : i + self.batch_size]), return_tensors="pt", padding=True, truncation=True,
                                max_length=self.max_tokens, add_special_tokens=False)
-                h = self.model(**enc, output_hidden_states=True).hidden_states[self.layer]
+                # the decoder alone: the hidden states are the same, and the LM head's logits are never needed
+                h = self.model.base_model(**enc, output_hidden_states=True).hidden_states[self.layer]
                 mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
                 out.append((h * mask).sum(1).div(mask.sum(1).clamp(min=1)).float().numpy())
         feats = np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
@@ -162,7 +164,7 @@ class ScorerSet:
             if kind == "hf":
                 scorers[name] = HFScorer(entry["path"], entry.get("positive_label", 1))
                 continue
-            if kind not in ("tfidf", "hidden"):
+            if kind not in TRAINED_KINDS:
                 raise LerpError(f"{root / MANIFEST}: unknown scorer kind {kind!r} (tfidf, hidden or hf)")
             with open(root / entry["file"], "rb") as fh:
                 scorer = pickle.load(fh)  # written by lerplm itself; never load untrusted files
@@ -195,7 +197,7 @@ def train_scorers(
 ) -> ScorerSet:
     """Train one scorer per attribute (``kind`` tfidf or hidden, the latter on ``model``'s layer
     ``layer``); report held-out accuracy and AUC; write atomically."""
-    if kind not in ("tfidf", "hidden"):
+    if kind not in TRAINED_KINDS:
         raise LerpError(f"unknown scorer kind {kind!r}: tfidf or hidden (an hf classifier is named in scorers.json)")
     from ..train import endpoint_texts
 
