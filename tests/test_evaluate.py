@@ -15,7 +15,7 @@ from lerplm.evaluate.grids import five_attribute, parse_grid, simplex, single
 from lerplm.evaluate.metrics import control_curves, control_summary, entanglement
 from lerplm.evaluate.report import build_report
 from lerplm.evaluate.scorers import ScorerSet, train_scorers
-from lerplm.evaluate.sweep import distinct_n, run_sweep
+from lerplm.evaluate.sweep import distinct_n, rescore, run_sweep
 from lerplm.generate import SamplingParams
 
 GOOD = ["great food and lovely staff", "wonderful place, amazing service", "loved it, great value", "amazing and lovely"]
@@ -148,6 +148,21 @@ def test_sweep_resumes_and_report_is_written(lm, tmp_path):
         assert (out / png).stat().st_size > 1000 and f"({png})" in text
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["single"]["control"]) == {"sentiment"}
+
+    class Length(KeywordScorers):
+        def score(self, texts):
+            return {"sentiment": np.array([len(t) / 100 for t in texts])}
+
+    re = rescore(out, Length(tmp_path / "len", []), tmp_path / "re")
+    assert [c for c in re.columns if c.startswith("score_")] == ["score_sentiment"]
+    assert re["score_sentiment"].tolist() == [len(t) / 100 for t in first["text"]]
+    pd.testing.assert_frame_equal(re.drop(columns="score_sentiment"), first.drop(columns=[c for c in first if c.startswith("score_")]))
+    assert json.loads((tmp_path / "re" / "sweep.json").read_text())["rescored_from"] == str(out)
+    means = json.loads((build_report(tmp_path / "re").parent / "summary.json").read_text())["single"]["curves"]
+    assert [c["mean"] for c in means] == pytest.approx(re.groupby("meta_level")["score_sentiment"].mean().tolist())
+    for run, dest, msg in [(out, tmp_path / "re", "already exists"), (tmp_path, tmp_path / "x", "no sweep results")]:
+        with pytest.raises(LerpError, match=msg):
+            rescore(run, Length(tmp_path / "len", []), dest)
 
 
 def test_report_on_synthetic_simplex_and_five_attribute_rows(tmp_path):

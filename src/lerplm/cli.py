@@ -358,6 +358,24 @@ def sweep(
     typer.echo(f"wrote {len(df)} rows for {len(points)} grid points to {out}; next: lerplm report {out}")
 
 
+@app.command()
+@user_errors
+def rescore(
+    run_dir: Annotated[Path, typer.Argument(help="A finished sweep's run directory.")],
+    scorers: Annotated[Path, typer.Option("--scorers", "-s", help="Scorer directory to score with instead.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New run directory (must not exist).")],
+) -> None:
+    """Score a sweep's generations again with other scorers (no generation); then lerplm report OUT."""
+    _require_eval()
+    from .evaluate.scorers import ScorerSet
+    from .evaluate.sweep import rescore as rescore_run
+
+    scorer_set = ScorerSet.load(scorers)
+    _quiet_transformers()
+    df = rescore_run(run_dir, scorer_set, out)
+    typer.echo(f"rescored {len(df)} generations into {out}; next: lerplm report {out}")
+
+
 @app.command("eval-targets")
 @user_errors
 def eval_targets(

@@ -106,6 +106,29 @@ def run_sweep(
     return df
 
 
+def rescore(run: str | Path, scorers: ScorerSet, out: str | Path) -> pd.DataFrame:
+    """Score a finished sweep's generations with other scorers into a new run directory.
+
+    Generating is the expensive part of a sweep; comparing scorers on the same texts isolates the
+    scorer's share of a result. Texts, mixes and fluency columns are kept; the score columns are replaced."""
+    run, out = Path(run), Path(out)
+    if not (run / RESULTS).is_file():
+        raise LerpError(f"no sweep results in {run} ({RESULTS} not found; run 'lerplm sweep' first)")
+    if out.exists():
+        raise LerpError(f"{out} already exists; choose another --out")
+    df = pd.read_csv(run / RESULTS, keep_default_na=False, na_values=[""])
+    df = df.drop(columns=[c for c in df.columns if c.startswith("score_")])
+    scores = scorers.score(df["text"].astype(str).tolist())
+    at = df.columns.get_loc("text") + 1
+    for i, (name, s) in enumerate(scores.items()):
+        df.insert(at + i, f"score_{name}", s.astype(float))
+    settings = json.loads((run / SETTINGS).read_text()) if (run / SETTINGS).is_file() else {}
+    out.mkdir(parents=True)
+    (out / SETTINGS).write_text(json.dumps({**settings, "scorers": str(scorers.root), "rescored_from": str(run)}, indent=2))
+    _write_csv(df, out / RESULTS)
+    return df
+
+
 def _heldout_nll(lm: LerpModel, points: Sequence[GridPoint], texts: Sequence[str]) -> dict[str, float]:
     """The interpolated model's own perplexity on held-out text, per grid point (as the paper did on WikiText-2)."""
     if not texts:
