@@ -87,3 +87,17 @@ def test_export_grid_and_rank_from_the_cli(anchor_dir, tmp_path):
     assert r.exit_code == 2 and "--rank applies to --format peft only" in r.output
     r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0", "--mix", "sentiment=1", "--format", "merged", "--out", tmp_path / "y")
     assert r.exit_code == 2 and "several mixes" in r.output
+
+
+def test_scorers_train_only_and_rescore_errors(tmp_path):
+    from .test_evaluate import tiny_scorer_config
+
+    tiny_scorer_config(tmp_path)
+    r = run("scorers", "train", "--config", tmp_path / "c.toml", "--out", tmp_path / "s", "--only", "humor")
+    assert r.exit_code == 2 and "--only names ['humor'], not in the config (sentiment)" in r.output
+    assert not (tmp_path / "s").exists()
+    r = run("scorers", "train", "--config", tmp_path / "c.toml", "--out", tmp_path / "s", "--only", "sentiment")
+    assert r.exit_code == 0, r.output
+    assert list(json.loads((tmp_path / "s" / "scorers.json").read_text())["attributes"]) == ["sentiment"]
+    r = run("rescore", tmp_path, "--scorers", tmp_path / "s", "--out", tmp_path / "re")
+    assert r.exit_code == 2 and "no sweep results" in r.output and "Traceback" not in r.output

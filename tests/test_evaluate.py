@@ -57,6 +57,12 @@ def test_hidden_state_scorers_train_reload_and_share_one_feature_model(tmp_path,
     s = loaded.score(GOOD[:1] + BAD[:1])
     assert 0 <= s["sentiment"][1] < 0.5 < s["sentiment"][0] <= 1
     np.testing.assert_allclose(s["sentiment"], s["copy"])
+    feats = loaded.scorers["sentiment"].features
+    texts = ["a", "", "much longer text with many more tokens in it", *GOOD]  # batched by length, returned in order
+    batched = feats(texts)
+    feats.batch_size = 1
+    np.testing.assert_allclose(batched, np.stack([feats([t])[0] for t in texts]), atol=1e-5)
+    assert not batched[1].any()  # an empty text has no tokens to pool
     for kw, msg in [({"kind": "hidden", "layer": 9}, "layer 9 does not exist"), ({"kind": "bert"}, "unknown scorer kind")]:
         with pytest.raises(LerpError, match=msg):
             train_scorers(cfg, tmp_path / "bad", log=lambda s: None, model=str(base_dir), **kw)

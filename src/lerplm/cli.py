@@ -22,6 +22,7 @@ AnchorsOpt = Annotated[Path, typer.Option("--anchors", "-a", help="Anchor set di
 MixOpt = Annotated[list[str], typer.Option("--mix", "-m", help='Levels, e.g. "sentiment=0.9,formality=0.3". Repeat for several mixes.')]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help='Weights, e.g. "sentiment=2,formality=1" (default: equal).')]
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Training config (TOML), e.g. examples/styles.toml.")]
+OnlyOpt = Annotated[Optional[list[str]], typer.Option("--only", help="Only these attributes of the config. Repeatable.")]
 DataDirOpt = Annotated[Optional[str], typer.Option(help="Override the config's data_dir.")]
 ExtrapolateOpt = Annotated[bool, typer.Option("--extrapolate", help="Allow levels in [-1, 2] (outside the anchors' hull).")]
 
@@ -88,7 +89,7 @@ def train(
     max_examples: Annotated[Optional[int], typer.Option(min=1, help="Cap texts per endpoint.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Cap optimizer steps per anchor.")] = None,
     together: Annotated[bool, typer.Option("--together", help="Train all unfinished anchors in one run (every batch carries rows of each; see docs/performance.md).")] = False,
-    only: Annotated[Optional[list[str]], typer.Option("--only", help="Train only these attributes of the config. Repeatable.")] = None,
+    only: OnlyOpt = None,
     text_format: Annotated[Optional[str], typer.Option(help="plain (texts end to end) or chat (each text as the answer to --chat-prompt in the chat template). Overrides the config.")] = None,
     chat_prompt: Annotated[Optional[str], typer.Option(help="User turn that the texts answer when text_format is chat.")] = None,
 ) -> None:
@@ -98,13 +99,18 @@ def train(
 
     cfg = load_config(config, data_dir, {"max_examples": max_examples, "max_steps": max_steps,
                                          "text_format": text_format, "chat_prompt": chat_prompt})
+    anchors = train_anchors(_only(cfg, only), out, log=lambda s: typer.echo(s, err=True), together=together)
+    typer.echo(anchors.describe())
+
+
+def _only(cfg, only: list[str] | None):
+    """The config restricted to the attributes named by --only (all when none are named)."""
     if only:
         unknown = sorted(set(only) - {a.name for a in cfg.attributes})
         if unknown:
             raise LerpError(f"--only names {unknown}, not in the config ({', '.join(a.name for a in cfg.attributes)})")
         cfg.attributes = [a for a in cfg.attributes if a.name in only]
-    anchors = train_anchors(cfg, out, log=lambda s: typer.echo(s, err=True), together=together)
-    typer.echo(anchors.describe())
+    return cfg
 
 
 @app.command()
@@ -308,13 +314,14 @@ def scorers_train(
     kind: Annotated[str, typer.Option(help="tfidf (word + char n-grams) or hidden (pooled hidden states of --model).")] = "tfidf",
     model: Annotated[str, typer.Option(help="hidden: feature model ('default' = the embedded base, a directory, a hub id).")] = "default",
     layer: Annotated[int, typer.Option(help="hidden: which hidden state (0 = embeddings, -1 = last layer).")] = -1,
+    only: OnlyOpt = None,
 ) -> None:
     """Train one logistic-regression scorer per attribute; report held-out accuracy and AUC."""
     _require_eval()
     from .config import load_config
     from .evaluate.scorers import train_scorers
 
-    train_scorers(load_config(config, data_dir), out, max_train, log=typer.echo, kind=kind, model=model, layer=layer)
+    train_scorers(_only(load_config(config, data_dir), only), out, max_train, log=typer.echo, kind=kind, model=model, layer=layer)
     typer.echo(f"wrote scorers to {out}")
 
 

@@ -100,16 +100,19 @@ class HiddenStates:
         key = tuple(texts)
         if self._last is not None and self._last[0] == key:
             return self._last[1]
-        out = []
+        ids = self.tok(list(key), truncation=True, max_length=self.max_tokens, add_special_tokens=False)["input_ids"]
+        order = np.argsort([len(x) for x in ids], kind="stable")  # batches of similar length: little padding
+        feats = np.zeros((len(key), self.model.config.hidden_size), dtype=np.float32)
         with torch.inference_mode():
             for i in tqdm(range(0, len(key), self.batch_size), desc="hidden states", disable=len(key) < 1024, leave=False):
-                enc = self.tok(list(key[i : i + self.batch_size]), return_tensors="pt", padding=True, truncation=True,
-                               max_length=self.max_tokens, add_special_tokens=False)
+                rows = [j for j in order[i : i + self.batch_size] if ids[j]]  # an empty text keeps zero features
+                if not rows:
+                    continue
+                enc = self.tok.pad({"input_ids": [ids[j] for j in rows]}, return_tensors="pt")
                 # the decoder alone: the hidden states are the same, and the LM head's logits are never needed
                 h = self.model.base_model(**enc, output_hidden_states=True).hidden_states[self.layer]
                 mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-                out.append((h * mask).sum(1).div(mask.sum(1).clamp(min=1)).float().numpy())
-        feats = np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+                feats[rows] = (h * mask).sum(1).div(mask.sum(1).clamp(min=1)).float().numpy()
         self._last = (key, feats)
         return feats
 
