@@ -37,7 +37,9 @@ def test_scorers_train_report_and_reload(tmp_path):
     train_scorers(tiny_scorer_config(tmp_path), tmp_path / "scorers", log=lambda s: None)
     info = json.loads((tmp_path / "scorers" / "scorers.json").read_text())["attributes"]["sentiment"]
     assert info["accuracy"] == 1.0 and info["auc"] == 1.0 and info["n_test"] == 8
-    s = ScorerSet.load(tmp_path / "scorers").score(["lovely amazing food", "rude and horrible"])["sentiment"]
+    loaded = ScorerSet.load(tmp_path / "scorers")
+    assert info["score_gap"] == pytest.approx(loaded.score(GOOD)["sentiment"].mean() - loaded.score(BAD)["sentiment"].mean())
+    s = loaded.score(["lovely amazing food", "rude and horrible"])["sentiment"]
     assert 0 <= s[1] < 0.5 < s[0] <= 1
     with pytest.raises(LerpError, match="already exists"):
         train_scorers(tiny_scorer_config(tmp_path), tmp_path / "scorers", log=lambda s: None)
@@ -148,12 +150,15 @@ def test_sweep_resumes_and_report_is_written(lm, tmp_path):
     with pytest.raises(LerpError, match="other settings"):
         run_sweep(lm, scorers, points, prompts, out, 3, params, progress=False)
 
+    (tmp_path / "scorers.json").write_text(json.dumps({"attributes": {"sentiment": {"score_gap": 0.5}}}))
     report = build_report(out)
     text = report.read_text()
+    assert "range / gap |" in text
     for png in ["control_curves.png", "entanglement_single.png", "fluency_base_ppl.png"]:
         assert (out / png).stat().st_size > 1000 and f"({png})" in text
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["single"]["control"]) == {"sentiment"}
+    control = summary["single"]["control"]["sentiment"]
+    assert set(summary["single"]["control"]) == {"sentiment"} and control["range_over_gap"] == pytest.approx(control["score_range"] / 0.5)
 
     class Length(KeywordScorers):
         def score(self, texts):

@@ -102,6 +102,15 @@ def _table(df: pd.DataFrame, fmt: str = "{:.3f}") -> list[str]:
     return lines
 
 
+def _scorer_gaps(settings: dict) -> dict[str, float]:
+    """Each attribute's score gap on real held-out texts, from the sweep's scorer manifest (if recorded)."""
+    path = Path(settings.get("scorers", "")) / "scorers.json"
+    if not path.is_file():
+        return {}
+    entries = json.loads(path.read_text()).get("attributes", {})
+    return {a: e["score_gap"] for a, e in entries.items() if "score_gap" in e}
+
+
 def build_report(run_dir: str | Path, title: str = "lerplm control report", samples_per_level: int = 1) -> Path:
     """Compute metrics from ``run_dir/results.csv``; write summary.json, PNGs and report.md there."""
     run = Path(run_dir)
@@ -119,6 +128,10 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
                   f"{settings.get('n')} samples per grid point; {p.get('max_new_tokens')} new tokens, temperature {p.get('temperature')}, "
                   f"top-p {p.get('top_p')}, seed {p.get('seed')}.", ""]
 
+    gaps = _scorer_gaps(settings)
+    if gaps:
+        lines += ["The scorer's test gap is its mean score on the positive endpoint's held-out texts minus the negative's: "
+                  "about the widest range a sweep can show with that scorer.", ""]
     designs = [("single", None)] if "single" in grids else []
     if "five" in grids:
         designs += [("five", float(b)) for b in sorted(df.loc[df["meta_grid"] == "five", "meta_b"].unique())]
@@ -131,9 +144,13 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
         slopes, ent = entanglement(df, attrs, grid, b)
         key = grid if b is None else f"five_b{b:g}"
         summary[key] = {"control": s, "slopes": slopes.to_dict(), "entanglement": ent.to_dict(), "curves": curves.to_dict("records")}
-        lines += [f"## {label}", "", "| attribute | Spearman ρ (level means) | ρ (all generations) | score at 0 | score at 1 | range |", "|---|---|---|---|---|---|"]
+        lines += [f"## {label}", "", "| attribute | Spearman ρ (level means) | ρ (all generations) | score at 0 | score at 1 | range |"
+                  + (" scorer's test gap | range / gap |" if gaps else ""), "|---|---|---|---|---|---|" + ("---|---|" if gaps else "")]
         for a, e in s.items():
-            lines.append(f"| {a} | {e['spearman_rho']:.3f} | {e['spearman_rho_rows']:.3f} | {e['score_at_0']:.3f} | {e['score_at_1']:.3f} | {e['score_range']:.3f} |")
+            gap = gaps.get(a, math.nan)
+            e["range_over_gap"] = e["score_range"] / gap if gap else math.nan
+            lines.append(f"| {a} | {e['spearman_rho']:.3f} | {e['spearman_rho_rows']:.3f} | {e['score_at_0']:.3f} | {e['score_at_1']:.3f} | {e['score_range']:.3f} |"
+                         + (f" {gap:.3f} | {e['range_over_gap']:.2f} |" if gaps else ""))
         png = f"entanglement_{key}.png"
         _plot_heatmap(ent, run / png, f"entanglement ({label})")
         lines += ["", f"Entanglement: slope of score j against level i, each row divided by its diagonal ({label}).", "",

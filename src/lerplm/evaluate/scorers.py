@@ -183,10 +183,13 @@ class ScorerSet:
 def evaluate(scorer, negative: Sequence[str], positive: Sequence[str]) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    p = np.concatenate([scorer.score(negative), scorer.score(positive)])
+    neg, pos = scorer.score(negative), scorer.score(positive)
+    p = np.concatenate([neg, pos])
     y = np.array([0] * len(negative) + [1] * len(positive))
+    # the mean score gap between real texts of the two endpoints: the widest range a sweep can be
+    # expected to show with this scorer, unless generations are more extreme than the corpora
     return {"accuracy": float(((p >= 0.5) == y).mean()), "auc": float(roc_auc_score(y, p)),
-            "n_test": int(len(y))}
+            "score_gap": float(pos.mean() - neg.mean()), "n_test": int(len(y))}
 
 
 def train_scorers(
@@ -228,8 +231,8 @@ def train_scorers(
                 "positive": attr.positive.name, "n_train": len(neg) + len(pos), **metrics,
                 **({"model": model, "layer": layer} if features else {}),
             }
-            log(f"{attr.name}: held-out accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f} "
-                f"({metrics['n_test']} test texts)")
+            log(f"{attr.name}: held-out accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f}, "
+                f"score gap {metrics['score_gap']:.3f} ({metrics['n_test']} test texts)")
         (tmp / MANIFEST).write_text(json.dumps(info, indent=2))
         os.replace(tmp, out)
     except BaseException:
