@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 from lerplm.config import StylesConfig
 from lerplm.runtime import LoraWeights, MixedRuntime
 from lerplm.train import IGNORE, Block
-from lerplm.train_mixed import _cycle, fresh_adapters, save_adapter, train_mixed
+from lerplm.train_mixed import _cycle, fresh_adapters, head_is_plain, save_adapter, token_losses, train_mixed
 
 
 def tiny_config(**training) -> StylesConfig:
@@ -120,3 +120,43 @@ def test_grouped_mode_equals_one_hot_rows_and_zero_blocks_are_skipped_exactly(ba
         with runtime.detached() as plain:
             base = plain(input_ids=ids[:2]).logits
         torch.testing.assert_close(model(input_ids=ids[:2]).logits, base)
+
+
+def test_chunked_loss_equals_full_logits_and_is_refused_for_other_heads(base_dir, monkeypatch):
+    """The chunked loss (no full logits) gives the full-logit loss and gradients; a model whose logits
+    are not head(decoder(x)) (soft-capping, scaling) keeps the full-logit path."""
+    import types
+
+    import lerplm.train_mixed as tm
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    adapters = fresh_adapters(model, tiny_config(), 2, 0)
+    for ad in adapters:  # non-zero B, so that A's gradients are not zero too
+        for name, (a, b, s) in list(ad.modules.items()):
+            ad.modules[name] = (a, torch.randn(b.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1, s)
+    runtime = MixedRuntime(model, adapters)
+    params = runtime.trainable(0.0)
+    ids = torch.randint(0, model.config.vocab_size, (4, 9), generator=torch.Generator().manual_seed(2))
+    labels = ids[:, 1:].clone()
+    labels[0, :3] = IGNORE
+    runtime.state.set_groups(torch.tensor([0.5, 2.0]))
+    monkeypatch.setattr(tm, "LOSS_CHUNK_TOKENS", 5)  # 32 positions in 7 chunks
+    got = []
+    for chunked in (False, True):
+        loss = token_losses(model, ids, labels, chunked)
+        (loss.view(2, -1).sum(1) * torch.tensor([1.0, 3.0])).sum().backward()
+        got.append((loss.detach(), [p.grad.clone() for p in params]))
+        for p in params:
+            p.grad = None
+    assert got[0][0][0, :3].eq(0).all() and got[0][0].shape == labels.shape
+    torch.testing.assert_close(got[1][0], got[0][0], atol=1e-5, rtol=1e-5)
+    assert all(g.abs().max() > 0 for g in got[0][1])
+    for g_chunk, g_full in zip(got[1][1], got[0][1]):
+        torch.testing.assert_close(g_chunk, g_full, atol=1e-6, rtol=1e-4)
+    runtime.state.set(None)
+    runtime.detach()
+
+    assert head_is_plain(model, ids[:1])
+    forward = model.forward
+    model.forward = lambda **kw: types.SimpleNamespace(logits=forward(**kw).logits * 2.0)  # a scaled head
+    assert not head_is_plain(model, ids[:1])

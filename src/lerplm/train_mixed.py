@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import StylesConfig
 from .errors import LerpError
@@ -49,6 +50,43 @@ def fresh_adapters(model: nn.Module, cfg: StylesConfig, k: int, seed: int) -> li
     return out
 
 
+LOSS_CHUNK_TOKENS = 2048  # logits held at once: 2048 x vocab floats (0.4 GB on the embedded model's 49k vocabulary)
+
+
+def head_is_plain(model: nn.Module, ids: torch.Tensor) -> bool:
+    """Whether the model's logits are its output embedding applied to its decoder's last hidden
+    state (no soft-capping or logit scaling), checked on ``ids``: only then may the loss skip the
+    full logits."""
+    head, decoder = model.get_output_embeddings(), model.get_decoder()
+    if head is None or decoder is None:
+        return False
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        return logits.shape[-1] == head.out_features and torch.allclose(
+            head(decoder(input_ids=ids).last_hidden_state), logits, atol=1e-4, rtol=1e-4)
+
+
+def token_losses(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, chunked: bool) -> torch.Tensor:
+    """Cross entropy of every next-token prediction (rows x (T-1)); ``labels`` already shifted.
+
+    Chunked, the output embedding and the loss run on LOSS_CHUNK_TOKENS positions at a time under
+    activation checkpointing (recomputed in backward), so the logits of all K·b rows never exist at
+    once; without it they do (K·b·T·vocab floats: 2 GB for ten anchors on the embedded model)."""
+    if not chunked:
+        logits = model(input_ids=ids).logits[:, :-1]
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none").view(labels.shape)
+    head = model.get_output_embeddings()
+    hidden = model.get_decoder()(input_ids=ids).last_hidden_state[:, :-1].flatten(0, 1)
+    y = labels.flatten()
+
+    def part(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), t, ignore_index=IGNORE, reduction="none")
+
+    parts = [checkpoint(part, hidden[i : i + LOSS_CHUNK_TOKENS], y[i : i + LOSS_CHUNK_TOKENS], use_reentrant=False)
+             for i in range(0, len(y), LOSS_CHUNK_TOKENS)]
+    return torch.cat(parts).view(labels.shape)
+
+
 def _cycle(blocks: Sequence[Block], batch: int, seed: int):
     """Endless shuffled batches of one anchor's blocks (reshuffled every epoch)."""
     rng = random.Random(seed)
@@ -70,8 +108,10 @@ def train_mixed(
     steps: int | None = None,
     progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
+    chunked_loss: bool = True,
 ) -> tuple[list[LoraWeights], list[dict]]:
-    """Train len(blocks) adapters together on ``model`` (frozen); return them and the loss log."""
+    """Train len(blocks) adapters together on ``model`` (frozen); return them and the loss log.
+    ``chunked_loss`` skips the full logits where the model's head allows it (see token_losses)."""
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -83,6 +123,7 @@ def train_mixed(
     device = next(model.parameters()).device
     for p in model.parameters():
         p.requires_grad_(False)
+    chunked = chunked_loss and head_is_plain(model, torch.tensor([blocks[0][0].ids], device=device))
     runtime = MixedRuntime(model, fresh_adapters(model, cfg, k, t.seed))
     params = runtime.trainable(cfg.lora.dropout)
     opt = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=0.0)
@@ -101,8 +142,7 @@ def train_mixed(
                 ids = torch.tensor([r.ids for r in rows], device=device)
                 labels = torch.tensor([r.labels for r in rows], device=device)[:, 1:]
                 runtime.state.set_groups(scale)
-                logits = model(input_ids=ids).logits[:, :-1]
-                tok = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none")
+                tok = token_losses(model, ids, labels, chunked)
                 counted = (labels != IGNORE).view(k, -1).sum(1).clamp(min=1)
                 per_anchor = tok.view(k, -1).sum(1) / counted  # block k = anchor k; mean over tokens with loss
                 (per_anchor.sum() / t.gradient_accumulation).backward()
