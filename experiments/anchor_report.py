@@ -62,11 +62,12 @@ def main() -> None:
         f"Base model: SmolLM2-135M-Instruct (embedded GGUF, sha256 `{(s.base_sha256 or '')[:16]}…`), dequantized to fp32.",
         f"Config: `examples/styles.toml` (LoRA r={t['lora']['r']}, alpha={t['lora']['alpha']}, dropout={t['lora']['dropout']}, "
         f"targets {', '.join(t['lora']['target_modules'])}; block {t['block_size']}, batch {t['batch_size']}, "
-        f"lr {t['learning_rate']}, at most {t['max_examples']} texts and {t['max_steps']} steps per anchor).",
+        f"lr {t['learning_rate']}, at most {t['max_examples']} texts and {t['max_steps']} steps per anchor, "
+        f"text format {t.get('text_format', 'plain')}).",
         f"Trained on {platform.machine()} CPU, 2 cores, torch {torch.__version__}, with:",
         "",
         "```bash",
-        f"lerplm train --config examples/styles.toml --out {args.anchors}",
+        f"lerplm train --config examples/styles.toml --text-format {t.get('text_format', 'plain')} --out {args.anchors}",
         f"python experiments/anchor_report.py --anchors {args.anchors} --out {args.out}",
         "```",
         "",

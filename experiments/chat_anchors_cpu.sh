@@ -9,7 +9,7 @@ SWEEP=(--scorers artifacts/scorers --prompts "$P" --skip-prompts 80 --max-prompt
 # baseline: plain text, 60 steps (the anchors of docs/anchors.md)
 lerplm sweep --anchors anchors/styles --grid single:sentiment,politeness,formality,humor "${SWEEP[@]}" --out runs/calib64
 # formality: plain text for 3x the steps; chat format at the same 60 steps
-lerplm train --config examples/styles.toml --only formality --max-steps 180 --out anchors/formality180
+lerplm train --config examples/styles.toml --only formality --text-format plain --max-steps 180 --out anchors/formality180
 lerplm train --config examples/styles.toml --only formality --text-format chat --out anchors/formality_chat60
 for v in formality180 formality_chat60; do
   lerplm sweep --anchors anchors/$v --grid single:formality "${SWEEP[@]}" --out runs/f_$v

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's sweeps at the size 2 CPU cores allow in a session (the paper: 1000 prompts x 3 samples).
-# Writes docs/results/. Needs anchors/styles (lerplm train --config examples/styles.toml --out anchors/styles).
+# Writes docs/results/. Needs anchors/styles (lerplm train --config examples/styles.toml --text-format plain --out anchors/styles: the plain-text anchors of these results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROMPTS=../shared/data/styles/prompts/writing_prompts.txt

@@ -128,6 +128,7 @@ def test_example_config_is_valid():
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "styles.toml")
     assert [a.name for a in cfg.attributes] == ["sentiment", "politeness", "formality", "simplicity", "humor"]
     assert cfg.data_root().resolve() == STYLES.resolve()
+    assert cfg.training.text_format == "chat"  # the measured better format for the instruct default
 
 
 def test_training_together_writes_the_same_kind_of_anchor_set(tmp_path, base_dir):
