@@ -13,11 +13,10 @@ lerplm sweep --anchors anchors/chat180 --grid single:politeness,simplicity "${SW
 # Issue 3, lever 2 (the scorer): what each TF-IDF scorer separates on real held-out texts, per attribute pair
 python experiments/corpus_entanglement.py --config examples/styles.toml --scorers artifacts/scorers \
   --compare runs/chat64/summary.json --out docs/results/corpus_entanglement.json
-# ... and hidden-state scorers for the two, the same generations scored again (no new generation)
-lerplm scorers train --config examples/styles.toml --out artifacts/scorers_hidden_ps --kind hidden --max-train 1000 \
-  --only politeness --only simplicity
+# ... and a hidden-state scorer for politeness (the scorer with the lowest AUC), the same generations scored again
+lerplm scorers train --config examples/styles.toml --out artifacts/scorers_hidden_pol --kind hidden --max-train 1000 --only politeness
 for r in chat64 ps_chat180; do
-  lerplm rescore runs/$r --scorers artifacts/scorers_hidden_ps --out runs/${r}_hidden
+  lerplm rescore runs/$r --scorers artifacts/scorers_hidden_pol --out runs/${r}_hidden
   lerplm report runs/${r}_hidden --title "runs/$r rescored by hidden-state scorers"
 done
 
