@@ -10,6 +10,7 @@ SWEEP=(--scorers artifacts/scorers --prompts "$P" --skip-prompts 80 --max-prompt
 lerplm train --config examples/styles.toml --text-format chat --only politeness --only simplicity --max-steps 180 --out anchors/chat180
 lerplm sweep --anchors anchors/chat180 --grid single:politeness,simplicity "${SWEEP[@]}" --config examples/styles.toml \
   --heldout-per-endpoint 10 --out runs/ps_chat180
+lerplm report runs/ps_chat180 --title "Chat anchors, 180 steps: politeness and simplicity (64 prompts x 6 levels)"
 # Issue 3, lever 2 (the scorer): what each TF-IDF scorer separates on real held-out texts, per attribute pair
 python experiments/corpus_entanglement.py --config examples/styles.toml --scorers artifacts/scorers \
   --compare runs/chat64/summary.json --out docs/results/corpus_entanglement.json
@@ -17,7 +18,10 @@ python experiments/corpus_entanglement.py --config examples/styles.toml --scorer
 lerplm scorers train --config examples/styles.toml --out artifacts/scorers_hidden_pol --kind hidden --max-train 1000 --only politeness
 for r in chat64 ps_chat180; do
   lerplm rescore runs/$r --scorers artifacts/scorers_hidden_pol --out runs/${r}_hidden
-  lerplm report runs/${r}_hidden --title "runs/$r rescored by hidden-state scorers"
+  lerplm report runs/${r}_hidden --title "runs/$r rescored by a hidden-state politeness scorer"
+done
+mkdir -p docs/results && for r in ps_chat180 chat64_hidden ps_chat180_hidden; do
+  mkdir -p docs/results/$r && cp runs/$r/{report.md,summary.json,*.png} docs/results/$r/
 done
 
 # Issue 6: calibrate on the chat anchors' sweep (prompts 80-143), evaluate on prompts 16-79.
