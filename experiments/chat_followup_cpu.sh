@@ -39,3 +39,10 @@ lerplm eval-targets --anchors anchors/styles_chat --scorers artifacts/scorers --
   --prompts "$P" --skip-prompts 16 --max-prompts 64 "${TARGETS[@]}" --out runs/targets_chat
 mkdir -p docs/results/targets_chat && cp runs/targets_chat/targets.{md,json,csv,png} docs/results/targets_chat/
 cp runs/calibration_chat64.json docs/results/
+
+# Issue 3: the 11-level single sweeps on the chat anchors. The 6 levels of chat64 are the same grid points with
+# identical settings, so they are copied in and only the 5 new levels are generated (resumable).
+mkdir -p runs/chat_single11/points && cp runs/chat64/sweep.json runs/chat_single11/ && cp runs/chat64/points/*.csv runs/chat_single11/points/
+lerplm sweep --anchors anchors/styles_chat --grid single:all --scorers artifacts/scorers --prompts "$P" --skip-prompts 80 \
+  --max-prompts 64 --levels 11 --n 1 --max-new-tokens 32 --config examples/styles.toml --heldout-per-endpoint 10 --out runs/chat_single11
+lerplm report runs/chat_single11 --title "Chat-format anchors: single-attribute sweeps (64 prompts x 11 levels)"
