@@ -265,14 +265,15 @@ def calibrate(
 
     from .anchors import AnchorSet
     from .calibrate import CALIBRATION, ResponseModel
-    from .evaluate.sweep import RESULTS, SETTINGS
+    from .evaluate.sweep import read_run
 
     frames, anchor_roots = [], set()
     for run in run_dirs:
-        if not (run / RESULTS).is_file():
-            raise LerpError(f"no sweep results in {run} ({RESULTS} not found)")
-        frames.append(pd.read_csv(run / RESULTS, keep_default_na=False, na_values=[""]))
-        anchor_roots.add(json.loads((run / SETTINGS).read_text())["anchors"])
+        df, settings = read_run(run)
+        if "anchors" not in settings:
+            raise LerpError(f"{run} has no sweep.json naming its anchor set; calibrate from a run that 'lerplm sweep' wrote")
+        frames.append(df)
+        anchor_roots.add(settings["anchors"])
     if len(anchor_roots) != 1:
         raise LerpError(f"the sweeps come from different anchor sets: {sorted(anchor_roots)}")
     anchor_set = AnchorSet.load(anchor_roots.pop())

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import LerpError
 from .metrics import control_curves, control_summary, entanglement
-from .sweep import RESULTS, SETTINGS
+from .sweep import read_run
 
 
 def _attributes(df: pd.DataFrame) -> list[str]:
@@ -114,10 +113,7 @@ def _scorer_gaps(settings: dict) -> dict[str, float]:
 def build_report(run_dir: str | Path, title: str = "lerplm control report", samples_per_level: int = 1) -> Path:
     """Compute metrics from ``run_dir/results.csv``; write summary.json, PNGs and report.md there."""
     run = Path(run_dir)
-    if not (run / RESULTS).is_file():
-        raise LerpError(f"no sweep results in {run} ({RESULTS} not found; run 'lerplm sweep' first)")
-    df = pd.read_csv(run / RESULTS, keep_default_na=False, na_values=[""])
-    settings = json.loads((run / SETTINGS).read_text()) if (run / SETTINGS).is_file() else {}
+    df, settings = read_run(run)
     attrs = _attributes(df)
     grids = set(df["meta_grid"].unique())
     summary: dict = {"n_rows": len(df), "grids": sorted(grids), "settings": settings}

@@ -37,6 +37,20 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Rows as written: an empty generation stays an empty string, not NaN."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def read_run(run: str | Path) -> tuple[pd.DataFrame, dict]:
+    """A finished sweep's rows and its settings ({} when sweep.json is missing)."""
+    run = Path(run)
+    if not (run / RESULTS).is_file():
+        raise LerpError(f"no sweep results in {run} ({RESULTS} not found; run 'lerplm sweep' first)")
+    settings = json.loads((run / SETTINGS).read_text()) if (run / SETTINGS).is_file() else {}
+    return _read_csv(run / RESULTS), settings
+
+
 def _check_settings(out: Path, settings: dict) -> None:
     path = out / SETTINGS
     if path.is_file():
@@ -101,7 +115,7 @@ def run_sweep(
             _write_csv(pd.DataFrame(recs), out / POINTS_DIR / f"{p.id}.csv")
         bar.update(len(chunk))
     bar.close()
-    df = pd.concat([pd.read_csv(out / POINTS_DIR / f"{p.id}.csv", keep_default_na=False, na_values=[""]) for p in points], ignore_index=True)
+    df = pd.concat([_read_csv(out / POINTS_DIR / f"{p.id}.csv") for p in points], ignore_index=True)
     _write_csv(df, out / RESULTS)
     return df
 
@@ -111,18 +125,15 @@ def rescore(run: str | Path, scorers: ScorerSet, out: str | Path) -> pd.DataFram
 
     Generating is the expensive part of a sweep; comparing scorers on the same texts isolates the
     scorer's share of a result. Texts, mixes and fluency columns are kept; the score columns are replaced."""
-    run, out = Path(run), Path(out)
-    if not (run / RESULTS).is_file():
-        raise LerpError(f"no sweep results in {run} ({RESULTS} not found; run 'lerplm sweep' first)")
+    out = Path(out)
+    df, settings = read_run(run)
     if out.exists():
         raise LerpError(f"{out} already exists; choose another --out")
-    df = pd.read_csv(run / RESULTS, keep_default_na=False, na_values=[""])
     df = df.drop(columns=[c for c in df.columns if c.startswith("score_")])
     scores = scorers.score(df["text"].astype(str).tolist())
     at = df.columns.get_loc("text") + 1
     for i, (name, s) in enumerate(scores.items()):
         df.insert(at + i, f"score_{name}", s.astype(float))
-    settings = json.loads((run / SETTINGS).read_text()) if (run / SETTINGS).is_file() else {}
     out.mkdir(parents=True)
     (out / SETTINGS).write_text(json.dumps({**settings, "scorers": str(scorers.root), "rescored_from": str(run)}, indent=2))
     _write_csv(df, out / RESULTS)
