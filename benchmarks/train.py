@@ -63,7 +63,7 @@ def sequential_step_s(model, cfg: StylesConfig, steps: int, device: str) -> list
     return out
 
 
-def mixed_step_s(model, cfg: StylesConfig, k: int, steps: int, device: str, chunked_loss: bool) -> list[float]:
+def mixed_step_s(model, cfg: StylesConfig, k: int, steps: int, device: str, chunked_loss: bool, recompute: bool) -> list[float]:
     """Seconds per optimiser step of K adapters trained together (first step dropped as warm-up)."""
     import time
 
@@ -78,7 +78,8 @@ def mixed_step_s(model, cfg: StylesConfig, k: int, steps: int, device: str, chun
 
     sync(device)
     stamps.append(time.perf_counter())
-    train_mixed(model, blocks, cfg, steps=steps + 1, progress=False, on_log=on_log, chunked_loss=chunked_loss)
+    train_mixed(model, blocks, cfg, steps=steps + 1, progress=False, on_log=on_log, chunked_loss=chunked_loss,
+                activation_checkpointing=recompute)
     return [b - a for a, b in zip(stamps[1:], stamps[2:])]
 
 
@@ -93,6 +94,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per path (after one warm-up step)")
     ap.add_argument("--full-logits", action="store_true", help="train together with the full logits (no chunked loss)")
+    ap.add_argument("--activation-checkpointing", action="store_true", help="train together recomputing each layer in backward")
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = base_model(args.shape, dtype, args.device)
@@ -103,7 +105,8 @@ def main() -> None:
     seq = median(sequential_step_s(model, cfg, args.steps, args.device))
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    mixed = median(mixed_step_s(model, cfg, args.anchors, args.steps, args.device, not args.full_logits))
+    mixed = median(mixed_step_s(model, cfg, args.anchors, args.steps, args.device, not args.full_logits,
+                                args.activation_checkpointing))
     res = {
         "args": vars(args),
         "sequential_step_s_per_anchor": seq, "mixed_step_s_all_anchors": mixed,
@@ -118,7 +121,8 @@ def main() -> None:
           f"({args.shape}, {args.dtype}, {args.device}):")
     print(f"  one after another (PEFT): {seq:.2f} s/step per anchor, {res['sequential_tokens_per_s']:.0f} tokens/s")
     print(f"  all together (lerplm):    {mixed:.2f} s/step for all {args.anchors}, {res['mixed_tokens_per_s']:.0f} tokens/s")
-    print(f"  peak memory: {res['peak_memory_gb']:.1f} GiB ({'full logits' if args.full_logits else 'chunked loss'})")
+    print(f"  peak memory: {res['peak_memory_gb']:.1f} GiB ({'full logits' if args.full_logits else 'chunked loss'}"
+          f"{', activation checkpointing' if args.activation_checkpointing else ''})")
     print(f"  speed-up of training together: {res['speedup']:.2f}x"
           f" ({args.anchors} anchors x 60 steps: {args.anchors * seq:.1f} min one after another vs {mixed:.1f} min together)")
     print(f"wrote {save(f'train-{args.shape}-{args.dtype}-{args.device}', res)}")

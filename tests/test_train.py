@@ -185,9 +185,11 @@ def test_chat_blocks_put_each_text_in_the_assistant_turn_and_take_loss_on_it_onl
 @pytest.mark.parametrize("together", [False, True])
 def test_chat_format_training_records_its_format(tmp_path, base_dir, together):
     cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", chat_prompt="Write a review."))
-    train_anchors(cfg, tmp_path / "anchors", log=lambda s: None, together=together)
+    # activation checkpointing runs on both paths and is a run option, not a setting of the anchors
+    train_anchors(cfg, tmp_path / "anchors", log=lambda s: None, together=together, activation_checkpointing=True)
     summary = json.loads((tmp_path / "anchors" / "sentiment.positive" / "lerplm_training.json").read_text())
     assert summary["settings"]["text_format"] == "chat" and summary["settings"]["chat_prompt"] == "Write a review."
+    assert not any("checkpointing" in k for k in summary["settings"])
     plain = load_config(write_config(tmp_path, base_dir))
     with pytest.raises(LerpError, match="other settings"):
         train_anchors(plain, tmp_path / "anchors", log=lambda s: None)

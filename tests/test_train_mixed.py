@@ -160,3 +160,29 @@ def test_chunked_loss_equals_full_logits_and_is_refused_for_other_heads(base_dir
     forward = model.forward
     model.forward = lambda **kw: types.SimpleNamespace(logits=forward(**kw).logits * 2.0)  # a scaled head
     assert not head_is_plain(model, ids[:1])
+
+
+def test_gradient_checkpointing_trains_the_same_adapters_with_dropout(base_dir):
+    """Recomputing each layer in backward (dropout's RNG replayed) changes memory, not the result."""
+    cfg = tiny_config(max_steps=3)
+    cfg.lora.dropout = 0.2
+    g = torch.Generator().manual_seed(0)
+    blocks = [[Block(ids, ids) for ids in torch.randint(0, 100, (4, 12), generator=g).tolist()] for _ in range(2)]
+    results, calls = [], []
+    for ckpt in (False, True):
+        torch.manual_seed(0)  # dropout masks
+        model = AutoModelForCausalLM.from_pretrained(base_dir)
+        n = [0]
+        model.model.layers[0].input_layernorm.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+        results.append(train_mixed(model, blocks, cfg, progress=False, activation_checkpointing=ckpt))
+        calls.append(n[0])
+        assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # switched off again
+    assert calls[1] == calls[0] + 3  # layer 0 ran once more per step: recomputed in backward
+    (plain, log_plain), (ckpt, log_ckpt) = results
+    flat = lambda log: [x for r in log for x in r["loss"]]  # noqa: E731
+    assert flat(log_ckpt) == pytest.approx(flat(log_plain), rel=1e-5)
+    for k in range(2):
+        for name, (a, b, _) in plain[k].modules.items():
+            assert b.abs().max() > 0
+            torch.testing.assert_close(ckpt[k].modules[name][0], a, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(ckpt[k].modules[name][1], b, atol=1e-6, rtol=1e-5)

@@ -89,6 +89,7 @@ def train(
     max_examples: Annotated[Optional[int], typer.Option(min=1, help="Cap texts per endpoint.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Cap optimizer steps per anchor.")] = None,
     together: Annotated[bool, typer.Option("--together", help="Train all unfinished anchors in one run (every batch carries rows of each; see docs/performance.md).")] = False,
+    activation_checkpointing: Annotated[bool, typer.Option("--activation-checkpointing", help="Recompute each decoder layer in backward: much less activation memory (needed for --together with many anchors), one more forward per step.")] = False,
     only: OnlyOpt = None,
     text_format: Annotated[Optional[str], typer.Option(help="plain (texts end to end) or chat (each text as the answer to --chat-prompt in the chat template). Overrides the config.")] = None,
     chat_prompt: Annotated[Optional[str], typer.Option(help="User turn that the texts answer when text_format is chat.")] = None,
@@ -99,7 +100,8 @@ def train(
 
     cfg = load_config(config, data_dir, {"max_examples": max_examples, "max_steps": max_steps,
                                          "text_format": text_format, "chat_prompt": chat_prompt})
-    anchors = train_anchors(_only(cfg, only), out, log=lambda s: typer.echo(s, err=True), together=together)
+    anchors = train_anchors(_only(cfg, only), out, log=lambda s: typer.echo(s, err=True), together=together,
+                            activation_checkpointing=activation_checkpointing)
     typer.echo(anchors.describe())
 
 

@@ -120,6 +120,7 @@ def train_anchor(
     work: Path,
     label: str,
     callbacks: list | None = None,
+    activation_checkpointing: bool = False,
 ) -> dict:
     """Train one adapter into ``out`` (atomically, via ``work``); return its training summary."""
     import torch
@@ -141,6 +142,8 @@ def train_anchor(
         ),
     )
     t = cfg.training
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing
+    ckpt = "activation" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient"
     args = TrainingArguments(
         output_dir=str(work),
         per_device_train_batch_size=t.batch_size,
@@ -160,6 +163,7 @@ def train_anchor(
         dataloader_num_workers=0,
         disable_tqdm=False,
         run_name=label,
+        **{f"{ckpt}_checkpointing": activation_checkpointing, f"{ckpt}_checkpointing_kwargs": {"use_reentrant": False}},
     )
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator, callbacks=callbacks)
     last = get_last_checkpoint(str(work)) if work.is_dir() else None
@@ -185,7 +189,8 @@ def train_anchor(
     return summary
 
 
-def train_together(base: ModelRef, todo: list[tuple[str, list[str]]], cfg: StylesConfig, out: Path) -> dict[str, dict]:
+def train_together(base: ModelRef, todo: list[tuple[str, list[str]]], cfg: StylesConfig, out: Path,
+                   activation_checkpointing: bool = False) -> dict[str, dict]:
     """Train the named anchors in one run (lerplm.train_mixed); each appears in ``out`` when all are done."""
     import torch
 
@@ -194,7 +199,7 @@ def train_together(base: ModelRef, todo: list[tuple[str, list[str]]], cfg: Style
     tok = load_tokenizer(base)
     blocks = [build_blocks(tok, texts, cfg.training.block_size, _chat_prompt(cfg)) for _, texts in todo]
     model = load_model(base, dtype=torch.float32)
-    adapters, loss_log = train_mixed(model, blocks, cfg)
+    adapters, loss_log = train_mixed(model, blocks, cfg, activation_checkpointing=activation_checkpointing)
     summaries = {}
     for k, ((name, texts), weights) in enumerate(zip(todo, adapters)):
         work = out / ".work" / name
@@ -219,9 +224,12 @@ def train_anchors(
     log: Callable[[str], None] = print,
     callbacks: list | None = None,
     together: bool = False,
+    activation_checkpointing: bool = False,
 ) -> AnchorSet:
     """Train every endpoint of every attribute that is not finished yet; write the manifest last.
-    ``together`` trains the unfinished anchors in one run (one base forward serves all of them)."""
+    ``together`` trains the unfinished anchors in one run (one base forward serves all of them);
+    ``activation_checkpointing`` recomputes each decoder layer in backward to save activation memory
+    (a run option, not a setting: the anchors are the same)."""
     out = Path(out)
     if together and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise LerpError("--together runs in one process; launch it without torchrun/accelerate")
@@ -250,7 +258,7 @@ def train_anchors(
     together_now: dict[str, dict] = {}
     if together and todo:
         log(f"training {len(todo)} anchors together: {', '.join(n for n, _ in todo)}")
-        together_now = train_together(base_ref, todo, cfg, out)
+        together_now = train_together(base_ref, todo, cfg, out, activation_checkpointing)
         for name, summary in together_now.items():
             log(f"{name}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
     endpoints: dict[str, Endpoint] = {}
@@ -264,7 +272,8 @@ def train_anchors(
             log(f"{tag}: already trained, skipped")
         else:
             log(f"{tag}: training on {len(texts)} texts")
-            summary = train_anchor(base_ref, texts, cfg, out / name, out / ".work" / name, name, callbacks)
+            summary = train_anchor(base_ref, texts, cfg, out / name, out / ".work" / name, name, callbacks,
+                                   activation_checkpointing)
             log(f"{tag}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
         endpoints[name] = Endpoint(ep.name, name, prov, summary.get("train_loss"))
     attributes = [

@@ -87,6 +87,20 @@ def token_losses(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, chun
     return torch.cat(parts).view(labels.shape)
 
 
+def set_activation_checkpointing(model: nn.Module, on: bool) -> None:
+    """transformers' activation checkpointing of the decoder layers, under its new name (5.x) or its old
+    one. Non-reentrant: the frozen base's inputs need no grad, and the recompute replays dropout's RNG."""
+    if not model.supports_gradient_checkpointing:
+        raise LerpError(f"{type(model).__name__} does not support activation checkpointing")
+    new = hasattr(model, "activation_checkpointing_enable")
+    if on and new:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
+
+
 def _cycle(blocks: Sequence[Block], batch: int, seed: int):
     """Endless shuffled batches of one anchor's blocks (reshuffled every epoch)."""
     rng = random.Random(seed)
@@ -109,9 +123,12 @@ def train_mixed(
     progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
     chunked_loss: bool = True,
+    activation_checkpointing: bool = False,
 ) -> tuple[list[LoraWeights], list[dict]]:
     """Train len(blocks) adapters together on ``model`` (frozen); return them and the loss log.
-    ``chunked_loss`` skips the full logits where the model's head allows it (see token_losses)."""
+    ``chunked_loss`` skips the full logits where the model's head allows it (see token_losses);
+    ``activation_checkpointing`` keeps only each decoder layer's input and recomputes the layer in
+    backward (transformers' own mechanism), trading one more forward for the activations of K·b rows."""
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -124,6 +141,8 @@ def train_mixed(
     for p in model.parameters():
         p.requires_grad_(False)
     chunked = chunked_loss and head_is_plain(model, torch.tensor([blocks[0][0].ids], device=device))
+    if activation_checkpointing:
+        set_activation_checkpointing(model, True)
     runtime = MixedRuntime(model, fresh_adapters(model, cfg, k, t.seed))
     params = runtime.trainable(cfg.lora.dropout)
     opt = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=0.0)
@@ -158,6 +177,8 @@ def train_mixed(
                     on_log(rec)
     finally:
         runtime.state.set(None)
+        if activation_checkpointing:
+            set_activation_checkpointing(model, False)
         model.eval()
     adapters = runtime.export_adapters(scaling)
     runtime.detach()
