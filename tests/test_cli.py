@@ -63,7 +63,7 @@ def test_generate_json_lines_for_several_mixes(anchor_dir, tmp_path):
     recs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert len(recs) == 2 * 2 * 2
     assert recs[-1]["mix"] == {"levels": {"sentiment": 1.0, "formality": 0.5}, "weights": {"sentiment": 0.75, "formality": 0.25}}
-    assert {r_["seed"] for r_ in recs} == {3, 4}
+    assert {r_["seed"] for r_ in recs} == {3} and {r_["sample"] for r_ in recs} == {0, 1}
 
 
 def test_info_and_export(anchor_dir, tmp_path):

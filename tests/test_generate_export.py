@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from lerplm import LerpError
 from lerplm.export import export, export_grid, export_peft
+from lerplm.generate import row_seed
 
 from .conftest import make_anchor_set
 
@@ -22,6 +23,18 @@ def test_same_seed_same_output_and_batching_changes_nothing(lm):
     alone = lm.generate(PROMPTS[1:], MIXES[1:], n=2, max_new_tokens=12, seed=7)
     assert alone[0] == a[1]
     assert lm.generate(PROMPTS, MIXES, n=2, max_new_tokens=12, seed=8) != a
+
+
+def test_every_prompt_samples_from_its_own_stream(lm, monkeypatch):
+    """Rows of different prompts must not share a random stream (that correlated every prompt's draws);
+    a prompt keeps its stream under every mix; the seed is a stable hash, not Python's salted hash()."""
+    assert row_seed(0, "hi", 0) == 69468440113006373
+    seen = []
+    decode = lm._decode
+    monkeypatch.setattr(lm, "_decode", lambda enc, coeffs, p, seeds: seen.append(seeds) or decode(enc, coeffs, p, seeds))
+    lm.generate(PROMPTS + PROMPTS[:1], MIXES + [{"sentiment": 0.1}], n=2, max_new_tokens=2, seed=7)
+    assert seen[0] == [row_seed(7, p, j) for p in PROMPTS + PROMPTS[:1] for j in range(2)]
+    assert len(set(seen[0])) == 4 and seen[0][4:] == seen[0][:2]  # distinct per prompt and sample; same prompt, same stream
 
 
 def test_mix_changes_generation(lm):

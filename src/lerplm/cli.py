@@ -171,7 +171,7 @@ def generate(
         for j, text in enumerate(texts):
             if as_json:
                 rec = {"prompt": p, "mix": m.to_json(lm.anchors.names, extrapolate),
-                       "sample": j, "seed": seed + j, "text": text}
+                       "sample": j, "seed": seed, "text": text}
                 typer.echo(json.dumps(rec, ensure_ascii=False))
             else:
                 typer.echo(f"[{m.describe()}] {p}\n  -> {text}\n")

@@ -1,11 +1,12 @@
 """Batched generation with one mix per row, through the mixed runtime and a KV cache.
 
-Sampling uses one torch.Generator per row, seeded with ``seed + sample_index``, so a row's text
-depends on its prompt, mix and seed, not on which other rows share its batch.
+Sampling uses one torch.Generator per row, seeded by ``row_seed(seed, prompt, sample_index)``, so a
+row's text depends on its prompt, mix and seed, not on which other rows share its batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,16 @@ from .models import default_device, format_prompt, has_chat_template, load_model
 from .runtime import MixedRuntime
 
 MixLike = Mix | Mapping | str
+SEEDING = "prompt-sample"  # recorded by sweeps: runs sampled under another seeding are not resumed into
+
+
+def row_seed(seed: int, prompt: str, sample: int) -> int:
+    """The random stream of one (prompt, sample). Different prompts get independent streams: one stream
+    shared by every prompt (the earlier ``seed + sample``) correlates all their draws, so a batch's mean
+    score moved far more between seeds than its interval said. One prompt keeps its stream under every
+    mix, so differences between mixes are measured with common random numbers."""
+    digest = hashlib.blake2b(f"{seed}\x00{sample}\x00{prompt}".encode(), digest_size=7).digest()
+    return int.from_bytes(digest, "little")
 
 
 @dataclass
@@ -171,7 +182,7 @@ class LerpModel:
             raise LerpError(f"n must be >= 1, got {n}")
         coeffs = self.coefficients(mixes, extrapolate).repeat_interleave(n, 0)
         rows = [p for p in prompts for _ in range(n)]
-        seeds = [params.seed + j for _ in prompts for j in range(n)]
+        seeds = [row_seed(params.seed, p, j) for p in prompts for j in range(n)]
         out = self._decode(self.encode(rows, chat), coeffs, params, seeds)
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
 

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import LerpError
-from ..generate import LerpModel, SamplingParams
+from ..generate import SEEDING, LerpModel, SamplingParams
 from .grids import GridPoint
 from .scorers import ScorerSet
 
@@ -84,7 +84,7 @@ def run_sweep(
         raise LerpError("the grid has duplicate points")
     _check_settings(out, {
         "anchors": str(lm.anchors.root), "scorers": str(scorers.root), "prompts": list(prompts), "n": n,
-        "params": asdict(params), "heldout_texts": len(heldout),
+        "params": asdict(params), "heldout_texts": len(heldout), "seeding": SEEDING,
     })
     (out / POINTS_DIR).mkdir(exist_ok=True)
     todo = [p for p in points if not (out / POINTS_DIR / f"{p.id}.csv").is_file()]
@@ -107,7 +107,7 @@ def run_sweep(
                 recs.append({
                     "point": p.id, **{f"meta_{m}": v for m, v in p.meta.items()},
                     **{f"level_{a}": v for a, v in p.levels.items()}, **{f"weight_{a}": v for a, v in p.weights.items()},
-                    "prompt_id": k, "sample": j, "seed": params.seed + j, "text": text,
+                    "prompt_id": k, "sample": j, "seed": params.seed, "text": text,
                     **{f"score_{a}": float(s[idx]) for a, s in scores.items()},
                     "base_ppl": math.exp(fluency[idx]) if not math.isnan(fluency[idx]) else math.nan,
                     "distinct2": distinct_n(text), "heldout_ppl": held.get(p.id, math.nan),
