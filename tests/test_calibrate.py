@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lerplm import LerpError
-from lerplm.calibrate import ResponseModel, mix_features, solve
+from lerplm.calibrate import ResponseModel, mix_features, refine, solve
 from lerplm.evaluate.grids import five_attribute, single
 
 ATTRS = ["a", "b"]
@@ -200,3 +200,33 @@ def test_eval_targets_cli(anchor_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert sorted(pd.read_csv(tmp_path / "r3" / "targets.csv")["point"]) == [
         "target-calibrated-sentiment=0.4", "target-naive-sentiment=0.4"]
+    # the closed loop adds a third point, solved from the calibrated point's own measured mean score
+    r = CliRunner().invoke(app, args[:-2] + ["--target", "sentiment=0.4", "--refine", "--out", str(tmp_path / "r3")])
+    assert r.exit_code == 0, r.output
+    assert "refined MAE" in r.output and "refined once (closed loop) MAE" in (tmp_path / "r3" / "targets.md").read_text()
+    df = pd.read_csv(tmp_path / "r3" / "results.csv")
+    cal, ref = (df[df["point"] == f"target-{m}-sentiment=0.4"] for m in ("calibrated", "refined"))
+    first = solve(ResponseModel.load(tmp_path / "calib.json"), {"sentiment": 0.4})
+    expected, _ = refine(ResponseModel.load(tmp_path / "calib.json"), first, {"sentiment": cal["score_sentiment"].mean()})
+    assert ref["level_sentiment"].iloc[0] == pytest.approx(expected.mix.levels["sentiment"], abs=1e-4)
+
+
+def test_refine_hits_the_target_when_the_true_response_is_offset(model):
+    """The prompts at hand respond with an offset the calibration did not see (here: +0.8 logit on a,
+    -0.5 on the entangled b): open loop misses, one closed-loop round hits both targets."""
+    offset = {"a": 0.8, "b": -0.5}
+
+    def achieved(mix):  # the mean scores a generation at this mix would measure
+        x = np.r_[1.0, mix_features(ATTRS, *mix.resolve(ATTRS))]
+        return {k: float(1 / (1 + np.exp(-(th @ x + offset[k])))) for k, th in TRUE.items()}
+
+    targets = {"a": 0.6, "b": 0.4}
+    first = solve(model, targets, free_weights=True)
+    assert max(abs(achieved(first.mix)[k] - t) for k, t in targets.items()) > 0.08  # open loop misses
+    second, shifted = refine(model, first, achieved(first.mix), free_weights=True)
+    assert not second.warnings
+    assert achieved(second.mix) == pytest.approx(targets, abs=0.02)
+    third, _ = refine(shifted, second, achieved(second.mix), free_weights=True)  # a further round stays put
+    assert achieved(third.mix) == pytest.approx(targets, abs=0.02)
+    with pytest.raises(LerpError, match="no measured score"):
+        refine(model, first, {"a": 0.5})

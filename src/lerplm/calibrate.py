@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +119,14 @@ class ResponseModel:
     def predict_mix(self, mix: Mix, extrapolate: bool = False) -> dict[str, float]:
         return self.predict(*mix.resolve(self.attributes, extrapolate))
 
+    def shifted(self, offsets: Mapping[str, float]) -> "ResponseModel":
+        """The same model with each named attribute's logit moved by its offset."""
+        self.check_scored(offsets)
+        theta = self.theta.copy()
+        for a, d in offsets.items():
+            theta[self.scored.index(a), 0] += d
+        return replace(self, theta=theta)
+
     def save(self, path: str | Path, meta: dict | None = None) -> None:
         Path(path).write_text(json.dumps({
             "format": FORMAT, "attributes": self.attributes, "scored": self.scored, "theta": self.theta.tolist(),
@@ -200,3 +208,21 @@ def solve(
             warnings.append(f"target {a}={t:g} is out of reach (predicted {predicted[a]:.2f}); with this mix {a} can reach "
                             f"[{min(reach):.2f}, {max(reach):.2f}]" + ("" if free_weights else "; letting weights move may help"))
     return Solution(mix, predicted, dict(targets), warnings)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 0.01), 0.99)
+    return math.log(p / (1 - p))
+
+
+def refine(model: ResponseModel, solution: Solution, achieved: Mapping[str, float], **solve_kwargs) -> tuple[Solution, ResponseModel]:
+    """Closed loop: after generating at ``solution.mix`` (solved with ``model``) and measuring the targeted
+    attributes' mean scores, shift each one's curve by the logit gap between measured and predicted, so
+    that the model passes through the measurement, and solve again. This removes an offset of the response
+    at the operating point (other prompts, sampling); slopes stay the calibration's. Returns the new
+    solution and the shifted model (the one to refine with next)."""
+    missing = [a for a in solution.targets if a not in achieved]
+    if missing:
+        raise LerpError(f"no measured score for targeted {missing}")
+    shifted = model.shifted({a: _logit(achieved[a]) - _logit(solution.predicted[a]) for a in solution.targets})
+    return solve(shifted, solution.targets, **solve_kwargs), shifted

@@ -402,6 +402,7 @@ def eval_targets(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
     seed: int = 1,
     batch_rows: Annotated[int, typer.Option(min=1, help="Generations per batch.")] = 64,
+    refine: Annotated[bool, typer.Option("--refine", help="Also a closed loop: refine each calibrated mix once with its own measured scores on these prompts, and generate again.")] = False,
 ) -> None:
     """Calibrated target control against the naive mapping (level = target) on prompts not used for calibration."""
     _require_eval()
@@ -409,7 +410,7 @@ def eval_targets(
     from .calibrate import CALIBRATION, ResponseModel
     from .evaluate.scorers import ScorerSet
     from .evaluate.sweep import run_sweep
-    from .evaluate.targets import check_calibration, parse_pairs, target_points, target_sets, write_report
+    from .evaluate.targets import check_calibration, parse_pairs, refined_points, target_points, target_sets, write_report
     from .generate import LerpModel, SamplingParams
     from .mix import parse_assignments
 
@@ -427,13 +428,16 @@ def eval_targets(
     _quiet_transformers()
     lm = LerpModel.load(anchors)
     params = SamplingParams(max_new_tokens, 0.8, 0.95, 0, seed)
-    df = run_sweep(lm, scorer_set, target_points(model, targets), prompt_list, out, 1, params, batch_rows)
+    points = target_points(model, targets)
+    df = run_sweep(lm, scorer_set, points, prompt_list, out, 1, params, batch_rows)
+    if refine:
+        df = run_sweep(lm, scorer_set, points + refined_points(model, targets, df), prompt_list, out, 1, params, batch_rows)
     summary = write_report(df, out, ranges, {"prompts": len(prompt_list), "skip_prompts": skip_prompts,
                                               "calibration": str(calibration)})
     for part in ("single_overall", "pairs_overall"):
         if part in summary:
             v = summary[part]
-            typer.echo(f"{part.split('_')[0]} targets: calibrated MAE {v['calibrated']:.3f}, naive MAE {v['naive']:.3f}")
+            typer.echo(f"{part.split('_')[0]} targets: " + ", ".join(f"{m} MAE {e:.3f}" for m, e in v.items()))
     typer.echo(f"wrote {out / 'targets.md'}")
 
 

@@ -5,6 +5,8 @@ Targets are chosen inside what the response model says is reachable (a target no
 measures nothing but the reach): for one attribute, its predicted score at a few levels with weight 1;
 for a pair, the predicted scores at level corners with equal weights. The naive mapping sets each
 targeted attribute's level to its target score with equal weights, as a user would without a model.
+With ``refine``, a third method closes the loop once: the calibrated mix's own measured mean scores on
+these prompts shift the response model (calibrate.refine) and the solved mix is generated again.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..calibrate import ResponseModel, solve
+from ..calibrate import ResponseModel, Solution, refine, solve
 from ..errors import LerpError
 from .grids import GridPoint
 
 SUMMARY = "targets.json"
-METHODS = ("calibrated", "naive")
+METHODS = ("calibrated", "naive", "refined")
 
 
 def target_sets(
@@ -53,16 +55,33 @@ def _slug(targets: dict[str, float]) -> str:
     return ",".join(f"{a}={t:g}" for a, t in targets.items())
 
 
+def _point(method: str, t: dict[str, float], sol: Solution, levels: dict, weights: dict) -> GridPoint:
+    meta = {"grid": "target", "targets": _slug(t), "n_targets": len(t), "reachable": int(not sol.warnings), "method": method,
+            **{f"predicted_{a}": round(v, 4) for a, v in sol.predicted.items() if a in t}}
+    return GridPoint(f"target-{method}-{_slug(t)}", dict(levels), dict(weights), meta)
+
+
 def target_points(model: ResponseModel, targets: Sequence[dict[str, float]]) -> list[GridPoint]:
     """Two grid points per target: the solved mix and the naive one (levels = targets, equal weights)."""
     points = []
     for t in targets:
         sol = solve(model, t)
-        meta = {"grid": "target", "targets": _slug(t), "n_targets": len(t), "reachable": int(not sol.warnings)}
-        equal = {a: 1 / len(t) for a in t}
-        for method, levels, weights in (("calibrated", sol.mix.levels, sol.mix.weights), ("naive", dict(t), equal)):
-            points.append(GridPoint(f"target-{method}-{_slug(t)}", dict(levels), dict(weights),
-                                    meta | {"method": method, **{f"predicted_{a}": round(v, 4) for a, v in sol.predicted.items() if a in t}}))
+        points.append(_point("calibrated", t, sol, sol.mix.levels, sol.mix.weights))
+        points.append(_point("naive", t, sol, t, {a: 1 / len(t) for a in t}))
+    return points
+
+
+def refined_points(model: ResponseModel, targets: Sequence[dict[str, float]], df: pd.DataFrame) -> list[GridPoint]:
+    """One point per target: the calibrated solution refined with its own mean scores in ``df`` (the
+    calibrated points' generations), to be generated on the same prompts."""
+    points = []
+    for t in targets:
+        sol = solve(model, t)
+        got = df[df["point"] == f"target-calibrated-{_slug(t)}"]
+        if not len(got):
+            raise LerpError(f"no generations of the calibrated point for {_slug(t)} to refine from")
+        new, _ = refine(model, sol, {a: float(got[f"score_{a}"].mean()) for a in t})
+        points.append(_point("refined", t, new, new.mix.levels, new.mix.weights))
     return points
 
 
@@ -92,7 +111,7 @@ def target_errors(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _mae(errors: pd.DataFrame) -> dict[str, float]:
-    return {m: float(errors[errors["method"] == m]["abs_error"].mean()) for m in METHODS}
+    return {m: float(errors[errors["method"] == m]["abs_error"].mean()) for m in METHODS if errors["method"].eq(m).any()}
 
 
 def summarize(errors: pd.DataFrame) -> dict:
@@ -124,7 +143,7 @@ def _plot(errors: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, len(attrs), figsize=(3.0 * len(attrs), 3.0), squeeze=False)
     for ax, a in zip(axes[0], attrs):
         g = errors[errors["attribute"] == a]
-        for m, marker in zip(METHODS, "os"):
+        for m, marker in zip(METHODS, "os^"):
             h = g[g["method"] == m]
             ax.errorbar(h["target"], h["achieved"], yerr=h["ci95"], fmt=marker, ms=4, capsize=2, label=m, alpha=0.8)
         lo, hi = min(g["target"].min(), g["achieved"].min()) - 0.05, max(g["target"].max(), g["achieved"].max()) + 0.05
@@ -144,22 +163,28 @@ def write_report(df: pd.DataFrame, out: str | Path, ranges: dict[str, float], me
     out = Path(out)
     errors = target_errors(df)
     summary = summarize(errors) | {"predicted_ranges": ranges, **meta}
+    refined = errors["method"].eq("refined").any()
     errors.to_csv(out / "targets.csv", index=False)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2))
     _plot(errors, out / "targets.png")
     lines = ["# Target control: calibrated against naive", "",
              f"Mean absolute error between target and achieved mean score ({meta.get('prompts', '?')} held-out prompts per point; "
              f"median 95% half-width of an achieved mean: {summary['median_ci95']:.3f}).", "",
-             "| targets | attribute(s) | calibrated MAE | naive MAE | calibrated / naive |", "|---|---|---|---|---|"]
+             "| targets | attribute(s) | calibrated MAE | naive MAE | calibrated / naive |" + (" refined once (closed loop) MAE |" if refined else ""),
+             "|---|---|---|---|---|" + ("---|" if refined else "")]
+
+    def row(label: str, name: str, v: dict, bold: bool = False) -> str:
+        b = "**" if bold else ""
+        cells = [label, name, f"{b}{v['calibrated']:.3f}{b}", f"{b}{v['naive']:.3f}{b}", _ratio(v)]
+        return "| " + " | ".join(cells + ([f"{b}{v['refined']:.3f}{b}"] if refined else [])) + " |"
+
     for part, label in (("single", "one attribute"), ("pairs", "two attributes")):
         for a, v in summary[part].items():
-            lines.append(f"| {label} | {a} | {v['calibrated']:.3f} | {v['naive']:.3f} | {_ratio(v)} |")
+            lines.append(row(label, a, v))
         if f"{part}_overall" in summary:
-            v = summary[f"{part}_overall"]
-            lines.append(f"| {label} | **all** | **{v['calibrated']:.3f}** | **{v['naive']:.3f}** | {_ratio(v)} |")
+            lines.append(row(label, "**all**", summary[f"{part}_overall"], bold=True))
         if f"{part}_reachable" in summary:
-            v = summary[f"{part}_reachable"]
-            lines.append(f"| {label} | **all the solver called reachable** | **{v['calibrated']:.3f}** | **{v['naive']:.3f}** | {_ratio(v)} |")
+            lines.append(row(label, "**all the solver called reachable**", summary[f"{part}_reachable"], bold=True))
     skipped = [f"{a} ({r:.3f})" for a, r in ranges.items() if not any(errors["attribute"].eq(a) & errors["n_targets"].eq(1))]
     if skipped:
         lines += ["", "Left out (predicted score range over levels 0.1-0.9 too small to set targets in): " + ", ".join(skipped) + "."]
