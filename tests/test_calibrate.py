@@ -209,6 +209,15 @@ def test_eval_targets_cli(anchor_dir, tmp_path):
     first = solve(ResponseModel.load(tmp_path / "calib.json"), {"sentiment": 0.4})
     expected, _ = refine(ResponseModel.load(tmp_path / "calib.json"), first, {"sentiment": cal["score_sentiment"].mean()})
     assert ref["level_sentiment"].iloc[0] == pytest.approx(expected.mix.levels["sentiment"], abs=1e-4)
+    # generate --target --refine: the closed loop for a user's own prompts
+    gen = ["generate", "--anchors", str(anchor_dir), "--target", "sentiment=0.4", "--calibration", str(tmp_path / "calib.json"),
+           "--prompt", "the food", "--prompt", "could you", "--max-new-tokens", "3", "--json", "--refine", "1"]
+    r = CliRunner().invoke(app, gen + ["--scorers", str(tmp_path / "scorers")])
+    assert r.exit_code == 0, r.output
+    assert "round 0:" in r.output and "round 1:" in r.output and "round 2:" not in r.output
+    assert len([line for line in r.stdout.splitlines() if line.startswith("{")]) == 2
+    r = CliRunner().invoke(app, gen)
+    assert r.exit_code == 2 and "--refine needs a --target and the --scorers" in r.output
 
 
 def test_refine_hits_the_target_when_the_true_response_is_offset(model):
@@ -230,3 +239,33 @@ def test_refine_hits_the_target_when_the_true_response_is_offset(model):
     assert achieved(third.mix) == pytest.approx(targets, abs=0.02)
     with pytest.raises(LerpError, match="no measured score"):
         refine(model, first, {"a": 0.5})
+
+
+def test_closed_loop_steers_the_batch_by_its_own_scores(model):
+    """closed_loop with a stand-in model and scorer whose response is the offset surface: round 0 misses,
+    round 1 lands, and the texts returned are the last round's."""
+    from lerplm.evaluate.targets import closed_loop
+    from lerplm.mix import Mix
+
+    offset = {"a": 0.8, "b": -0.5}
+
+    class LM:
+        def generate(self, prompts, mix, n, params, extrapolate):
+            return [[json.dumps(mix.to_json(ATTRS))] * n for _ in prompts]
+
+    class Scorers:
+        names = ATTRS
+
+        def score(self, texts):
+            m = Mix.from_dict(json.loads(texts[0]))
+            x = np.r_[1.0, mix_features(ATTRS, *m.resolve(ATTRS))]
+            return {k: np.full(len(texts), 1 / (1 + np.exp(-(th @ x + offset[k])))) for k, th in TRUE.items()}
+
+    rounds = []
+    texts, sol, achieved = closed_loop(LM(), Scorers(), model, ["p1", "p2"], {"a": 0.6}, rounds=1, log=rounds.append)
+    assert len(rounds) == 2 and rounds[0].startswith("round 0:")
+    assert abs(float(rounds[0].split("a ")[-1].split()[0]) - 0.6) > 0.08 and achieved["a"] == pytest.approx(0.6, abs=0.02)
+    assert json.loads(texts[1][0]) == sol.mix.to_json(ATTRS)
+    with pytest.raises(LerpError, match="scorers have no"):
+        Scorers.names = ["b"]
+        closed_loop(LM(), Scorers(), model, ["p"], {"a": 0.6})

@@ -66,6 +66,32 @@ def _solve_target(anchors: Path, target: str, calibration: Path | None, free_wei
     return sol.mix
 
 
+def _closed_loop(anchors: Path, scorers: Path, calibration: Path | None, prompts: list[str], target: str, rounds: int,
+                 n: int, params, free_weights: bool, extrapolate: bool):
+    """generate --target --refine: the last round's mix, texts and model (evaluate.targets.closed_loop)."""
+    _require_eval()
+    from .anchors import AnchorSet
+    from .calibrate import CALIBRATION, ResponseModel
+    from .evaluate.scorers import ScorerSet
+    from .evaluate.targets import check_calibration, closed_loop
+    from .generate import LerpModel
+    from .mix import parse_assignments
+
+    anchor_set = AnchorSet.load(anchors)
+    model = ResponseModel.load(calibration or anchor_set.root / CALIBRATION)
+    check_calibration(model, anchor_set.names)
+    targets = parse_assignments(target, "target")
+    model.check_scored(targets)
+    scorer_set = ScorerSet.load(scorers)
+    _quiet_transformers()
+    lm = LerpModel.load(anchors)
+    texts, sol, _ = closed_loop(lm, scorer_set, model, prompts, targets, rounds, n, params, free_weights, extrapolate,
+                                log=lambda s: typer.echo(s, err=True))
+    for w in sol.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    return [sol.mix], texts, lm
+
+
 def _checked_mixes(anchors: Path, mix: list[str], weights: str | None, extrapolate: bool):
     """Parse and validate every mix against the anchor set before any model is loaded."""
     from .anchors import AnchorSet
@@ -146,6 +172,8 @@ def generate(
     target: Annotated[Optional[str], typer.Option(help='Target scores instead of levels, e.g. "formality=0.8,sentiment=0.3" (needs a calibration).')] = None,
     calibration: Annotated[Optional[Path], typer.Option(help="Calibration file (default: ANCHORS/calibration.json).")] = None,
     free_weights: Annotated[bool, typer.Option(help="With --target: let the solver move the weights too.")] = False,
+    refine: Annotated[int, typer.Option(min=0, help="With --target: closed-loop rounds; each scores this batch (--scorers), corrects the mix and generates again.")] = 0,
+    scorers: Annotated[Optional[Path], typer.Option("--scorers", "-s", help="Scorer directory for --refine.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Generate under one or more mixes (or the mix solved for --target); every (prompt, mix) pair shares one batch."""
@@ -158,15 +186,21 @@ def generate(
         prompts += read_texts(prompts_file)
     if not prompts:
         raise LerpError("give a --prompt or a --prompts-file")
-    if target:
-        mixes = [_solve_target(anchors, target, calibration, free_weights, extrapolate)]
-    else:
-        mixes = _checked_mixes(anchors, mix, weights, extrapolate)
-    _quiet_transformers()
-    lm = LerpModel.load(anchors)
-    pairs = [(m, p) for m in mixes for p in prompts]
     params = SamplingParams(max_new_tokens, temperature, top_p, top_k, seed)
-    outs = lm.generate([p for _, p in pairs], [m for m, _ in pairs], n=n, params=params, extrapolate=extrapolate)
+    if refine:
+        if not (target and scorers):
+            raise LerpError("--refine needs a --target and the --scorers that measure it")
+        mixes, outs, lm = _closed_loop(anchors, scorers, calibration, prompts, target, refine, n, params, free_weights, extrapolate)
+    else:
+        if target:
+            mixes = [_solve_target(anchors, target, calibration, free_weights, extrapolate)]
+        else:
+            mixes = _checked_mixes(anchors, mix, weights, extrapolate)
+        _quiet_transformers()
+        lm = LerpModel.load(anchors)
+        outs = lm.generate([p for _ in mixes for p in prompts], [m for m in mixes for _ in prompts], n=n, params=params,
+                           extrapolate=extrapolate)
+    pairs = [(m, p) for m in mixes for p in prompts]
     for (m, p), texts in zip(pairs, outs):
         for j, text in enumerate(texts):
             if as_json:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -83,6 +83,27 @@ def refined_points(model: ResponseModel, targets: Sequence[dict[str, float]], df
         new, _ = refine(model, sol, {a: float(got[f"score_{a}"].mean()) for a in t})
         points.append(_point("refined", t, new, new.mix.levels, new.mix.weights))
     return points
+
+
+def closed_loop(lm, scorers, model: ResponseModel, prompts: Sequence[str], targets: dict[str, float], rounds: int = 1,
+                n: int = 1, params=None, free_weights: bool = False, extrapolate: bool = False,
+                log: Callable[[str], None] = print) -> tuple[list[list[str]], Solution, dict[str, float]]:
+    """Generate at the solved mix, measure the targeted attributes' mean scores over these prompts, refine
+    the mix with them (calibrate.refine), and generate again, ``rounds`` times. Returns the last round's
+    texts, its solution and its measured means: the batch the user asked for, steered by its own scores."""
+    model.check_scored(targets)
+    missing = [a for a in targets if a not in scorers.names]
+    if missing:
+        raise LerpError(f"the scorers have no {missing}; they score {', '.join(scorers.names)}")
+    sol = solve(model, targets, free_weights=free_weights, extrapolate=extrapolate)
+    for k in range(rounds + 1):
+        texts = lm.generate(prompts, sol.mix, n=n, params=params, extrapolate=extrapolate)
+        scores = scorers.score([t for ts in texts for t in ts])
+        achieved = {a: float(scores[a].mean()) for a in targets}
+        log(f"round {k}: {sol.mix.describe()} -> mean " + ", ".join(f"{a} {achieved[a]:.3f} (target {t:g})" for a, t in targets.items()))
+        if k < rounds:
+            sol, model = refine(model, sol, achieved, free_weights=free_weights, extrapolate=extrapolate)
+    return texts, sol, achieved
 
 
 def target_errors(df: pd.DataFrame) -> pd.DataFrame:
