@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Session 5: the measurements redone after the sampling fix (a random stream per prompt instead of one
+# stream shared by every prompt; docs/results/README.md, "A sampling flaw found and fixed"). ~2.5 h on 2 CPU cores.
+# Needs anchors/styles_chat and anchors/chat180 (experiments/chat_anchors_cpu.sh, chat_followup_cpu.sh) and
+# artifacts/scorers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P=../shared/data/styles/prompts/writing_prompts.txt
+SWEEP=(--scorers artifacts/scorers --prompts "$P" --max-new-tokens 32 --n 1 --config examples/styles.toml --heldout-per-endpoint 10)
+
+# Issue 3: single-attribute sweeps of the chat anchors (prompts 80-143, as chat64 before the fix)
+lerplm sweep --anchors anchors/styles_chat --grid single:all --skip-prompts 80 --max-prompts 64 --levels 6 "${SWEEP[@]}" --out runs/cal64
+lerplm report runs/cal64 --title "Chat-format anchors, per-prompt seeding: single-attribute sweeps (64 prompts x 6 levels)"
+# the same point under another seed (compare with runs/cal64's single-humor-0.6 and single-formality-0.6)
+python experiments/seed_check.py p80_s1:80:1
+
+# Issue 6: calibrate on runs/cal64, evaluate on prompts 16-79 with the same targets as session 4
+# (calibration_chat64's predicted scores at levels 0.15/0.5/0.85 and two pairs' level corners), three methods
+lerplm calibrate runs/cal64 --out runs/calibration_cal64.json
+TARGETS=()
+while IFS= read -r t; do TARGETS+=(--target "$t"); done < <(python -c "
+from lerplm.calibrate import ResponseModel
+from lerplm.evaluate.targets import target_sets
+m = ResponseModel.load('docs/results/calibration_chat64.json')
+ts, _ = target_sets(m, m.scored, [('sentiment', 'formality'), ('formality', 'humor')], levels=(0.15, 0.5, 0.85))
+print('\n'.join(','.join(f'{a}={v:g}' for a, v in t.items()) for t in ts))")
+lerplm eval-targets --anchors anchors/styles_chat --scorers artifacts/scorers --calibration runs/calibration_cal64.json \
+  --prompts "$P" --skip-prompts 16 --max-prompts 64 "${TARGETS[@]}" --refine --out runs/targets_v2
+
+# Issue 3: politeness and simplicity at 180 steps, and the five-attribute design (prompts 144-167)
+lerplm sweep --anchors anchors/chat180 --grid single:politeness,simplicity --skip-prompts 80 --max-prompts 64 --levels 6 \
+  "${SWEEP[@]}" --out runs/ps180_v2
+lerplm report runs/ps180_v2 --title "Chat anchors, 180 steps, per-prompt seeding: politeness and simplicity (64 prompts x 6 levels)"
+lerplm sweep --anchors anchors/styles_chat --grid five:b=0.05,0.15,0.2 --skip-prompts 144 --max-prompts 24 --levels 6 \
+  "${SWEEP[@]}" --out runs/five_v2
+lerplm report runs/five_v2 --title "Chat anchors, per-prompt seeding: five-attribute design (24 prompts x 6 levels x 3 b)"
+
+for r in cal64 ps180_v2 five_v2; do mkdir -p docs/results/$r && cp runs/$r/{report.md,summary.json,*.png} docs/results/$r/; done
+mkdir -p docs/results/targets_v2 && cp runs/targets_v2/targets.{md,json,csv,png} docs/results/targets_v2/
+cp runs/calibration_cal64.json docs/results/
