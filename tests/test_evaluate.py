@@ -149,6 +149,12 @@ def test_sweep_resumes_and_report_is_written(lm, tmp_path):
     pd.testing.assert_frame_equal(first, again)  # the regenerated point is identical (same seeds)
     with pytest.raises(LerpError, match="other settings"):
         run_sweep(lm, scorers, points, prompts, out, 3, params, progress=False)
+    old = tmp_path / "old"  # a run sampled before per-prompt streams is not resumed into
+    old.mkdir()
+    settings = json.loads((out / "sweep.json").read_text())
+    (old / "sweep.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "seeding"}))
+    with pytest.raises(LerpError, match=r"other settings \(seeding\)"):
+        run_sweep(lm, scorers, points, prompts, old, 2, params, batch_rows=4, heldout=["the food was great"], progress=False)
 
     (tmp_path / "scorers.json").write_text(json.dumps({"attributes": {"sentiment": {"score_gap": 0.5}}}))
     report = build_report(out)
