@@ -26,15 +26,26 @@ ts, _ = target_sets(m, m.scored, [('sentiment', 'formality'), ('formality', 'hum
 print('\n'.join(','.join(f'{a}={v:g}' for a, v in t.items()) for t in ts))")
 lerplm eval-targets --anchors anchors/styles_chat --scorers artifacts/scorers --calibration runs/calibration_cal64.json \
   --prompts "$P" --skip-prompts 16 --max-prompts 64 "${TARGETS[@]}" --refine --out runs/targets_v2
+# session 4's pair targets lie mostly outside the corrected calibration's reach: pairs again, from runs/calibration_cal64
+# (predicted scores at the level corners 0.15/0.85 of each pair, equal weights)
+TARGETS=()
+while IFS= read -r t; do TARGETS+=(--target "$t"); done < <(python -c "
+from lerplm.calibrate import ResponseModel
+from lerplm.evaluate.targets import target_sets
+m = ResponseModel.load('runs/calibration_cal64.json')
+ts, _ = target_sets(m, [], [('sentiment', 'formality'), ('formality', 'humor')])
+print('\n'.join(','.join(f'{a}={v:g}' for a, v in t.items()) for t in ts))")
+lerplm eval-targets --anchors anchors/styles_chat --scorers artifacts/scorers --calibration runs/calibration_cal64.json \
+  --prompts "$P" --skip-prompts 16 --max-prompts 64 "${TARGETS[@]}" --refine --out runs/targets_v2_pairs
 
-# Issue 3: politeness and simplicity at 180 steps, and the five-attribute design (prompts 144-167)
+# Issue 3: politeness and simplicity at 180 steps, and the five-attribute design (prompts 144-159)
 lerplm sweep --anchors anchors/chat180 --grid single:politeness,simplicity --skip-prompts 80 --max-prompts 64 --levels 6 \
   "${SWEEP[@]}" --out runs/ps180_v2
 lerplm report runs/ps180_v2 --title "Chat anchors, 180 steps, per-prompt seeding: politeness and simplicity (64 prompts x 6 levels)"
-lerplm sweep --anchors anchors/styles_chat --grid five:b=0.05,0.15,0.2 --skip-prompts 144 --max-prompts 24 --levels 6 \
+lerplm sweep --anchors anchors/styles_chat --grid five:b=0.05,0.15,0.2 --skip-prompts 144 --max-prompts 16 --levels 6 \
   "${SWEEP[@]}" --out runs/five_v2
-lerplm report runs/five_v2 --title "Chat anchors, per-prompt seeding: five-attribute design (24 prompts x 6 levels x 3 b)"
+lerplm report runs/five_v2 --title "Chat anchors, per-prompt seeding: five-attribute design (16 prompts x 6 levels x 3 b)"
 
 for r in cal64 ps180_v2 five_v2; do mkdir -p docs/results/$r && cp runs/$r/{report.md,summary.json,*.png} docs/results/$r/; done
-mkdir -p docs/results/targets_v2 && cp runs/targets_v2/targets.{md,json,csv,png} docs/results/targets_v2/
+for r in targets_v2 targets_v2_pairs; do mkdir -p docs/results/$r && cp runs/$r/targets.{md,json,csv,png} docs/results/$r/; done
 cp runs/calibration_cal64.json docs/results/
