@@ -56,6 +56,11 @@ def test_fit_recovers_the_surface_and_reports_held_out_error(model, tmp_path):
             assert pred[k] == pytest.approx(truth[k], abs=0.02)
     assert all(v < 0.02 for v in model.cv_mae.values())
     model.save(tmp_path / "c.json")
+    from types import SimpleNamespace
+
+    assert ResponseModel.load_for(SimpleNamespace(root=tmp_path, names=ATTRS), tmp_path / "c.json").attributes == ATTRS
+    with pytest.raises(LerpError, match="fitted for attributes"):  # an anchor set with other attributes
+        ResponseModel.load_for(SimpleNamespace(root=tmp_path, names=["a", "c"]), tmp_path / "c.json")
     again = ResponseModel.load(tmp_path / "c.json")
     assert again.predict({"a": 0.3}, {"a": 1}) == pytest.approx(model.predict({"a": 0.3}, {"a": 1}))
 

@@ -134,6 +134,14 @@ class ResponseModel:
         }, indent=2))
 
     @classmethod
+    def load_for(cls, anchors, path: str | Path | None = None) -> "ResponseModel":
+        """An anchor set's calibration (default: its calibration.json), checked to be fitted for its attributes."""
+        model = cls.load(path or Path(anchors.root) / CALIBRATION)
+        if list(model.attributes) != list(anchors.names):
+            raise LerpError(f"the calibration was fitted for attributes {model.attributes}, the anchors have {list(anchors.names)}")
+        return model
+
+    @classmethod
     def load(cls, path: str | Path) -> "ResponseModel":
         path = Path(path)
         if not path.is_file():

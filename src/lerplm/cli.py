@@ -53,11 +53,10 @@ def _quiet_transformers() -> None:
 
 def _solve_target(anchors: Path, target: str, calibration: Path | None, free_weights: bool, extrapolate: bool):
     from .anchors import AnchorSet
-    from .calibrate import CALIBRATION, ResponseModel, solve
+    from .calibrate import ResponseModel, solve
     from .mix import parse_assignments
 
-    anchor_set = AnchorSet.load(anchors)
-    model = ResponseModel.load(calibration or anchor_set.root / CALIBRATION)
+    model = ResponseModel.load_for(AnchorSet.load(anchors), calibration)
     sol = solve(model, parse_assignments(target, "target"), free_weights=free_weights, extrapolate=extrapolate)
     for w in sol.warnings:
         typer.echo(f"warning: {w}", err=True)
@@ -71,15 +70,13 @@ def _closed_loop(anchors: Path, scorers: Path, calibration: Path | None, prompts
     """generate --target --refine: the last round's mix, texts and model (evaluate.targets.closed_loop)."""
     _require_eval()
     from .anchors import AnchorSet
-    from .calibrate import CALIBRATION, ResponseModel
+    from .calibrate import ResponseModel
     from .evaluate.scorers import ScorerSet
-    from .evaluate.targets import check_calibration, closed_loop
+    from .evaluate.targets import closed_loop
     from .generate import LerpModel
     from .mix import parse_assignments
 
-    anchor_set = AnchorSet.load(anchors)
-    model = ResponseModel.load(calibration or anchor_set.root / CALIBRATION)
-    check_calibration(model, anchor_set.names)
+    model = ResponseModel.load_for(AnchorSet.load(anchors), calibration)
     targets = parse_assignments(target, "target")
     model.check_scored(targets)
     scorer_set = ScorerSet.load(scorers)
@@ -444,14 +441,13 @@ def eval_targets(
     from .calibrate import CALIBRATION, ResponseModel
     from .evaluate.scorers import ScorerSet
     from .evaluate.sweep import run_sweep
-    from .evaluate.targets import check_calibration, parse_pairs, refined_points, target_points, target_sets, write_report
+    from .evaluate.targets import parse_pairs, refined_points, target_points, target_sets, write_report
     from .generate import LerpModel, SamplingParams
     from .mix import parse_assignments
 
     anchor_set = AnchorSet.load(anchors)
     calibration = calibration or anchor_set.root / CALIBRATION
-    model = ResponseModel.load(calibration)
-    check_calibration(model, anchor_set.names)
+    model = ResponseModel.load_for(anchor_set, calibration)
     targets, ranges = target_sets(model, attribute or list(model.scored), parse_pairs(pair or [], model.scored))
     if target:
         targets = [parse_assignments(t, "target") for t in target]

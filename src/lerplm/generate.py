@@ -97,12 +97,9 @@ class LerpModel:
 
     def solve_target(self, targets: Mapping[str, float], calibration: str | Path | None = None, **kwargs):
         """The mix whose calibrated predicted scores hit ``targets`` (see ``lerplm.calibrate.solve``)."""
-        from .calibrate import CALIBRATION, ResponseModel, solve
+        from .calibrate import ResponseModel, solve
 
-        model = ResponseModel.load(calibration or self.anchors.root / CALIBRATION)
-        if model.attributes != self.anchors.names:
-            raise LerpError("the calibration was fitted for other attributes than this anchor set's")
-        return solve(model, targets, **kwargs)
+        return solve(ResponseModel.load_for(self.anchors, calibration), targets, **kwargs)
 
     @property
     def device(self) -> torch.device:

@@ -233,8 +233,3 @@ def parse_pairs(specs: Sequence[str], attributes: Sequence[str]) -> list[tuple[s
             raise LerpError(f"--pair takes two different attributes as A,B (from {', '.join(attributes)}), got {s!r}")
         pairs.append((parts[0], parts[1]))
     return pairs
-
-
-def check_calibration(model: ResponseModel, attributes: Sequence[str]) -> None:
-    if list(model.attributes) != list(attributes):
-        raise LerpError(f"the calibration was fitted for attributes {model.attributes}, the anchors have {list(attributes)}")
