@@ -162,8 +162,10 @@ def test_targets_the_solver_calls_unreachable_are_reported_apart(model, tmp_path
 
     points = target_points(model, [{"a": 0.5}, {"a": 0.99}])  # sigma(2) = 0.88 is a's ceiling
     assert [p.meta["reachable"] for p in points] == [1, 1, 0, 0]
-    summary = write_report(rows_from_truth(points, 40, 0.05), tmp_path, {}, {"prompts": 40})
+    summary = write_report(rows_from_truth(points, 40, 0.05), tmp_path, {"a": 0.6, "b": 0.3, "c": 0.01}, {"prompts": 40})
     assert summary["single_unreachable_targets"] == ["a=0.99"]
+    # only the attribute too flat to target is named, not b, which merely has no one-attribute targets here
+    assert "too small to set targets in): c (0.010)." in (tmp_path / "targets.md").read_text()
     assert summary["single_reachable"]["calibrated"] < 0.02 < summary["single_overall"]["calibrated"]
     assert "out of reach under this calibration: a=0.99" in (tmp_path / "targets.md").read_text()
 

@@ -24,6 +24,7 @@ from .grids import GridPoint
 
 SUMMARY = "targets.json"
 METHODS = ("calibrated", "naive", "refined")
+MIN_RANGE = 0.05  # an attribute whose predicted range is smaller gets no targets: the anchors do not move it
 
 
 def target_sets(
@@ -32,7 +33,7 @@ def target_sets(
     pairs: Sequence[tuple[str, str]],
     levels: Sequence[float] = (0.1, 0.37, 0.63, 0.9),
     corners: Sequence[float] = (0.15, 0.85),
-    min_range: float = 0.05,
+    min_range: float = MIN_RANGE,
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Reachable target dicts, and the predicted range of every single attribute (those under
     ``min_range`` are left out: no mapping can steer an attribute the anchors do not move)."""
@@ -206,7 +207,7 @@ def write_report(df: pd.DataFrame, out: str | Path, ranges: dict[str, float], me
             lines.append(row(label, "**all**", summary[f"{part}_overall"], bold=True))
         if f"{part}_reachable" in summary:
             lines.append(row(label, "**all the solver called reachable**", summary[f"{part}_reachable"], bold=True))
-    skipped = [f"{a} ({r:.3f})" for a, r in ranges.items() if not any(errors["attribute"].eq(a) & errors["n_targets"].eq(1))]
+    skipped = [f"{a} ({r:.3f})" for a, r in ranges.items() if r < MIN_RANGE]
     if skipped:
         lines += ["", "Left out (predicted score range over levels 0.1-0.9 too small to set targets in): " + ", ".join(skipped) + "."]
     for part in ("single", "pairs"):
