@@ -42,6 +42,7 @@ lerplm eval-targets --anchors anchors/styles_chat --scorers artifacts/scorers --
 lerplm sweep --anchors anchors/chat180 --grid single:politeness,simplicity --skip-prompts 80 --max-prompts 64 --levels 6 \
   "${SWEEP[@]}" --out runs/ps180_v2
 lerplm report runs/ps180_v2 --title "Chat anchors, 180 steps, per-prompt seeding: politeness and simplicity (64 prompts x 6 levels)"
+# session 5 ran b=0.05 only (--grid five:b=0.05; the session's CPU time ran out); this is the full design
 lerplm sweep --anchors anchors/styles_chat --grid five:b=0.05,0.15,0.2 --skip-prompts 144 --max-prompts 16 --levels 6 \
   "${SWEEP[@]}" --out runs/five_v2
 lerplm report runs/five_v2 --title "Chat anchors, per-prompt seeding: five-attribute design (16 prompts x 6 levels x 3 b)"
