@@ -28,13 +28,8 @@ done
 # Targets: the calibration's predicted scores at levels 0.15/0.5/0.85 of each attribute (weight 1), and at the
 # level corners 0.15/0.85 of two entangled pairs (equal weights), as printed by target_sets.
 lerplm calibrate runs/chat64 --out runs/calibration_chat64.json
-TARGETS=()
-while IFS= read -r t; do TARGETS+=(--target "$t"); done < <(python -c "
-from lerplm.calibrate import ResponseModel
-from lerplm.evaluate.targets import target_sets
-m = ResponseModel.load('runs/calibration_chat64.json')
-ts, _ = target_sets(m, m.scored, [('sentiment', 'formality'), ('formality', 'humor')], levels=(0.15, 0.5, 0.85))
-print('\n'.join(','.join(f'{a}={v:g}' for a, v in t.items()) for t in ts))")
+mapfile -t TARGETS < <(python experiments/target_args.py runs/calibration_chat64.json --levels 0.15 0.5 0.85 \
+  --pair sentiment,formality --pair formality,humor)
 lerplm eval-targets --anchors anchors/styles_chat --scorers artifacts/scorers --calibration runs/calibration_chat64.json \
   --prompts "$P" --skip-prompts 16 --max-prompts 64 "${TARGETS[@]}" --out runs/targets_chat
 mkdir -p docs/results/targets_chat && cp runs/targets_chat/targets.{md,json,csv,png} docs/results/targets_chat/

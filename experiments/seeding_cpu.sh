@@ -17,24 +17,14 @@ python experiments/seed_check.py p80_s1:80:1
 # Issue 6: calibrate on runs/cal64, evaluate on prompts 16-79 with the same targets as session 4
 # (calibration_chat64's predicted scores at levels 0.15/0.5/0.85 and two pairs' level corners), three methods
 lerplm calibrate runs/cal64 --out runs/calibration_cal64.json
-TARGETS=()
-while IFS= read -r t; do TARGETS+=(--target "$t"); done < <(python -c "
-from lerplm.calibrate import ResponseModel
-from lerplm.evaluate.targets import target_sets
-m = ResponseModel.load('docs/results/calibration_chat64.json')
-ts, _ = target_sets(m, m.scored, [('sentiment', 'formality'), ('formality', 'humor')], levels=(0.15, 0.5, 0.85))
-print('\n'.join(','.join(f'{a}={v:g}' for a, v in t.items()) for t in ts))")
+mapfile -t TARGETS < <(python experiments/target_args.py docs/results/calibration_chat64.json --levels 0.15 0.5 0.85 \
+  --pair sentiment,formality --pair formality,humor)
 lerplm eval-targets --anchors anchors/styles_chat --scorers artifacts/scorers --calibration runs/calibration_cal64.json \
   --prompts "$P" --skip-prompts 16 --max-prompts 64 "${TARGETS[@]}" --refine --out runs/targets_v2
 # session 4's pair targets lie mostly outside the corrected calibration's reach: pairs again, from runs/calibration_cal64
 # (predicted scores at the level corners 0.15/0.85 of each pair, equal weights)
-TARGETS=()
-while IFS= read -r t; do TARGETS+=(--target "$t"); done < <(python -c "
-from lerplm.calibrate import ResponseModel
-from lerplm.evaluate.targets import target_sets
-m = ResponseModel.load('runs/calibration_cal64.json')
-ts, _ = target_sets(m, [], [('sentiment', 'formality'), ('formality', 'humor')])
-print('\n'.join(','.join(f'{a}={v:g}' for a, v in t.items()) for t in ts))")
+mapfile -t TARGETS < <(python experiments/target_args.py runs/calibration_cal64.json --no-singles \
+  --pair sentiment,formality --pair formality,humor)
 lerplm eval-targets --anchors anchors/styles_chat --scorers artifacts/scorers --calibration runs/calibration_cal64.json \
   --prompts "$P" --skip-prompts 16 --max-prompts 64 "${TARGETS[@]}" --refine --out runs/targets_v2_pairs
 
