@@ -71,6 +71,31 @@ def test_hidden_state_scorers_train_reload_and_share_one_feature_model(tmp_path,
     assert not (tmp_path / "bad").exists()
 
 
+def test_finetuned_scorer_learns_saves_and_reloads(tmp_path, base_dir):
+    from lerplm.evaluate.scorers import FinetunedScorer, _batches
+
+    lengths = np.random.default_rng(1).integers(1, 60, 100)
+    batches = _batches(np.arange(100), lengths, 4, np.random.default_rng(0))
+    epoch = [next(batches) for _ in range(25)]
+    assert sorted(np.concatenate(epoch).tolist()) == list(range(100))  # every row once per epoch
+    assert np.mean([np.ptp(lengths[b]) for b in epoch]) < 0.5 * np.mean([np.ptp(lengths[b]) for b in np.arange(100).reshape(25, 4)])
+
+    scorer = FinetunedScorer(str(base_dir), r=4, epochs=15, learning_rate=3e-3, batch_size=8).fit(BAD * 5, GOOD * 5)
+    good, bad = scorer.score(GOOD), scorer.score(BAD)
+    assert good.min() > 0.5 > bad.max()  # learned the words, on a random-init tiny model
+    assert 0.05 <= scorer.temperature <= 20 and scorer.score([]).shape == (0,)
+    saved = scorer.save(tmp_path / "sentiment.finetune")
+    again = FinetunedScorer.load(tmp_path, saved)
+    np.testing.assert_allclose(again.score(GOOD + BAD), np.concatenate([good, bad]), atol=1e-5)
+    # through train_scorers and scorers.json (default settings: a few steps, so only the plumbing is checked)
+    train_scorers(tiny_scorer_config(tmp_path), tmp_path / "ft", log=lambda s: None, kind="finetune", model=str(base_dir))
+    info = json.loads((tmp_path / "ft" / "scorers.json").read_text())["attributes"]["sentiment"]
+    assert info["kind"] == "finetune" and info["dir"] == "sentiment.finetune" and info["model"] == str(base_dir)
+    loaded = ScorerSet.load(tmp_path / "ft")
+    assert isinstance(loaded.scorers["sentiment"], FinetunedScorer)
+    assert info["score_gap"] == pytest.approx(loaded.score(GOOD)["sentiment"].mean() - loaded.score(BAD)["sentiment"].mean(), abs=1e-6)
+
+
 def test_grids():
     attrs = ["a", "b", "c", "d", "e"]
     five = five_attribute(attrs, (0.05, 0.15, 0.2), 11)
@@ -171,10 +196,14 @@ def test_sweep_resumes_and_report_is_written(lm, tmp_path):
             return {"sentiment": np.array([len(t) / 100 for t in texts])}
 
     re = rescore(out, Length(tmp_path / "len", []), tmp_path / "re")
-    assert [c for c in re.columns if c.startswith("score_")] == ["score_sentiment"]
+    others = [c for c in first.columns if c.startswith("score_") and c != "score_sentiment"]
+    assert others and [c for c in re.columns if c.startswith("score_")] == ["score_sentiment", *others]
     assert re["score_sentiment"].tolist() == [len(t) / 100 for t in first["text"]]
-    pd.testing.assert_frame_equal(re.drop(columns="score_sentiment"), first.drop(columns=[c for c in first if c.startswith("score_")]))
-    assert json.loads((tmp_path / "re" / "sweep.json").read_text())["rescored_from"] == str(out)
+    # everything but the rescored attribute is kept, the other attributes' scores included
+    pd.testing.assert_frame_equal(re.drop(columns="score_sentiment"), first.drop(columns="score_sentiment"))
+    rescored = json.loads((tmp_path / "re" / "sweep.json").read_text())
+    assert rescored["rescored_from"] == str(out)
+    assert rescored["scored_by"] == {**{c.removeprefix("score_"): str(tmp_path) for c in others}, "sentiment": str(tmp_path / "len")}
     means = json.loads((build_report(tmp_path / "re").parent / "summary.json").read_text())["single"]["curves"]
     assert [c["mean"] for c in means] == pytest.approx(re.groupby("meta_level")["score_sentiment"].mean().tolist())
     for run, dest, msg in [(out, tmp_path / "re", "already exists"), (tmp_path, tmp_path / "x", "no sweep results")]:

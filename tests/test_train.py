@@ -20,7 +20,7 @@ from .conftest import STYLES
 pytestmark = pytest.mark.skipif(not STYLES.is_dir(), reason="needs ../shared/data/styles")
 
 
-def write_config(tmp_path: Path, base_dir: Path, **training) -> Path:
+def write_config(tmp_path: Path, base_dir: Path, extra: str = "", **training) -> Path:
     settings = {"max_examples": 24, "max_steps": 2, "block_size": 16, "batch_size": 2, "save_steps": 1, "logging_steps": 1}
     settings.update(training)
     lines = [f'base_model = "{base_dir}"', f'data_dir = "{STYLES}"', "[lora]", "r = 4", "alpha = 8",
@@ -32,7 +32,7 @@ def write_config(tmp_path: Path, base_dir: Path, **training) -> Path:
         'positive = { name = "positive", files = ["sentiment/positive.train.txt"], normalize = ["detokenize", "truecase"] }',
     ]
     path = tmp_path / "styles.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + extra)
     return path
 
 
@@ -129,6 +129,7 @@ def test_example_config_is_valid():
     assert [a.name for a in cfg.attributes] == ["sentiment", "politeness", "formality", "simplicity", "humor"]
     assert cfg.data_root().resolve() == STYLES.resolve()
     assert cfg.training.text_format == "chat"  # the measured better format for the instruct default
+    assert [cfg.training_for(a.name).max_steps for a in cfg.attributes] == [60, 180, 60, 180, 60]
 
 
 def test_training_together_writes_the_same_kind_of_anchor_set(tmp_path, base_dir):
@@ -193,3 +194,45 @@ def test_chat_format_training_records_its_format(tmp_path, base_dir, together):
     plain = load_config(write_config(tmp_path, base_dir))
     with pytest.raises(LerpError, match="other settings"):
         train_anchors(plain, tmp_path / "anchors", log=lambda s: None)
+
+
+POLITENESS = """[[attributes]]
+name = "politeness"
+negative = { name = "impolite", files = ["politeness/impolite.train.txt"] }
+positive = { name = "polite", files = ["politeness/polite.train.txt"] }
+"""
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_an_attribute_can_train_with_its_own_settings(tmp_path, base_dir, together):
+    """`training = { max_steps = 3 }` on one attribute: its anchors take 3 steps, the others keep [training]'s 2."""
+    config = write_config(tmp_path, base_dir, extra=POLITENESS + "training = { max_steps = 3, learning_rate = 1e-3 }\n")
+    cfg = load_config(config)
+    assert cfg.training_for("politeness").max_steps == 3 and cfg.training_for("sentiment").max_steps == 2
+    logs: list[str] = []
+    anchors = AnchorSet.load(train_anchors(cfg, tmp_path / "anchors", log=logs.append, together=together).root)
+    steps = {d.name: json.loads((d / "lerplm_training.json").read_text())["settings"]["max_steps"] for d in anchors.adapter_dirs()}
+    assert steps == {"sentiment.negative": 2, "sentiment.positive": 2, "politeness.impolite": 3, "politeness.polite": 3}
+    done = {d.name: json.loads((d / "lerplm_training.json").read_text())["steps"] for d in anchors.adapter_dirs()}
+    assert done == steps
+    if together:  # one run per distinct settings
+        assert sum("anchors together" in s for s in logs) == 2
+    assert anchors.training["attributes"] == {"politeness": {"max_steps": 3, "learning_rate": 1e-3}}
+    assert "politeness only: max_steps=3" in anchors.describe()
+    # resuming checks each anchor against its own settings: nothing is trained again
+    logs.clear()
+    train_anchors(cfg, tmp_path / "anchors", log=logs.append, together=together)
+    assert sum("already trained" in s for s in logs) == 4
+    # a command-line cap wins over the attribute's own
+    capped = load_config(config, overrides={"max_steps": 1})
+    assert capped.training_for("politeness").max_steps == 1 and capped.training_for("politeness").learning_rate == 1e-3
+
+
+@pytest.mark.parametrize("changes, message", [
+    ("text_format = 'chat'", "attribute 'politeness': training: text_format must be the same for every attribute"),
+    ("max_stesp = 3", "attribute 'politeness': training: unknown setting max_stesp"),
+    ("max_steps = 0", "attribute 'politeness': training.max_steps: Input should be greater than 0"),
+])
+def test_bad_attribute_settings_are_named(tmp_path, base_dir, changes, message):
+    with pytest.raises(LerpError, match=message):
+        load_config(write_config(tmp_path, base_dir, extra=POLITENESS + f"training = {{ {changes} }}\n"))

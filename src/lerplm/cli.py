@@ -345,12 +345,12 @@ def scorers_train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Scorer directory to write (must not exist).")],
     data_dir: DataDirOpt = None,
     max_train: Annotated[Optional[int], typer.Option(min=1, help="Cap training texts per endpoint.")] = None,
-    kind: Annotated[str, typer.Option(help="tfidf (word + char n-grams) or hidden (pooled hidden states of --model).")] = "tfidf",
-    model: Annotated[str, typer.Option(help="hidden: feature model ('default' = the embedded base, a directory, a hub id).")] = "default",
+    kind: Annotated[str, typer.Option(help="tfidf (word + char n-grams), hidden (pooled hidden states of --model) or finetune (--model fine-tuned as a classifier).")] = "tfidf",
+    model: Annotated[str, typer.Option(help="hidden, finetune: the model ('default' = the embedded base, a directory, a hub id).")] = "default",
     layer: Annotated[int, typer.Option(help="hidden: which hidden state (0 = embeddings, -1 = last layer).")] = -1,
     only: OnlyOpt = None,
 ) -> None:
-    """Train one logistic-regression scorer per attribute; report held-out accuracy and AUC."""
+    """Train one scorer per attribute; report held-out accuracy, AUC and score gap."""
     _require_eval()
     from .config import load_config
     from .evaluate.scorers import train_scorers

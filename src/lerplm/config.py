@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import LerpError
 
@@ -45,6 +45,9 @@ class AttributeConfig(_Strict):
     name: str
     negative: EndpointConfig  # level 0
     positive: EndpointConfig  # level 1
+    # changes to [training] for this attribute's two anchors: attributes learn at different speeds
+    # (e.g. training = { max_steps = 180 }); checked against TrainSettings by StylesConfig
+    training: dict[str, Any] = {}
 
     @field_validator("name")
     @classmethod
@@ -81,6 +84,11 @@ class TrainSettings(_Strict):
     chat_prompt: str = Field("Write a short text.", min_length=1)
 
 
+# settings every anchor of a set shares: generation prompts all anchors one way, and checkpoints/logs
+# are per run
+SHARED_TRAINING = ("text_format", "chat_prompt", "save_steps", "logging_steps")
+
+
 class StylesConfig(_Strict):
     base_model: str = "default"
     gguf_file: str | None = None
@@ -90,6 +98,31 @@ class StylesConfig(_Strict):
     training: TrainSettings = TrainSettings()
 
     source: Path | None = Field(None, exclude=True)  # where it was read from
+
+    @model_validator(mode="after")
+    def _check_overrides(self) -> "StylesConfig":
+        for a in self.attributes:
+            shared = sorted(set(a.training) & set(SHARED_TRAINING))
+            unknown = sorted(set(a.training) - set(TrainSettings.model_fields))
+            if shared or unknown:
+                what = f"{', '.join(shared)} must be the same for every attribute; set it in [training]" if shared \
+                    else f"unknown setting {', '.join(unknown)}"
+                raise ValueError(f"attribute {a.name!r}: training: {what}")
+            try:
+                self.training_for(a.name)
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise ValueError(f"attribute {a.name!r}: training.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        return self
+
+    def training_for(self, attribute: str) -> TrainSettings:
+        """[training] with the attribute's own changes applied."""
+        changes = next(a.training for a in self.attributes if a.name == attribute)
+        return TrainSettings.model_validate({**self.training.model_dump(), **changes}) if changes else self.training
+
+    def for_attribute(self, attribute: str) -> "StylesConfig":
+        """This config as it trains one attribute's anchors."""
+        return self.model_copy(update={"training": self.training_for(attribute)})
 
     def data_root(self) -> Path:
         root = Path(self.data_dir).expanduser()
@@ -110,13 +143,18 @@ def load_config(path: str | Path, data_dir: str | None = None, overrides: dict |
     if data_dir is not None:
         raw["data_dir"] = str(Path(data_dir).resolve())
     if overrides:
-        raw.setdefault("training", {}).update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        raw.setdefault("training", {}).update(given)
+        for a in raw.get("attributes", []):  # the command line's caps win over an attribute's own
+            if isinstance(a, dict) and isinstance(a.get("training"), dict):
+                a["training"] = {k: v for k, v in a["training"].items() if k not in given}
     try:
         cfg = StylesConfig.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
-        raise LerpError(f"{path}: {where}: {err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")  # a model validator's message has no location
+        raise LerpError(f"{path}: {where + ': ' if where else ''}{msg}") from None
     names = [a.name for a in cfg.attributes]
     if len(set(names)) != len(names):
         raise LerpError(f"{path}: an attribute name is used twice")

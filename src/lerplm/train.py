@@ -238,31 +238,36 @@ def train_anchors(
     base_ref = resolve(cfg.base_model, cfg.gguf_file)
     embedded = cfg.base_model.strip().lower() in DEFAULT_NAMES
     # Validate every data file before spending time on training.
-    plan = []
+    plan = []  # (attribute, endpoint, the config it trains with, texts, provenance)
     for attr in cfg.attributes:
+        acfg = cfg.for_attribute(attr.name)
         for ep in (attr.negative, attr.positive):
-            texts, prov = endpoint_texts(cfg, ep, cap=cfg.training.max_examples)
-            plan.append((attr, ep, texts, prov))
+            texts, prov = endpoint_texts(acfg, ep, cap=acfg.training.max_examples)
+            plan.append((attr, ep, acfg, texts, prov))
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-    settings = _settings(cfg)
     done: dict[str, dict] = {}  # anchors finished before this run -> their training summary
-    for attr, ep, _, _ in plan:
+    for attr, ep, acfg, _, _ in plan:
         target = out / f"{attr.name}.{ep.name}"
         if (target / "adapter_config.json").is_file():
             summary = json.loads((target / SUMMARY).read_text()) if (target / SUMMARY).is_file() else {}
-            if summary.get("settings", settings) != settings:
+            if summary.get("settings", _settings(acfg)) != _settings(acfg):
                 raise LerpError(f"{target} was trained with other settings; use a new --out or delete that directory")
             done[target.name] = summary
-    todo = [(f"{attr.name}.{ep.name}", texts) for attr, ep, texts, _ in plan if f"{attr.name}.{ep.name}" not in done]
+    todo = [(f"{attr.name}.{ep.name}", acfg, texts) for attr, ep, acfg, texts, _ in plan if f"{attr.name}.{ep.name}" not in done]
     together_now: dict[str, dict] = {}
     if together and todo:
-        log(f"training {len(todo)} anchors together: {', '.join(n for n, _ in todo)}")
-        together_now = train_together(base_ref, todo, cfg, out, activation_checkpointing)
-        for name, summary in together_now.items():
-            log(f"{name}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
+        groups: dict[str, list] = {}  # one run per distinct set of settings (per-attribute changes split them)
+        for name, acfg, texts in todo:
+            groups.setdefault(json.dumps(_settings(acfg), sort_keys=True), []).append((name, acfg, texts))
+        for group in groups.values():
+            log(f"training {len(group)} anchors together: {', '.join(n for n, _, _ in group)}")
+            trained = train_together(base_ref, [(n, t) for n, _, t in group], group[0][1], out, activation_checkpointing)
+            for name, summary in trained.items():
+                log(f"{name}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
+            together_now.update(trained)
     endpoints: dict[str, Endpoint] = {}
-    for i, (attr, ep, texts, prov) in enumerate(plan, 1):
+    for i, (attr, ep, acfg, texts, prov) in enumerate(plan, 1):
         name = f"{attr.name}.{ep.name}"
         tag = f"[{i}/{len(plan)}] {name}"
         if name in together_now:
@@ -272,10 +277,11 @@ def train_anchors(
             log(f"{tag}: already trained, skipped")
         else:
             log(f"{tag}: training on {len(texts)} texts")
-            summary = train_anchor(base_ref, texts, cfg, out / name, out / ".work" / name, name, callbacks,
+            summary = train_anchor(base_ref, texts, acfg, out / name, out / ".work" / name, name, callbacks,
                                    activation_checkpointing)
             log(f"{tag}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
         endpoints[name] = Endpoint(ep.name, name, prov, summary.get("train_loss"))
+    changes = {a.name: a.training for a in cfg.attributes if a.training}
     attributes = [
         Attribute(a.name, endpoints[f"{a.name}.{a.negative.name}"], endpoints[f"{a.name}.{a.positive.name}"])
         for a in cfg.attributes
@@ -286,7 +292,7 @@ def train_anchors(
         attributes=attributes,
         base_sha256=weights_hash(base_ref),
         embedded=embedded,
-        training=settings,
+        training={**_settings(cfg), **({"attributes": changes} if changes else {})},
     )
     if is_main_process():
         anchor_set.save()

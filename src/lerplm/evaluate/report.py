@@ -102,12 +102,15 @@ def _table(df: pd.DataFrame, fmt: str = "{:.3f}") -> list[str]:
 
 
 def _scorer_gaps(settings: dict) -> dict[str, float]:
-    """Each attribute's score gap on real held-out texts, from the sweep's scorer manifest (if recorded)."""
-    path = Path(settings.get("scorers", "")) / "scorers.json"
-    if not path.is_file():
-        return {}
-    entries = json.loads(path.read_text()).get("attributes", {})
-    return {a: e["score_gap"] for a, e in entries.items() if "score_gap" in e}
+    """Each attribute's score gap on real held-out texts, from the manifest of the scorers that scored it
+    (a rescored run names one per attribute in ``scored_by``)."""
+    gaps = {}
+    for a, root in (settings.get("scored_by") or {None: settings.get("scorers")}).items():
+        path = Path(root or "") / "scorers.json"
+        if path.is_file():
+            entries = json.loads(path.read_text()).get("attributes", {})
+            gaps.update({name: e["score_gap"] for name, e in entries.items() if "score_gap" in e and a in (None, name)})
+    return gaps
 
 
 def build_report(run_dir: str | Path, title: str = "lerplm control report", samples_per_level: int = 1) -> Path:
@@ -120,7 +123,9 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
     lines = [f"# {title}", "", f"Sweep `{run}`: {len(df)} generations, grids: {', '.join(sorted(grids))}.", ""]
     if settings:
         p = settings.get("params", {})
-        lines += [f"Anchors `{settings.get('anchors')}`, scorers `{settings.get('scorers')}`; {len(settings.get('prompts', []))} prompts x "
+        scored_by = settings.get("scored_by")
+        scorers = ", ".join(f"{a} `{r}`" for a, r in scored_by.items()) if scored_by else f"`{settings.get('scorers')}`"
+        lines += [f"Anchors `{settings.get('anchors')}`, scorers {scorers}; {len(settings.get('prompts', []))} prompts x "
                   f"{settings.get('n')} samples per grid point; {p.get('max_new_tokens')} new tokens, temperature {p.get('temperature')}, "
                   f"top-p {p.get('top_p')}, seed {p.get('seed')}.", ""]
 

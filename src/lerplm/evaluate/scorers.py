@@ -4,8 +4,9 @@ The paper fine-tuned RoBERTa classifiers; no hub weights are reachable here, so 
 logistic regression on word 1-2-gram and character 3-5-gram TF-IDF features, trained on the same
 endpoint files (and normalisation) as the anchors and checked on the held-out test files. A second
 kind reads meaning rather than words: a logistic regression on mean-pooled hidden states of a local
-causal LM (``kind = "hidden"``, default the embedded base model). Any local transformers
-sequence-classification model can be named instead (``kind = "hf"`` in scorers.json).
+causal LM (``kind = "hidden"``, default the embedded base model). The third is closest to the paper:
+that LM fine-tuned into a classifier (``kind = "finetune"``: LoRA plus a linear head). Any local
+transformers sequence-classification model can be named instead (``kind = "hf"`` in scorers.json).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..config import StylesConfig
 from ..errors import LerpError
 
 MANIFEST = "scorers.json"
-TRAINED_KINDS = ("tfidf", "hidden")  # kinds that lerplm trains and pickles (an "hf" classifier is only named)
+TRAINED_KINDS = ("tfidf", "hidden", "finetune")  # kinds that lerplm trains (an "hf" classifier is only named)
 
 
 class TfidfScorer:
@@ -139,6 +140,122 @@ class HiddenScorer:
         return self.head.predict_proba(self.features(texts))[:, 1]
 
 
+def _batches(rows: np.ndarray, lengths: np.ndarray, size: int, rng: np.random.Generator):
+    """Endless epochs of shuffled batches of similar length (little padding): each epoch's permutation
+    is cut into windows of 32 batches, sorted by length inside a window, and the batches shuffled."""
+    while True:
+        perm = rng.permutation(rows)
+        batches = []
+        for w in range(0, len(perm), 32 * size):
+            window = perm[w : w + 32 * size]
+            window = window[np.argsort(lengths[window], kind="stable")]
+            batches += [window[i : i + size] for i in range(0, len(window), size)]
+        for k in rng.permutation(len(batches)):
+            yield batches[k]
+
+
+class FinetunedScorer:
+    """The base LM fine-tuned as a classifier: LoRA on the attention projections and a linear head on the
+    last token, as the paper fine-tuned RoBERTa. It reads a whole text where TF-IDF reads n-grams.
+    A fine-tuned network is over-confident, so its logits are temperature-scaled on a held-back tenth of
+    the training texts: a score stays a probability, and a score range is not widened by confidence alone.
+    Only the top ``top_layers`` layers are adapted: backward stops there, which halves a step's cost on CPU.
+    Saved as the PEFT adapter (with the head) plus the temperature: a few MB."""
+
+    def __init__(self, model: str = "default", r: int = 16, epochs: float = 2.0, learning_rate: float = 3e-4,
+                 batch_size: int = 16, max_tokens: int = 64, top_layers: int | None = 8, seed: int = 0,
+                 temperature: float = 1.0) -> None:
+        self.model_name, self.r, self.epochs, self.learning_rate = model, r, epochs, learning_rate
+        self.batch_size, self.max_tokens, self.top_layers = batch_size, max_tokens, top_layers
+        self.seed, self.temperature = seed, temperature
+        self.net = None
+
+    def _base(self):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        from ..models import load_tokenizer, materialize, resolve
+
+        ref = resolve(self.model_name)
+        self.tok = load_tokenizer(ref)
+        net = AutoModelForSequenceClassification.from_pretrained(materialize(ref).name_or_path, num_labels=2, dtype=torch.float32)
+        net.config.pad_token_id = self.tok.pad_token_id  # the head reads each row's last non-pad token
+        return net
+
+    def _encode(self, texts: Sequence[str]):
+        return self.tok(list(texts), truncation=True, max_length=self.max_tokens, padding=True, return_tensors="pt")
+
+    def _margins(self, texts: Sequence[str]) -> np.ndarray:
+        """logit(positive) - logit(negative) per text, before temperature."""
+        import torch
+
+        texts = [t or " " for t in texts]  # an empty text still has a last token to read
+        order = np.argsort([len(t) for t in texts], kind="stable")  # batches of similar length
+        out = np.zeros(len(texts))
+        self.net.eval()
+        with torch.inference_mode():
+            for i in range(0, len(texts), 64):
+                rows = order[i : i + 64]
+                logits = self.net(**self._encode([texts[j] for j in rows])).logits.float()
+                out[rows] = (logits[:, 1] - logits[:, 0]).numpy()
+        return out
+
+    def fit(self, negative: Sequence[str], positive: Sequence[str]) -> "FinetunedScorer":
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from tqdm.auto import tqdm
+        from transformers import get_linear_schedule_with_warmup
+
+        texts = list(negative) + list(positive)
+        labels = np.array([0] * len(negative) + [1] * len(positive))
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(texts))
+        held = order[: max(2, len(texts) // 10)]  # for the temperature only
+        train = order[len(held):]
+        torch.manual_seed(self.seed)
+        base = self._base()
+        n = base.config.num_hidden_layers
+        top = list(range(max(0, n - self.top_layers), n)) if self.top_layers else None
+        self.net = get_peft_model(base, LoraConfig(
+            task_type="SEQ_CLS", r=self.r, lora_alpha=2 * self.r, lora_dropout=0.05,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], layers_to_transform=top))
+        lengths = np.array([len(x) for x in self.tok(texts, truncation=True, max_length=self.max_tokens)["input_ids"]])
+        steps = max(1, round(self.epochs * len(train) / self.batch_size))
+        opt = torch.optim.AdamW([p for p in self.net.parameters() if p.requires_grad], lr=self.learning_rate, weight_decay=0.0)
+        sched = get_linear_schedule_with_warmup(opt, max(1, steps // 20), steps)
+        self.net.train()
+        for _, rows in zip(tqdm(range(steps), desc="fine-tuning", leave=False), _batches(train, lengths, self.batch_size, rng)):
+            enc = self._encode([texts[j] for j in rows])
+            loss = torch.nn.functional.cross_entropy(self.net(**enc).logits, torch.as_tensor(labels[rows]))
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        # temperature: the one scale of the margins that maximises the held-back texts' likelihood
+        m, y = self._margins([texts[j] for j in held]), labels[held]
+        grid = np.exp(np.linspace(np.log(0.05), np.log(20), 400))
+        nll = [np.logaddexp(0, -np.where(y == 1, m, -m) / t).mean() for t in grid]
+        self.temperature = float(grid[int(np.argmin(nll))])
+        return self
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        if not len(texts):
+            return np.zeros(0)
+        return 1 / (1 + np.exp(-self._margins(texts) / self.temperature))
+
+    def save(self, path: Path) -> dict:
+        self.net.save_pretrained(str(path))
+        return {"dir": path.name, "model": self.model_name, "temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    @classmethod
+    def load(cls, root: Path, entry: dict) -> "FinetunedScorer":
+        from peft import PeftModel
+
+        s = cls(entry["model"], max_tokens=entry["max_tokens"], temperature=entry["temperature"])
+        s.net = PeftModel.from_pretrained(s._base(), str(root / entry["dir"])).eval()
+        return s
+
+
 @dataclass
 class ScorerSet:
     """One scorer per attribute, loaded from a directory with ``scorers.json``."""
@@ -168,7 +285,10 @@ class ScorerSet:
                 scorers[name] = HFScorer(entry["path"], entry.get("positive_label", 1))
                 continue
             if kind not in TRAINED_KINDS:
-                raise LerpError(f"{root / MANIFEST}: unknown scorer kind {kind!r} (tfidf, hidden or hf)")
+                raise LerpError(f"{root / MANIFEST}: unknown scorer kind {kind!r} (tfidf, hidden, finetune or hf)")
+            if kind == "finetune":
+                scorers[name] = FinetunedScorer.load(root, entry)
+                continue
             with open(root / entry["file"], "rb") as fh:
                 scorer = pickle.load(fh)  # written by lerplm itself; never load untrusted files
             if kind == "hidden":
@@ -201,10 +321,10 @@ def train_scorers(
     model: str = "default",
     layer: int = -1,
 ) -> ScorerSet:
-    """Train one scorer per attribute (``kind`` tfidf or hidden, the latter on ``model``'s layer
-    ``layer``); report held-out accuracy and AUC; write atomically."""
+    """Train one scorer per attribute (``kind`` tfidf, hidden on ``model``'s layer ``layer``, or finetune of
+    ``model``); report held-out accuracy and AUC; write atomically."""
     if kind not in TRAINED_KINDS:
-        raise LerpError(f"unknown scorer kind {kind!r}: tfidf or hidden (an hf classifier is named in scorers.json)")
+        raise LerpError(f"unknown scorer kind {kind!r}: tfidf, hidden or finetune (an hf classifier is named in scorers.json)")
     from ..train import endpoint_texts
 
     out = Path(out)
@@ -216,20 +336,25 @@ def train_scorers(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     info = {"format": "lerplm.scorers/1", "attributes": {}}
+    seed = cfg.training.seed
     try:
         for attr in cfg.attributes:
             neg, _ = endpoint_texts(cfg, attr.negative, cap=max_train)
             pos, _ = endpoint_texts(cfg, attr.positive, cap=max_train)
-            scorer = (HiddenScorer(features, seed=cfg.training.seed) if features else TfidfScorer(seed=cfg.training.seed)).fit(neg, pos)
+            if kind == "finetune":
+                scorer = FinetunedScorer(model, seed=seed).fit(neg, pos)
+                saved = scorer.save(tmp / f"{attr.name}.finetune")
+            else:
+                scorer = (HiddenScorer(features, seed=seed) if features else TfidfScorer(seed=seed)).fit(neg, pos)
+                with open(tmp / f"{attr.name}.pkl", "wb") as fh:
+                    pickle.dump(scorer.head if features else scorer, fh)
+                saved = {"file": f"{attr.name}.pkl", **({"model": model, "layer": layer} if features else {})}
             neg_t, _ = endpoint_texts(cfg, attr.negative, held_out=True)
             pos_t, _ = endpoint_texts(cfg, attr.positive, held_out=True)
             metrics = evaluate(scorer, neg_t, pos_t)
-            with open(tmp / f"{attr.name}.pkl", "wb") as fh:
-                pickle.dump(scorer.head if features else scorer, fh)
             info["attributes"][attr.name] = {
-                "kind": kind, "file": f"{attr.name}.pkl", "negative": attr.negative.name,
-                "positive": attr.positive.name, "n_train": len(neg) + len(pos), **metrics,
-                **({"model": model, "layer": layer} if features else {}),
+                "kind": kind, **saved, "negative": attr.negative.name, "positive": attr.positive.name,
+                "n_train": len(neg) + len(pos), **metrics,
             }
             log(f"{attr.name}: held-out accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f}, "
                 f"score gap {metrics['score_gap']:.3f} ({metrics['n_test']} test texts)")

@@ -124,18 +124,22 @@ def rescore(run: str | Path, scorers: ScorerSet, out: str | Path) -> pd.DataFram
     """Score a finished sweep's generations with other scorers into a new run directory.
 
     Generating is the expensive part of a sweep; comparing scorers on the same texts isolates the
-    scorer's share of a result. Texts, mixes and fluency columns are kept; the score columns are replaced."""
+    scorer's share of a result. Texts, mixes and fluency columns are kept; the score columns of the
+    attributes these scorers cover are replaced, the others kept (a new scorer for one attribute)."""
     out = Path(out)
     df, settings = read_run(run)
     if out.exists():
         raise LerpError(f"{out} already exists; choose another --out")
-    df = df.drop(columns=[c for c in df.columns if c.startswith("score_")])
     scores = scorers.score(df["text"].astype(str).tolist())
+    kept = [c for c in df.columns if c.startswith("score_") and c.removeprefix("score_") not in scores]
+    df = df.drop(columns=[c for c in df.columns if c.startswith("score_") and c not in kept])
     at = df.columns.get_loc("text") + 1
     for i, (name, s) in enumerate(scores.items()):
         df.insert(at + i, f"score_{name}", s.astype(float))
     out.mkdir(parents=True)
-    (out / SETTINGS).write_text(json.dumps({**settings, "scorers": str(scorers.root), "rescored_from": str(run)}, indent=2))
+    scored_by = {**{c.removeprefix("score_"): settings.get("scorers") for c in kept}, **{a: str(scorers.root) for a in scores}}
+    (out / SETTINGS).write_text(json.dumps({**settings, "scorers": str(scorers.root), "scored_by": scored_by,
+                                            "rescored_from": str(run)}, indent=2))
     _write_csv(df, out / RESULTS)
     return df
 

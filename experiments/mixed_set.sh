@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Session 6, issue 3: one anchor set with per-attribute training (examples/styles.toml: politeness and simplicity
+# 180 steps, the others 60) and its single-attribute sweeps, without training or generating anything again.
+# The adapters are the ones already measured (anchors/styles_chat: 60 steps; anchors/chat180: 180 steps), so the
+# set is assembled from them and `lerplm train` checks each against the config's settings for its attribute and
+# writes the manifest. The sweep points are copied from runs/cal64 and runs/ps180_v2 (same prompts, seed and
+# settings), after checking that generating on the assembled set gives byte-identical texts (runs/mixed_check*).
+# Needs experiments/seeding_cpu.sh's runs. ~10 min on 2 CPU cores (the two checks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P=../shared/data/styles/prompts/writing_prompts.txt
+
+mkdir -p anchors/chat_mixed
+for a in sentiment.negative sentiment.positive formality.informal formality.formal humor.not_humorous humor.humorous; do
+  [ -d anchors/chat_mixed/$a ] || cp -r anchors/styles_chat/$a anchors/chat_mixed/
+done
+for a in politeness.impolite politeness.polite simplicity.complex simplicity.simple; do
+  [ -d anchors/chat_mixed/$a ] || cp -r anchors/chat180/$a anchors/chat_mixed/
+done
+lerplm train --config examples/styles.toml --out anchors/chat_mixed   # trains nothing: every anchor is there
+
+# the check: levels 0 and 1 of one attribute from each source set, generated on the assembled set
+CHECK=(--levels 2 --skip-prompts 80 --max-prompts 64 --scorers artifacts/scorers --prompts "$P" --max-new-tokens 32 --n 1)
+lerplm sweep --anchors anchors/chat_mixed --grid single:sentiment "${CHECK[@]}" --out runs/mixed_check
+lerplm sweep --anchors anchors/chat_mixed --grid single:politeness "${CHECK[@]}" --out runs/mixed_check_pol
+python - <<'PY'
+import pandas as pd
+for run, src, point in [("mixed_check", "cal64", "single-sentiment-0"), ("mixed_check", "cal64", "single-sentiment-1"),
+                        ("mixed_check_pol", "ps180_v2", "single-politeness-0"), ("mixed_check_pol", "ps180_v2", "single-politeness-1")]:
+    a, b = (pd.read_csv(f"runs/{r}/points/{point}.csv", keep_default_na=False) for r in (src, run))
+    same = (a["text"] == b["text"]).sum()
+    print(f"{point}: {same}/{len(a)} texts identical to runs/{src}")
+    assert same == len(a)
+PY
+
+# the assembled set's single sweeps: cal64's sentiment/formality/humor points, ps180_v2's politeness/simplicity
+# points; `lerplm sweep` resumes (nothing left to generate) and writes results.csv
+mkdir -p runs/mixed64/points
+python - <<'PY'
+import json
+s = json.load(open("runs/cal64/sweep.json"))
+assert {k: v for k, v in s.items() if k != "anchors"} == {k: v for k, v in json.load(open("runs/ps180_v2/sweep.json")).items() if k != "anchors"}
+json.dump({**s, "anchors": "anchors/chat_mixed"}, open("runs/mixed64/sweep.json", "w"), indent=2)
+PY
+for a in sentiment formality humor; do cp runs/cal64/points/single-$a-*.csv runs/mixed64/points/; done
+for a in politeness simplicity; do cp runs/ps180_v2/points/single-$a-*.csv runs/mixed64/points/; done
+lerplm sweep --anchors anchors/chat_mixed --grid single:all --skip-prompts 80 --max-prompts 64 --levels 6 \
+  --scorers artifacts/scorers --prompts "$P" --max-new-tokens 32 --n 1 --config examples/styles.toml \
+  --heldout-per-endpoint 10 --out runs/mixed64
+lerplm report runs/mixed64 --title "One anchor set, per-attribute steps (politeness, simplicity 180; others 60): single-attribute sweeps (64 prompts x 6 levels)"
+mkdir -p docs/results/mixed64 && cp runs/mixed64/{report.md,summary.json,*.png} docs/results/mixed64/
