@@ -5,7 +5,7 @@
 # set is assembled from them and `lerplm train` checks each against the config's settings for its attribute and
 # writes the manifest. The sweep points are copied from runs/cal64 and runs/ps180_v2 (same prompts, seed and
 # settings), after checking that generating on the assembled set gives byte-identical texts (runs/mixed_check*).
-# Needs experiments/seeding_cpu.sh's runs. ~10 min on 2 CPU cores (the two checks).
+# Needs experiments/seeding_cpu.sh's runs. ~45 min on 2 CPU cores (the two checks ~10 min, the scorer ~30 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=../shared/data/styles/prompts/writing_prompts.txt
@@ -49,3 +49,12 @@ lerplm sweep --anchors anchors/chat_mixed --grid single:all --skip-prompts 80 --
   --heldout-per-endpoint 10 --out runs/mixed64
 lerplm report runs/mixed64 --title "One anchor set, per-attribute steps (politeness, simplicity 180; others 60): single-attribute sweeps (64 prompts x 6 levels)"
 mkdir -p docs/results/mixed64 && cp runs/mixed64/{report.md,summary.json,*.png} docs/results/mixed64/
+
+# politeness, the one attribute still short of a 0.3 range: is the scorer what limits it? A fine-tuned classifier
+# (kind finetune: the embedded model, LoRA on its top 8 layers + a linear head, temperature-scaled; ~30 min on
+# 2 CPU cores when nothing else runs) scores the same generations again; the other attributes keep their scores.
+lerplm scorers train --config examples/styles.toml --only politeness --kind finetune --out artifacts/scorers_ft_pol
+lerplm rescore runs/mixed64 --scorers artifacts/scorers_ft_pol --out runs/mixed64_ftpol
+lerplm report runs/mixed64_ftpol --title "runs/mixed64 with politeness scored by a fine-tuned classifier"
+mkdir -p docs/results/mixed64_ftpol && cp runs/mixed64_ftpol/{report.md,summary.json,*.png} docs/results/mixed64_ftpol/
+cp artifacts/scorers_ft_pol/scorers.json docs/results/scorers_ft_pol.json

@@ -204,6 +204,13 @@ def test_sweep_resumes_and_report_is_written(lm, tmp_path):
     rescored = json.loads((tmp_path / "re" / "sweep.json").read_text())
     assert rescored["rescored_from"] == str(out)
     assert rescored["scored_by"] == {**{c.removeprefix("score_"): str(tmp_path) for c in others}, "sentiment": str(tmp_path / "len")}
+    class Novel(KeywordScorers):  # an attribute the run was not scored on: its column goes after the others
+        def score(self, texts):
+            return {"novel": np.ones(len(texts))}
+
+    added = rescore(out, Novel(tmp_path / "novel", []), tmp_path / "added")
+    assert [c for c in added.columns if c.startswith("score_")] == [c for c in first.columns if c.startswith("score_")] + ["score_novel"]
+    assert added.columns.get_loc("score_novel") == max(first.columns.get_loc(c) for c in first if c.startswith("score_")) + 1
     means = json.loads((build_report(tmp_path / "re").parent / "summary.json").read_text())["single"]["curves"]
     assert [c["mean"] for c in means] == pytest.approx(re.groupby("meta_level")["score_sentiment"].mean().tolist())
     for run, dest, msg in [(out, tmp_path / "re", "already exists"), (tmp_path, tmp_path / "x", "no sweep results")]:

@@ -141,8 +141,6 @@ def train_mixed(
     for p in model.parameters():
         p.requires_grad_(False)
     chunked = chunked_loss and head_is_plain(model, torch.tensor([blocks[0][0].ids], device=device))
-    if activation_checkpointing:
-        set_activation_checkpointing(model, True)
     runtime = MixedRuntime(model, fresh_adapters(model, cfg, k, t.seed))
     params = runtime.trainable(cfg.lora.dropout)
     opt = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=0.0)
@@ -154,6 +152,8 @@ def train_mixed(
     log: list[dict] = []
     model.train()
     try:
+        if activation_checkpointing:  # inside the try: whatever fails, the model is left as it came
+            set_activation_checkpointing(model, True)
         for step in tqdm(range(1, steps + 1), desc=f"{k} anchors together", disable=not progress):
             losses = torch.zeros(k)
             for _ in range(t.gradient_accumulation):

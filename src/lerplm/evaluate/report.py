@@ -151,7 +151,7 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
             gap = gaps.get(a, math.nan)
             e["range_over_gap"] = e["score_range"] / gap if gap else math.nan
             lines.append(f"| {a} | {e['spearman_rho']:.3f} | {e['spearman_rho_rows']:.3f} | {e['score_at_0']:.3f} | {e['score_at_1']:.3f} | {e['score_range']:.3f} |"
-                         + (f" {gap:.3f} | {e['range_over_gap']:.2f} |" if gaps else ""))
+                         + ((f" {gap:.3f} | {e['range_over_gap']:.2f} |" if a in gaps else " not recorded | |") if gaps else ""))
         png = f"entanglement_{key}.png"
         _plot_heatmap(ent, run / png, f"entanglement ({label})")
         lines += ["", f"Entanglement: slope of score j against level i, each row divided by its diagonal ({label}).", "",

@@ -132,10 +132,11 @@ def rescore(run: str | Path, scorers: ScorerSet, out: str | Path) -> pd.DataFram
         raise LerpError(f"{out} already exists; choose another --out")
     scores = scorers.score(df["text"].astype(str).tolist())
     kept = [c for c in df.columns if c.startswith("score_") and c.removeprefix("score_") not in scores]
-    df = df.drop(columns=[c for c in df.columns if c.startswith("score_") and c not in kept])
-    at = df.columns.get_loc("text") + 1
-    for i, (name, s) in enumerate(scores.items()):
-        df.insert(at + i, f"score_{name}", s.astype(float))
+    for name, s in scores.items():  # in place where the attribute was scored before, else after the scores
+        col = f"score_{name}"
+        if col not in df.columns:
+            df.insert(max([df.columns.get_loc(c) for c in df.columns if c.startswith("score_")] + [df.columns.get_loc("text")]) + 1, col, 0.0)
+        df[col] = s.astype(float)
     out.mkdir(parents=True)
     scored_by = {**{c.removeprefix("score_"): settings.get("scorers") for c in kept}, **{a: str(scorers.root) for a in scores}}
     (out / SETTINGS).write_text(json.dumps({**settings, "scorers": str(scorers.root), "scored_by": scored_by,
