@@ -1,6 +1,6 @@
 """Write docs/anchors.md: each anchor's training loss and sample generations at levels 0, 0.5, 1.
 
-python experiments/anchor_report.py --anchors anchors/styles --out docs/anchors.md
+python experiments/anchor_report.py --anchors anchors/chat_mixed --out docs/anchors.md
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--anchors", default="anchors/styles")
     ap.add_argument("--out", default="docs/anchors.md")
-    ap.add_argument("--attributes", default="sentiment,simplicity")
+    ap.add_argument("--attributes", default="sentiment,politeness,formality,simplicity,humor")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trained-with", action="append", help="the commands that made the set (default: one lerplm train)")
     args = ap.parse_args()
 
     lm = lerplm.load(args.anchors, device="cpu")
@@ -63,11 +64,12 @@ def main() -> None:
         f"Config: `examples/styles.toml` (LoRA r={t['lora']['r']}, alpha={t['lora']['alpha']}, dropout={t['lora']['dropout']}, "
         f"targets {', '.join(t['lora']['target_modules'])}; block {t['block_size']}, batch {t['batch_size']}, "
         f"lr {t['learning_rate']}, at most {t['max_examples']} texts and {t['max_steps']} steps per anchor, "
-        f"text format {t.get('text_format', 'plain')}).",
+        f"text format {t.get('text_format', 'plain')})"
+        + "".join(f"; {a}: " + ", ".join(f"{k}={v}" for k, v in ch.items()) for a, ch in t.get("attributes", {}).items()) + ".",
         f"Trained on {platform.machine()} CPU, 2 cores, torch {torch.__version__}, with:",
         "",
         "```bash",
-        f"lerplm train --config examples/styles.toml --text-format {t.get('text_format', 'plain')} --out {args.anchors}",
+        *(args.trained_with or [f"lerplm train --config examples/styles.toml --out {args.anchors}"]),
         f"python experiments/anchor_report.py --anchors {args.anchors} --out {args.out}",
         "```",
         "",

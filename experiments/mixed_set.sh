@@ -58,3 +58,9 @@ lerplm rescore runs/mixed64 --scorers artifacts/scorers_ft_pol --out runs/mixed6
 lerplm report runs/mixed64_ftpol --title "runs/mixed64 with politeness scored by a fine-tuned classifier"
 mkdir -p docs/results/mixed64_ftpol && cp runs/mixed64_ftpol/{report.md,summary.json,*.png} docs/results/mixed64_ftpol/
 cp artifacts/scorers_ft_pol/scorers.json docs/results/scorers_ft_pol.json
+
+# docs/anchors.md: the set's training losses and sample generations at levels 0, 0.5, 1 (~2 min)
+python experiments/anchor_report.py --anchors anchors/chat_mixed --out docs/anchors.md \
+  --trained-with "lerplm train --config examples/styles.toml --text-format chat --max-steps 60 --out anchors/styles_chat" \
+  --trained-with "lerplm train --config examples/styles.toml --text-format chat --only politeness --only simplicity --max-steps 180 --out anchors/chat180" \
+  --trained-with "bash experiments/mixed_set.sh   # assembles anchors/chat_mixed from the two (lerplm train trains nothing)"

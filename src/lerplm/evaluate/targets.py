@@ -167,6 +167,8 @@ def _plot(errors: pd.DataFrame, path: Path) -> None:
         g = errors[errors["attribute"] == a]
         for m, marker in zip(METHODS, "os^"):
             h = g[g["method"] == m]
+            if not len(h):  # a method not run (refined without --refine) gets no legend entry
+                continue
             ax.errorbar(h["target"], h["achieved"], yerr=h["ci95"], fmt=marker, ms=4, capsize=2, label=m, alpha=0.8)
         lo, hi = min(g["target"].min(), g["achieved"].min()) - 0.05, max(g["target"].max(), g["achieved"].max()) + 0.05
         ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
