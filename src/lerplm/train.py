@@ -251,7 +251,8 @@ def train_anchors(
         target = out / f"{attr.name}.{ep.name}"
         if (target / "adapter_config.json").is_file():
             summary = json.loads((target / SUMMARY).read_text()) if (target / SUMMARY).is_file() else {}
-            if summary.get("settings", _settings(acfg)) != _settings(acfg):
+            want = _settings(acfg)
+            if summary.get("settings", want) != want:
                 raise LerpError(f"{target} was trained with other settings; use a new --out or delete that directory")
             done[target.name] = summary
     todo = [(f"{attr.name}.{ep.name}", acfg, texts) for attr, ep, acfg, texts, _ in plan if f"{attr.name}.{ep.name}" not in done]

@@ -104,12 +104,14 @@ def _table(df: pd.DataFrame, fmt: str = "{:.3f}") -> list[str]:
 def _scorer_gaps(settings: dict) -> dict[str, float]:
     """Each attribute's score gap on real held-out texts, from the manifest of the scorers that scored it
     (a rescored run names one per attribute in ``scored_by``)."""
+    scored_by = settings.get("scored_by")
     gaps = {}
-    for a, root in (settings.get("scored_by") or {None: settings.get("scorers")}).items():
+    for root in set(scored_by.values()) if scored_by else {settings.get("scorers")}:  # each manifest read once
         path = Path(root or "") / "scorers.json"
         if path.is_file():
             entries = json.loads(path.read_text()).get("attributes", {})
-            gaps.update({name: e["score_gap"] for name, e in entries.items() if "score_gap" in e and a in (None, name)})
+            gaps.update({a: e["score_gap"] for a, e in entries.items()
+                         if "score_gap" in e and (not scored_by or scored_by.get(a) == root)})
     return gaps
 
 

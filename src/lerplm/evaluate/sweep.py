@@ -135,7 +135,8 @@ def rescore(run: str | Path, scorers: ScorerSet, out: str | Path) -> pd.DataFram
     for name, s in scores.items():  # in place where the attribute was scored before, else after the scores
         col = f"score_{name}"
         if col not in df.columns:
-            df.insert(max([df.columns.get_loc(c) for c in df.columns if c.startswith("score_")] + [df.columns.get_loc("text")]) + 1, col, 0.0)
+            last = max(df.columns.get_loc(c) for c in df.columns if c == "text" or c.startswith("score_"))
+            df.insert(last + 1, col, 0.0)
         df[col] = s.astype(float)
     out.mkdir(parents=True)
     scored_by = {**{c.removeprefix("score_"): settings.get("scorers") for c in kept}, **{a: str(scorers.root) for a in scores}}
