@@ -140,10 +140,29 @@ def test_metrics_recover_known_answers():
     s = control_summary(curves, df)
     assert s["b"]["spearman_rho"] == pytest.approx(1.0) and s["b"]["score_range"] == pytest.approx(0.8)
     assert s["a"]["score_range"] == pytest.approx(0.6, abs=0.05)
+    # independent noise at both ends: the range's half-width is 1.96 sd sqrt(2) / sqrt(n); none for b's exact rows
+    assert s["a"]["range_ci95"] == pytest.approx(1.96 * 0.05 * math.sqrt(2) / math.sqrt(40), rel=0.35)
+    assert s["b"]["range_ci95"] == pytest.approx(0.0, abs=1e-12)
+    # the line through all 11 levels: slope 0.6 with half-width 1.96 sd / sqrt(40 sum (l - 0.5)^2) = 0.0148
+    assert s["a"]["fitted_range"] == pytest.approx(0.6, abs=0.03)
+    assert s["a"]["fitted_range_ci95"] == pytest.approx(1.96 * 0.05 / math.sqrt(40 * 1.1), rel=0.35)
+    assert s["b"]["fitted_range"] == pytest.approx(0.8) and s["b"]["fitted_range_ci95"] == pytest.approx(0.0, abs=1e-9)
     slopes, ent = entanglement(df, ["a", "b"])
     assert slopes.loc["a", "b"] == pytest.approx(0.3) and slopes.loc["b", "a"] == pytest.approx(0.0, abs=1e-9)
     assert ent.loc["a", "b"] == pytest.approx(0.3 / slopes.loc["a", "a"]) and ent.loc["a", "a"] == 1.0
     assert distinct_n("a b a b") == pytest.approx(2 / 3) and math.isnan(distinct_n("one"))
+
+
+def test_range_interval_is_paired_by_prompt():
+    """A spread between prompts that both ends share (common random numbers) is no error in the range."""
+    offsets = np.random.default_rng(1).normal(0, 0.2, 30)
+    df = pd.DataFrame([{"meta_grid": "single", "meta_varied": "a", "meta_level": lvl, "score_a": o + 0.4 * lvl,
+                        "base_ppl": 10.0, "distinct2": 1.0, "heldout_ppl": 20.0, "prompt_id": k, "sample": 0, "text": "x"}
+                       for lvl in (0.0, 0.5, 1.0) for k, o in enumerate(offsets)])
+    s = control_summary(control_curves(df, ["a"]), df)["a"]
+    assert s["score_range"] == pytest.approx(0.4) and s["range_ci95"] == pytest.approx(0.0, abs=1e-9)
+    assert s["fitted_range"] == pytest.approx(0.4) and s["fitted_range_ci95"] == pytest.approx(0.0, abs=1e-9)
+    assert control_curves(df, ["a"])["ci95"].min() > 0.05   # while each level's mean has the prompts' spread
 
 
 class KeywordScorers(ScorerSet):

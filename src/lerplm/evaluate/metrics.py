@@ -35,9 +35,35 @@ def control_curves(df: pd.DataFrame, attributes: Sequence[str], grid: str = "sin
     return pd.DataFrame(recs).sort_values(["attribute", "level"]).reset_index(drop=True) if recs else pd.DataFrame()
 
 
+def _range_ci95(rows: pd.DataFrame, attr: str) -> float:
+    """95% half-width of the score range, from differences paired by prompt and sample: both ends of a curve
+    share each prompt's random stream, so pairing removes the prompt-to-prompt spread from the range's error."""
+    levels = rows["meta_level"]
+    lo, hi = rows[levels == levels.min()], rows[levels == levels.max()]
+    pairs = lo.merge(hi, on=["prompt_id", "sample"], suffixes=("_lo", "_hi"))
+    d = (pairs[f"score_{attr}_hi"] - pairs[f"score_{attr}_lo"]).to_numpy(float)
+    return 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+
+
+def _fitted_range(rows: pd.DataFrame, attr: str) -> tuple[float, float]:
+    """Least-squares slope of score on level over every level (the range a straight line through the whole
+    curve gives; the diagonal of the entanglement slopes) and its 95% half-width, with one intercept per
+    prompt and sample so that the prompts' shared streams do not count as error."""
+    key = ["prompt_id", "sample"]
+    x = rows["meta_level"] - rows.groupby(key)["meta_level"].transform("mean")
+    y = rows[f"score_{attr}"] - rows.groupby(key)[f"score_{attr}"].transform("mean")
+    sxx = float((x * x).sum())
+    dof = len(rows) - rows.groupby(key).ngroups - 1
+    if sxx == 0 or dof < 1:
+        return math.nan, math.nan
+    slope = float((x * y).sum()) / sxx
+    return slope, 1.96 * math.sqrt(float(((y - slope * x) ** 2).sum()) / dof / sxx)
+
+
 def control_summary(curves: pd.DataFrame, df: pd.DataFrame | None = None, grid: str = "single", b: float | None = None) -> dict:
     """Per attribute: Spearman ρ of mean score against level, score range (level 1 minus level 0),
-    and ρ over individual generations (noisier; reported alongside)."""
+    and, given the rows, ρ over individual generations (noisier), the range's 95% interval and the range
+    fitted through every level (tighter where there are more than two levels)."""
     out = {}
     for attr, c in curves.groupby("attribute"):
         rho = spearmanr(c["level"], c["mean"]).statistic if len(c) > 2 else math.nan
@@ -47,6 +73,8 @@ def control_summary(curves: pd.DataFrame, df: pd.DataFrame | None = None, grid: 
             rows = _varied_rows(df, grid, b)
             rows = rows[rows["meta_varied"] == attr]
             entry["spearman_rho_rows"] = float(spearmanr(rows["meta_level"], rows[f"score_{attr}"]).statistic)
+            entry["range_ci95"] = float(_range_ci95(rows, attr))
+            entry["fitted_range"], entry["fitted_range_ci95"] = _fitted_range(rows, attr)
         out[attr] = entry
     return out
 

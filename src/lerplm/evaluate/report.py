@@ -147,12 +147,12 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
         slopes, ent = entanglement(df, attrs, grid, b)
         key = grid if b is None else f"five_b{b:g}"
         summary[key] = {"control": s, "slopes": slopes.to_dict(), "entanglement": ent.to_dict(), "curves": curves.to_dict("records")}
-        lines += [f"## {label}", "", "| attribute | Spearman ρ (level means) | ρ (all generations) | score at 0 | score at 1 | range |"
-                  + (" scorer's test gap | range / gap |" if gaps else ""), "|---|---|---|---|---|---|" + ("---|---|" if gaps else "")]
+        lines += [f"## {label}", "", "| attribute | Spearman ρ (level means) | ρ (all generations) | score at 0 | score at 1 | range ± 95% (paired by prompt) | fitted range ± 95% |"
+                  + (" scorer's test gap | range / gap |" if gaps else ""), "|---|---|---|---|---|---|---|" + ("---|---|" if gaps else "")]
         for a, e in s.items():
             gap = gaps.get(a, math.nan)
             e["range_over_gap"] = e["score_range"] / gap if gap else math.nan
-            lines.append(f"| {a} | {e['spearman_rho']:.3f} | {e['spearman_rho_rows']:.3f} | {e['score_at_0']:.3f} | {e['score_at_1']:.3f} | {e['score_range']:.3f} |"
+            lines.append(f"| {a} | {e['spearman_rho']:.3f} | {e['spearman_rho_rows']:.3f} | {e['score_at_0']:.3f} | {e['score_at_1']:.3f} | {e['score_range']:.3f} ± {e['range_ci95']:.3f} | {e['fitted_range']:.3f} ± {e['fitted_range_ci95']:.3f} |"
                          + ((f" {gap:.3f} | {e['range_over_gap']:.2f} |" if a in gaps else " not recorded | |") if gaps else ""))
         png = f"entanglement_{key}.png"
         _plot_heatmap(ent, run / png, f"entanglement ({label})")
