@@ -15,10 +15,10 @@ lerplm report runs/mixed64 --title "One anchor set, per-attribute steps (politen
 lerplm sweep --anchors anchors/chat_mixed --grid five:b=0.05,0.15,0.2 --skip-prompts 144 --max-prompts 16 --levels 6 "${SWEEP[@]}" --out runs/five_mixed
 lerplm report runs/five_mixed --title "One anchor set: five-attribute design (16 prompts x 6 levels x 3 b)"
 
-# politeness trained twice as long (360 steps, ~1.5 epochs of its 1.7k texts per endpoint; ~60 min), swept like mixed64
+# politeness trained twice as long (360 steps, ~1.5 epochs of its 1.7k texts per endpoint; ~75 min), swept like mixed64 (session 7 ran 6 levels, then resumed with 11)
 lerplm train --config examples/styles.toml --only politeness --max-steps 360 --out anchors/pol360
-lerplm sweep --anchors anchors/pol360 --grid single:politeness --skip-prompts 80 --max-prompts 64 --levels 6 "${SWEEP[@]}" --out runs/pol360
-lerplm report runs/pol360 --title "Politeness anchors, 360 steps (64 prompts x 6 levels)"
+lerplm sweep --anchors anchors/pol360 --grid single:politeness --skip-prompts 80 --max-prompts 64 --levels 11 "${SWEEP[@]}" --out runs/pol360
+lerplm report runs/pol360 --title "Politeness anchors, 360 steps (64 prompts x 11 levels)"
 
 for r in mixed64 five_mixed pol360; do mkdir -p docs/results/$r && cp runs/$r/{report.md,summary.json,*.png} docs/results/$r/; done
 
