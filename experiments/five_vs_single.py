@@ -24,13 +24,14 @@ def main() -> None:
     single = json.loads((args.single / "summary.json").read_text())["single"]["control"]
     five = json.loads((args.five / "summary.json").read_text())
     bs = sorted(float(k[len("five_b"):]) for k in five if k.startswith("five_b"))
-    print("| attribute | single: range | " + " | ".join(f"b={b:g} (weight {1 - 4 * b:.1f}): range ± 95% / predicted" for b in bs) + " |")
+    others = len(single) - 1  # the varied attribute's weight is 1 - others x b
+    print("| attribute | single: range | " + " | ".join(f"b={b:g} (weight {1 - others * b:.1f}): range ± 95% / predicted" for b in bs) + " |")
     print("|---|---|" + "---|" * len(bs))
     for a, s in single.items():
         cells = []
         for b in bs:
             e = five[f"five_b{b:g}"]["control"][a]
-            cells.append(f"{e['score_range']:.3f} ± {e['range_ci95']:.3f} / {(1 - 4 * b) * s['score_range']:.3f}")
+            cells.append(f"{e['score_range']:.3f} ± {e['range_ci95']:.3f} / {(1 - others * b) * s['score_range']:.3f}")
         print(f"| {a} | {s['score_range']:.3f} | " + " | ".join(cells) + " |")
     df, _ = read_run(args.five)
     df["finished"] = df["text"].astype(str).str.strip().str.contains(r'[.!?"]$')

@@ -47,8 +47,9 @@ def _range_ci95(rows: pd.DataFrame, attr: str) -> float:
 
 def _fitted_range(rows: pd.DataFrame, attr: str) -> tuple[float, float]:
     """Least-squares slope of score on level over every level (the range a straight line through the whole
-    curve gives; the diagonal of the entanglement slopes) and its 95% half-width, with one intercept per
-    prompt and sample so that the prompts' shared streams do not count as error."""
+    curve gives) and its 95% half-width, with one intercept per prompt and sample so that the prompts' shared
+    streams do not count as error. Where every prompt is at every level (a sweep) the slope equals the
+    entanglement diagonal's; only its interval is new."""
     key = ["prompt_id", "sample"]
     x = rows["meta_level"] - rows.groupby(key)["meta_level"].transform("mean")
     y = rows[f"score_{attr}"] - rows.groupby(key)[f"score_{attr}"].transform("mean")
