@@ -17,33 +17,21 @@ done
 for a in politeness.impolite politeness.polite simplicity.complex simplicity.simple; do
   [ -d anchors/chat_mixed/$a ] || cp -r anchors/chat180/$a anchors/chat_mixed/
 done
-lerplm train --config examples/styles.toml --out anchors/chat_mixed   # trains nothing: every anchor is there
+# examples/styles.toml as it was then (politeness and simplicity 180 steps; session 8 raised both to 360)
+git show 8eeaa2c:examples/styles.toml > /tmp/styles180.toml
+lerplm train --config /tmp/styles180.toml --data-dir ../shared/data/styles --out anchors/chat_mixed   # trains nothing: every anchor is there
 
 # the check: levels 0 and 1 of one attribute from each source set, generated on the assembled set
 CHECK=(--levels 2 --skip-prompts 80 --max-prompts 64 --scorers artifacts/scorers --prompts "$P" --max-new-tokens 32 --n 1)
 lerplm sweep --anchors anchors/chat_mixed --grid single:sentiment "${CHECK[@]}" --out runs/mixed_check
 lerplm sweep --anchors anchors/chat_mixed --grid single:politeness "${CHECK[@]}" --out runs/mixed_check_pol
-python - <<'PY'
-import pandas as pd
-for run, src, point in [("mixed_check", "cal64", "single-sentiment-0"), ("mixed_check", "cal64", "single-sentiment-1"),
-                        ("mixed_check_pol", "ps180_v2", "single-politeness-0"), ("mixed_check_pol", "ps180_v2", "single-politeness-1")]:
-    a, b = (pd.read_csv(f"runs/{r}/points/{point}.csv", keep_default_na=False) for r in (src, run))
-    same = (a["text"] == b["text"]).sum()
-    print(f"{point}: {same}/{len(a)} texts identical to runs/{src}")
-    assert same == len(a)
-PY
+python experiments/reuse_points.py check runs/mixed_check runs/cal64 single-sentiment-0 single-sentiment-1
+python experiments/reuse_points.py check runs/mixed_check_pol runs/ps180_v2 single-politeness-0 single-politeness-1
 
 # the assembled set's single sweeps: cal64's sentiment/formality/humor points, ps180_v2's politeness/simplicity
 # points; `lerplm sweep` resumes (nothing left to generate) and writes results.csv
-mkdir -p runs/mixed64/points
-python - <<'PY'
-import json
-s = json.load(open("runs/cal64/sweep.json"))
-assert {k: v for k, v in s.items() if k != "anchors"} == {k: v for k, v in json.load(open("runs/ps180_v2/sweep.json")).items() if k != "anchors"}
-json.dump({**s, "anchors": "anchors/chat_mixed"}, open("runs/mixed64/sweep.json", "w"), indent=2)
-PY
-for a in sentiment formality humor; do cp runs/cal64/points/single-$a-*.csv runs/mixed64/points/; done
-for a in politeness simplicity; do cp runs/ps180_v2/points/single-$a-*.csv runs/mixed64/points/; done
+python experiments/reuse_points.py compose runs/mixed64 anchors/chat_mixed 'runs/cal64:single-sentiment-*' \
+  'runs/cal64:single-formality-*' 'runs/cal64:single-humor-*' 'runs/ps180_v2:single-politeness-*' 'runs/ps180_v2:single-simplicity-*'
 lerplm sweep --anchors anchors/chat_mixed --grid single:all --skip-prompts 80 --max-prompts 64 --levels 6 \
   --scorers artifacts/scorers --prompts "$P" --max-new-tokens 32 --n 1 --config examples/styles.toml \
   --heldout-per-endpoint 10 --out runs/mixed64

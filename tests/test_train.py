@@ -129,7 +129,7 @@ def test_example_config_is_valid():
     assert [a.name for a in cfg.attributes] == ["sentiment", "politeness", "formality", "simplicity", "humor"]
     assert cfg.data_root().resolve() == STYLES.resolve()
     assert cfg.training.text_format == "chat"  # the measured better format for the instruct default
-    assert [cfg.training_for(a.name).max_steps for a in cfg.attributes] == [60, 180, 60, 180, 60]
+    assert [cfg.training_for(a.name).max_steps for a in cfg.attributes] == [60, 360, 60, 360, 60]
 
 
 def test_training_together_writes_the_same_kind_of_anchor_set(tmp_path, base_dir):
