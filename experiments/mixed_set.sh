@@ -8,7 +8,7 @@
 # Needs experiments/seeding_cpu.sh's runs. ~45 min on 2 CPU cores (the two checks ~10 min, the scorer ~30 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P=../shared/data/styles/prompts/writing_prompts.txt
+source experiments/sweep_settings.sh   # P (the prompts file), SWEEP (the shared sweep settings)
 
 mkdir -p anchors/chat_mixed
 for a in sentiment.negative sentiment.positive formality.informal formality.formal humor.not_humorous humor.humorous; do
@@ -32,9 +32,7 @@ python experiments/reuse_points.py check runs/mixed_check_pol runs/ps180_v2 sing
 # points; `lerplm sweep` resumes (nothing left to generate) and writes results.csv
 python experiments/reuse_points.py compose runs/mixed64 anchors/chat_mixed 'runs/cal64:single-sentiment-*' \
   'runs/cal64:single-formality-*' 'runs/cal64:single-humor-*' 'runs/ps180_v2:single-politeness-*' 'runs/ps180_v2:single-simplicity-*'
-lerplm sweep --anchors anchors/chat_mixed --grid single:all --skip-prompts 80 --max-prompts 64 --levels 6 \
-  --scorers artifacts/scorers --prompts "$P" --max-new-tokens 32 --n 1 --config examples/styles.toml \
-  --heldout-per-endpoint 10 --out runs/mixed64
+lerplm sweep --anchors anchors/chat_mixed --grid single:all --skip-prompts 80 --max-prompts 64 --levels 6 "${SWEEP[@]}" --out runs/mixed64
 lerplm report runs/mixed64 --title "One anchor set, per-attribute steps (politeness, simplicity 180; others 60): single-attribute sweeps (64 prompts x 6 levels)"
 mkdir -p docs/results/mixed64 && cp runs/mixed64/{report.md,summary.json,*.png} docs/results/mixed64/
 

@@ -3,8 +3,7 @@
 # per-prompt seeding, and politeness anchors trained twice as long. ~2 h on 2 CPU cores; run nothing else beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P=../shared/data/styles/prompts/writing_prompts.txt
-SWEEP=(--scorers artifacts/scorers --prompts "$P" --max-new-tokens 32 --n 1 --config examples/styles.toml --heldout-per-endpoint 10)
+source experiments/sweep_settings.sh   # P (the prompts file), SWEEP (the shared sweep settings)
 
 # single-attribute sweeps in 11 levels: runs/mixed64 holds levels 0, .2, ..., 1; this adds .1, .3, .5, .7, .9
 # (25 points, ~25 min); the finished points are not regenerated

@@ -1,7 +1,8 @@
 """Pool the ranges of single-attribute sweeps run on disjoint prompt sets into one estimate.
 
-Runs on different prompts are independent, so their ranges (two-end and fitted) combine by inverse-variance weighting
-(each 95% half-width / 1.96 is a standard error); prints each run's estimate and the pooled one per attribute.
+Runs on different prompts are independent, so their ranges (two-end and fitted) combine by inverse-variance
+weighting (each 95% half-width / 1.96 is a standard error); prints each run's estimate and the pooled one per
+attribute.
 
 python experiments/pool_ranges.py runs/mixed360 runs/mixed360_b
 """
@@ -30,6 +31,7 @@ def main() -> None:
             pooled = sum(wi * x for wi, (x, _) in zip(w, est)) / sum(w)
             cells = [f"{x:.3f} ± {1.96 * se:.3f}" for x, se in est]
             print(f"| {a} | " + " | ".join(cells) + f" | {pooled:.3f} ± {1.96 / math.sqrt(sum(w)):.3f} |")
+
 
 if __name__ == "__main__":
     main()

@@ -5,8 +5,7 @@
 # artifacts/scorers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P=../shared/data/styles/prompts/writing_prompts.txt
-SWEEP=(--scorers artifacts/scorers --prompts "$P" --max-new-tokens 32 --n 1 --config examples/styles.toml --heldout-per-endpoint 10)
+source experiments/sweep_settings.sh   # P (the prompts file), SWEEP (the shared sweep settings)
 
 # Issue 3: single-attribute sweeps of the chat anchors (prompts 80-143, as chat64 before the fix)
 lerplm sweep --anchors anchors/styles_chat --grid single:all --skip-prompts 80 --max-prompts 64 --levels 6 "${SWEEP[@]}" --out runs/cal64

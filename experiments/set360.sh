@@ -9,8 +9,7 @@
 # ~2.5 h on 2 CPU cores; run nothing else beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P=../shared/data/styles/prompts/writing_prompts.txt
-SWEEP=(--scorers artifacts/scorers --prompts "$P" --max-new-tokens 32 --n 1 --config examples/styles.toml --heldout-per-endpoint 10)
+source experiments/sweep_settings.sh   # P (the prompts file), SWEEP (the shared sweep settings)
 SET=anchors/chat_mixed360
 
 lerplm train --config examples/styles.toml --only simplicity --max-steps 360 --out anchors/simp360
