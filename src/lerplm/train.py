@@ -170,7 +170,7 @@ def train_anchor(
     result = trainer.train(resume_from_checkpoint=last)
     summary = {
         "settings": _settings(cfg),
-        "train_loss": result.training_loss,
+        "train_loss": _mean_loss(result.training_loss, result.global_step, trainer.state.log_history, last),
         "steps": result.global_step,
         "blocks": len(blocks),
         "texts": len(texts),
@@ -187,6 +187,24 @@ def train_anchor(
         shutil.rmtree(work, ignore_errors=True)
     barrier()  # the other ranks wait until the anchor is in place
     return summary
+
+
+def _mean_loss(run_loss: float, steps: int, history: list[dict], checkpoint: str | None) -> float:
+    """Mean training loss over every step, across a resume.
+
+    After a resume, transformers' ``training_loss`` averages only the steps this run trained; the steps before
+    the checkpoint are in the restored log history, as logged means of their windows.
+    """
+    if not checkpoint:
+        return run_loss
+    start = int(Path(checkpoint).name.rsplit("-", 1)[1])  # transformers names checkpoints checkpoint-<global step>
+    total = covered = prev = 0
+    for rec in history:
+        if "loss" in rec and rec["step"] <= start:
+            total += rec["loss"] * (rec["step"] - prev)
+            covered += rec["step"] - prev
+            prev = rec["step"]
+    return (total + run_loss * (steps - start)) / (covered + steps - start)
 
 
 def train_together(base: ModelRef, todo: list[tuple[str, list[str]]], cfg: StylesConfig, out: Path,
