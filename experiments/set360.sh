@@ -19,15 +19,14 @@ for a in sentiment.negative sentiment.positive formality.informal formality.form
 done
 for a in politeness.impolite politeness.polite; do [ -d $SET/$a ] || cp -r anchors/pol360/$a $SET/; done
 for a in simplicity.complex simplicity.simple; do [ -d $SET/$a ] || cp -r anchors/simp360/$a $SET/; done
-lerplm train --config examples/styles.toml --out $SET   # trains nothing: every anchor is there
+# examples/styles.toml as it was then (politeness 360 steps; session 9 raised it to 720, experiments/set720.sh)
+git show d7f1848:examples/styles.toml > /tmp/styles360.toml
+lerplm train --config /tmp/styles360.toml --data-dir ../shared/data/styles --out $SET   # trains nothing: every anchor is there
 
 # the check: levels 0 and 1 of sentiment (runs/mixed64: a set whose politeness and simplicity adapters, at
 # coefficient 0 here, differ) and of politeness (runs/pol360: a one-attribute set), generated on the new set
-CHECK=(--levels 2 --skip-prompts 80 --max-prompts 64 "${SWEEP[@]}")
-lerplm sweep --anchors $SET --grid single:sentiment "${CHECK[@]}" --out runs/set360_check_sent
-lerplm sweep --anchors $SET --grid single:politeness "${CHECK[@]}" --out runs/set360_check_pol
-python experiments/reuse_points.py check runs/set360_check_sent runs/mixed64 single-sentiment-0 single-sentiment-1
-python experiments/reuse_points.py check runs/set360_check_pol runs/pol360 single-politeness-0 single-politeness-1
+check_reuse $SET sentiment runs/mixed64 runs/set360_check_sent
+check_reuse $SET politeness runs/pol360 runs/set360_check_pol
 
 # single-attribute sweeps, 11 levels x 64 prompts (80-143): sentiment, formality, humor points from runs/mixed64,
 # politeness points from runs/pol360; `lerplm sweep` generates simplicity's 11 points (~13 min)
@@ -50,7 +49,7 @@ lerplm report runs/mixed360_b --title "The anchor set of examples/styles.toml: p
 mkdir -p docs/results/mixed360_b && cp runs/mixed360_b/{report.md,summary.json,*.png} docs/results/mixed360_b/
 python experiments/pool_ranges.py runs/mixed360 runs/mixed360_b   # the two prompt sets' ranges pooled
 
-# docs/anchors.md: the set's training losses and sample generations at levels 0, 0.5, 1 (~2 min)
+# docs/anchors.md (session 9's experiments/set720.sh writes it for the set as it is now): the set's training losses and sample generations at levels 0, 0.5, 1 (~2 min)
 python experiments/anchor_report.py --anchors $SET --out docs/anchors.md \
   --trained-with "lerplm train --config examples/styles.toml --text-format chat --max-steps 60 --out anchors/styles_chat" \
   --trained-with "lerplm train --config examples/styles.toml --only politeness --max-steps 360 --out anchors/pol360" \
