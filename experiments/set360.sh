@@ -49,7 +49,8 @@ lerplm report runs/mixed360_b --title "The anchor set of examples/styles.toml: p
 mkdir -p docs/results/mixed360_b && cp runs/mixed360_b/{report.md,summary.json,*.png} docs/results/mixed360_b/
 python experiments/pool_ranges.py runs/mixed360 runs/mixed360_b   # the two prompt sets' ranges pooled
 
-# docs/anchors.md (session 9's experiments/set720.sh writes it for the set as it is now): the set's training losses and sample generations at levels 0, 0.5, 1 (~2 min)
+# docs/anchors.md: the set's training losses and sample generations at levels 0, 0.5, 1 (~2 min); session 9's
+# experiments/set720.sh writes it for the set as it is now
 python experiments/anchor_report.py --anchors $SET --out docs/anchors.md \
   --trained-with "lerplm train --config examples/styles.toml --text-format chat --max-steps 60 --out anchors/styles_chat" \
   --trained-with "lerplm train --config examples/styles.toml --only politeness --max-steps 360 --out anchors/pol360" \

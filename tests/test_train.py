@@ -13,7 +13,7 @@ from lerplm.anchors import AnchorSet
 from lerplm.config import load_config
 from lerplm.data import detokenize, read_texts, truecase
 from lerplm.runtime import LoraWeights
-from lerplm.train import train_anchors
+from lerplm.train import _mean_loss, train_anchors
 
 from .conftest import STYLES
 
@@ -238,3 +238,11 @@ def test_an_attribute_can_train_with_its_own_settings(tmp_path, base_dir, togeth
 def test_bad_attribute_settings_are_named(tmp_path, base_dir, changes, message):
     with pytest.raises(LerpError, match=message):
         load_config(write_config(tmp_path, base_dir, extra=POLITENESS + f"training = {{ {changes} }}\n"))
+
+
+def test_mean_loss_across_a_resume_weights_each_logged_window_by_its_steps():
+    history = [{"step": 10, "loss": 4.0}, {"step": 20, "loss": 3.0}, {"step": 30, "loss": 2.0}]
+    # resumed at step 20 and trained 20 more steps at a mean of 1.0: (10*4 + 10*3 + 20*1) / 40
+    assert _mean_loss(1.0, 40, history, "work/checkpoint-20") == pytest.approx(2.25)
+    assert _mean_loss(1.5, 40, history, None) == 1.5  # not resumed: transformers' mean covers every step
+    assert _mean_loss(0.0, 5, [], "work/checkpoint-5") == 0.0  # resumed at the last step, nothing logged

@@ -204,7 +204,8 @@ def _mean_loss(run_loss: float, steps: int, history: list[dict], checkpoint: str
             total += rec["loss"] * (rec["step"] - prev)
             covered += rec["step"] - prev
             prev = rec["step"]
-    return (total + run_loss * (steps - start)) / (covered + steps - start)
+    n = covered + steps - start  # 0 when resumed at the last step and nothing was logged before it
+    return (total + run_loss * (steps - start)) / n if n else run_loss
 
 
 def train_together(base: ModelRef, todo: list[tuple[str, list[str]]], cfg: StylesConfig, out: Path,
