@@ -30,8 +30,8 @@ def test_every_prompt_samples_from_its_own_stream(lm, monkeypatch):
     a prompt keeps its stream under every mix; the seed is a stable hash, not Python's salted hash()."""
     assert row_seed(0, "hi", 0) == 69468440113006373
     seen = []
-    decode = lm._decode
-    monkeypatch.setattr(lm, "_decode", lambda enc, coeffs, p, seeds: seen.append(seeds) or decode(enc, coeffs, p, seeds))
+    run = lm._run
+    monkeypatch.setattr(lm, "_run", lambda seqs: seen.append([s.seed for s in seqs]) or run(seqs))
     lm.generate(PROMPTS + PROMPTS[:1], MIXES + [{"sentiment": 0.1}], n=2, max_new_tokens=2, seed=7)
     assert seen[0] == [row_seed(7, p, j) for p in PROMPTS + PROMPTS[:1] for j in range(2)]
     assert len(set(seen[0])) == 4 and seen[0][4:] == seen[0][:2]  # distinct per prompt and sample; same prompt, same stream

@@ -1,54 +1,38 @@
-"""Batched generation with one mix per row, through the mixed runtime and a KV cache.
+"""Generation with a mix per row (or per token) through the engine (``lerplm.engine``).
 
-Sampling uses one torch.Generator per row, seeded by ``row_seed(seed, prompt, sample_index)``, so a
-row's text depends on its prompt, mix and seed, not on which other rows share its batch.
+Each row's random stream is seeded by ``row_seed(seed, prompt, sample_index)``, so a row's text
+depends on its prompt, mix and seed, never on which other rows share its batch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .anchors import AnchorSet
+from .engine import Engine, FastDecoder, SamplingParams, unsupported_reason
+from .engine import Sequence as EngineSequence
+from .engine.recompute import RecomputeStep
 from .errors import LerpError
 from .mix import Mix
 from .models import default_device, format_prompt, has_chat_template, load_model, load_tokenizer
-from .runtime import MixedRuntime
+from .runtime import LoraWeights, MixedRuntime
 
 MixLike = Mix | Mapping | str
-SEEDING = "prompt-sample"  # recorded by sweeps: runs sampled under another seeding are not resumed into
+SEEDING = "prompt-sample-icdf"  # recorded by sweeps: runs sampled under another seeding are not resumed into
+MAX_BATCH = 64  # generate()'s rows in flight at once
 
 
 def row_seed(seed: int, prompt: str, sample: int) -> int:
-    """The random stream of one (prompt, sample). Different prompts get independent streams: one stream
-    shared by every prompt (the earlier ``seed + sample``) correlates all their draws, so a batch's mean
-    score moved far more between seeds than its interval said. One prompt keeps its stream under every
-    mix, so differences between mixes are measured with common random numbers."""
+    """The random stream of one (prompt, sample). Each prompt gets an independent stream, so draws are
+    not correlated across a batch's prompts; one prompt keeps its stream under every mix, so
+    differences between mixes are measured with common random numbers."""
     digest = hashlib.blake2b(f"{seed}\x00{sample}\x00{prompt}".encode(), digest_size=7).digest()
     return int.from_bytes(digest, "little")
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 0
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise LerpError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise LerpError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise LerpError(f"top_p must lie in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise LerpError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
 
 
 def to_mix(m: MixLike) -> Mix:
@@ -57,43 +41,52 @@ def to_mix(m: MixLike) -> Mix:
     return Mix.from_dict(m)
 
 
-def sample_next(logits: torch.Tensor, p: SamplingParams, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """Next token per row from (B, V) logits: greedy at temperature 0, else top-k/top-p sampling."""
-    if p.temperature == 0:
-        return logits.argmax(-1)
-    logits = logits.float() / p.temperature
-    if p.top_k:
-        kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, -1)
-    if p.top_p < 1:
-        sorted_p, idx = probs.sort(-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > p.top_p  # keep the smallest set reaching top_p
-        sorted_p = sorted_p.masked_fill(drop, 0)
-        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-    probs = probs.cpu()
-    return torch.stack(
-        [torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)]
-    ).to(logits.device)
-
-
 class LerpModel:
     """A base model with an anchor set attached: ``generate(prompts, mixes)`` with a mix per prompt."""
 
-    def __init__(self, anchors: AnchorSet, model, tokenizer, runtime: MixedRuntime) -> None:
+    def __init__(self, anchors: AnchorSet, model, tokenizer, runtime: MixedRuntime, adapters: Sequence[LoraWeights],
+                 quantize: str = "fp32") -> None:
         self.anchors = anchors
         self.model = model
         self.tokenizer = tokenizer
         self.runtime = runtime
+        self.adapters = list(adapters)
+        self.quantize = quantize
+        self._step_model = None
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32) -> "LerpModel":
+    def load(cls, path: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32,
+             quantize: str = "fp32") -> "LerpModel":
+        """``quantize`` ("fp32", "int8", "int4") sets the base weights of the generation step (CPU);
+        likelihoods (``logits``, ``nll``) always use the exact model."""
         anchors = AnchorSet.load(path)
         model = load_model(anchors.base_model, dtype=dtype, device=device or default_device())
         tok = load_tokenizer(anchors.base_model)
         tok.padding_side = "left"
-        runtime = MixedRuntime.from_dirs(model, anchors.adapter_dirs())
-        return cls(anchors, model, tok, runtime)
+        adapters = [LoraWeights.load(d) for d in anchors.adapter_dirs()]
+        lm = cls(anchors, model, tok, MixedRuntime(model, adapters), adapters, quantize)
+        lm.step_model  # build it now: a bad quantisation choice fails at load, not at the first request
+        return lm
+
+    @property
+    def step_model(self):
+        """The engine's model step: the fast decoder, or the exact recompute step for other architectures."""
+        if self._step_model is None:
+            reason = unsupported_reason(self.model, self.adapters)
+            if reason is None:
+                self._step_model = FastDecoder(self.model, self.adapters, self.quantize)
+            else:
+                if self.quantize != "fp32":
+                    raise LerpError(f"quantize={self.quantize} needs the fast decoder, which does not support {reason}")
+                warnings.warn(f"generation recomputes every step (slow): the fast decoder does not support {reason}",
+                              stacklevel=2)
+                self._step_model = RecomputeStep(self.model, self.runtime)
+        return self._step_model
+
+    def engine(self, max_batch: int = 16, max_len: int | None = None, **kwargs) -> Engine:
+        """A new engine over this model's step: ``max_batch`` slots of ``max_len`` positions."""
+        limit = getattr(self.model.config, "max_position_embeddings", 2048)
+        return Engine(self.step_model, self.eos_ids(), max_batch=max_batch, max_len=min(max_len or limit, limit), **kwargs)
 
     def solve_target(self, targets: Mapping[str, float], calibration: str | Path | None = None, **kwargs):
         """The mix whose calibrated predicted scores hit ``targets`` (see ``lerplm.calibrate.solve``)."""
@@ -115,6 +108,12 @@ class LerpModel:
         use_chat = has_chat_template(self.tokenizer) if chat is None else chat
         enc = self.tokenizer(self.chat_prefixes(prompts, use_chat), return_tensors="pt", padding=True, add_special_tokens=not use_chat)
         return {k: v.to(self.device) for k, v in enc.items()}
+
+    def prompt_ids(self, prompts: Sequence[str], chat: bool | None = None) -> list[list[int]]:
+        """Token ids of each prompt (through the chat template when the model has one), unpadded."""
+        use_chat = has_chat_template(self.tokenizer) if chat is None else chat
+        ids = self.tokenizer(self.chat_prefixes(prompts, use_chat), add_special_tokens=not use_chat)["input_ids"]
+        return [list(x) for x in ids]
 
     @torch.inference_mode()
     def logits(self, input_ids: torch.Tensor, coeffs: torch.Tensor | None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -177,46 +176,25 @@ class LerpModel:
             raise LerpError(f"got {len(prompts)} prompts but {len(mixes)} mixes; give one mix per prompt")
         if n < 1:
             raise LerpError(f"n must be >= 1, got {n}")
-        coeffs = self.coefficients(mixes, extrapolate).repeat_interleave(n, 0)
-        rows = [p for p in prompts for _ in range(n)]
-        seeds = [row_seed(params.seed, p, j) for p in prompts for j in range(n)]
-        out = self._decode(self.encode(rows, chat), coeffs, params, seeds)
+        if not prompts:
+            return []
+        coeffs = [to_mix(m).coefficients(self.anchors.names, extrapolate) for m in mixes]
+        ids = self.prompt_ids(prompts, chat)
+        seqs = [EngineSequence(ids[i], coeffs[i], params, row_seed(params.seed, p, j))
+                for i, p in enumerate(prompts) for j in range(n)]
+        out = [self.text(s.tokens) for s in self._run(seqs)]
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def _decode(self, enc: dict, coeffs: torch.Tensor, p: SamplingParams, seeds: list[int]) -> list[str]:
-        from transformers import DynamicCache
+    def _run(self, seqs: list[EngineSequence]) -> list[EngineSequence]:
+        """Run sequences to completion on an engine sized for them."""
+        need = max(len(s.prompt_ids) + s.params.max_new_tokens for s in seqs)
+        return self.engine(max_batch=min(len(seqs), MAX_BATCH), max_len=need).run(seqs)
 
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        eos = self.eos_ids()
-        cache = DynamicCache()
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        new_tokens: list[torch.Tensor] = []
-        step_ids, positions = ids, (mask.cumsum(-1) - 1).clamp(min=0)
-        self.runtime.set_coefficients(coeffs)
-        try:
-            for _ in range(p.max_new_tokens):
-                out = self.model(
-                    input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True,
-                )
-                nxt = sample_next(out.logits[:, -1, :], p, gens)
-                nxt = torch.where(done, torch.full_like(nxt, eos[0]), nxt)
-                new_tokens.append(nxt)
-                done |= torch.isin(nxt, torch.tensor(eos, device=nxt.device))
-                if done.all():
-                    break
-                step_ids = nxt[:, None]
-                positions = positions[:, -1:] + 1
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        finally:
-            self.runtime.set_coefficients(None)
-        tokens = torch.stack(new_tokens, 1).tolist()
-        texts = []
-        for row in tokens:
-            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
-        return texts
+    def text(self, tokens: Sequence[int]) -> str:
+        """Generated tokens as text, cut at the first end token."""
+        eos = set(self.eos_ids())
+        cut = next((i for i, t in enumerate(tokens) if t in eos), len(tokens))
+        return self.tokenizer.decode(list(tokens[:cut]), skip_special_tokens=True).strip()
 
     def eos_ids(self) -> list[int]:
         """Token ids that end a generation: the model's generation config plus the tokenizer's EOS."""

@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -20,10 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import LerpError
-from ..generate import LerpModel, SamplingParams
+from ..engine import QueueFull, SamplingParams, Sequence
+from ..generate import LerpModel
 from ..mix import Mix
-from .engine import Engine, QueueFull
-from .engine import Request as EngineRequest
 
 API_KEY_ENV = "LERPLM_API_KEY"
 STATIC = Path(__file__).with_name("static")
@@ -80,11 +78,10 @@ def create_app(
     max_tokens_limit: int = 512, max_prompt_tokens: int = 1024, default_max_tokens: int = 64,
 ) -> FastAPI:
     """The FastAPI app; the engine thread starts and stops with it."""
-    engine = Engine(lm, max_batch=max_batch, max_queue=max_queue)
+    engine = lm.engine(max_batch=max_batch, max_len=max_prompt_tokens + max_tokens_limit, max_queue=max_queue)
     metrics = Metrics()
-    engine.on_step = metrics.batch.set
     app = FastAPI(title="lerplm", version="0.1.0", on_startup=[engine.start], on_shutdown=[engine.stop])
-    app.state.engine, app.state.metrics = engine, metrics
+    app.state.engine, app.state.metrics, app.state.lm = engine, metrics, lm
     model_id = lm.anchors.root.name or "lerplm"
     names = lm.anchors.names
 
@@ -118,19 +115,19 @@ def create_app(
         return response
 
     # -- helpers --------------------------------------------------------------------------------
-    def parse_mix(body: _Common) -> tuple[torch.Tensor, dict | None]:
+    def parse_mix(body: _Common) -> tuple[list[float], dict | None]:
         if body.target is not None:
             if body.mix is not None:
                 raise APIError(400, "give either 'mix' or 'target', not both", param="target")
             try:
                 sol = lm.solve_target(body.target, free_weights=body.free_weights)
-                return lm.coefficients([sol.mix])[0].cpu(), {**sol.mix.to_json(names), "predicted": sol.predicted, "warnings": sol.warnings}
+                return sol.mix.coefficients(names), {**sol.mix.to_json(names), "predicted": sol.predicted, "warnings": sol.warnings}
             except LerpError as e:
                 raise APIError(400, str(e), param="target") from None
         if body.mix is None:
             raise APIError(400, f"the 'mix' field is required, e.g. {{\"levels\": {{\"{names[0]}\": 0.8}}}}; attributes: {', '.join(names)}", param="mix")
         try:
-            return lm.coefficients([Mix.from_dict(body.mix)])[0].cpu(), None
+            return Mix.from_dict(body.mix).coefficients(names), None
         except LerpError as e:
             raise APIError(400, str(e), param="mix") from None
 
@@ -157,14 +154,23 @@ def create_app(
             raise APIError(400, f"prompt is {len(ids)} tokens; the limit is {max_prompt_tokens}", param="prompt")
         return ids
 
-    def submit(prompt_ids: list[int], coeffs: torch.Tensor, params: SamplingParams) -> EngineRequest:
-        req = EngineRequest(prompt_ids, coeffs, params, asyncio.get_running_loop())
+    def submit(prompt_ids: list[int], coeffs: list[float], params: SamplingParams) -> Sequence:
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+
+        def on_event(seq: Sequence, token: int | None, finish: str | None) -> None:  # on the engine thread
+            loop.call_soon_threadsafe(events.put_nowait, (token, finish))
+
+        seq = Sequence(prompt_ids, coeffs, params, seed=params.seed, on_event=on_event)
+        seq.events = events
         try:
-            engine.submit(req)
+            engine.submit(seq)
         except QueueFull:
             raise APIError(503, "the server is at capacity; retry shortly", "server_busy", headers={"Retry-After": "1"}) from None
+        except LerpError as e:
+            raise APIError(400, str(e), param="max_tokens") from None
         metrics.queue.set(engine.queue_depth)
-        return req
+        metrics.batch.set(engine.batch_size)
+        return seq
 
     async def run(kind: str, prompt_ids: list[list[int]], body: _Common, route: str):
         coeffs, solved = parse_mix(body)
@@ -175,22 +181,24 @@ def create_app(
         extra = {"mix": solved} if solved else {}
         start = time.monotonic()
 
-        async def tokens(req: EngineRequest):
-            """(delta text, finish_reason) as tokens arrive; decodes the whole tail so multi-byte characters come out whole."""
-            ids, sent = [], ""
+        async def tokens(req: Sequence):
+            """(delta text, finish_reason) as tokens arrive. Decodes a short window of recent tokens (the
+            incremental detokenizer of vLLM and TGI), so multi-byte characters come out whole in O(1) a token."""
+            ids, prefix, read = [], 0, 0
             while True:
-                ev = await req.events.get()
-                if ev.token_id is None:
-                    if ev.finish_reason and ev.finish_reason.startswith("error"):
-                        raise APIError(500, f"generation failed ({ev.finish_reason[7:]}); other requests are unaffected", "server_error")
-                    yield "", ev.finish_reason
+                token, finish = await req.events.get()
+                if token is None:
+                    if finish and finish.startswith("error"):
+                        raise APIError(500, f"generation failed ({finish[7:]}); other requests are unaffected", "server_error")
+                    yield "", finish
                     return
-                ids.append(ev.token_id)
+                ids.append(token)
                 metrics.tokens.inc()
-                text = lm.tokenizer.decode(ids, skip_special_tokens=True)
-                if not text.endswith("\ufffd") and len(text) > len(sent):
-                    yield text[len(sent):], None
-                    sent = text
+                before = lm.tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
+                text = lm.tokenizer.decode(ids[prefix:], skip_special_tokens=True)
+                if len(text) > len(before) and not text.endswith("\ufffd"):
+                    yield text[len(before):], None
+                    prefix, read = read, len(ids)
 
         def chunk(i: int, delta: str, finish: str | None, first: bool = False) -> dict:
             if kind == "chat":
@@ -244,7 +252,7 @@ def create_app(
                     finish = fin or finish
                 texts.append("".join(parts))
                 finishes.append(finish)
-                completion_tokens += r.generated
+                completion_tokens += len(r.tokens)
         finally:
             for r in reqs:
                 r.cancelled = True

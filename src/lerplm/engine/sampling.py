@@ -1,0 +1,107 @@
+"""Sampling for a whole batch at once, each row with its own parameters and its own random stream.
+
+A row's draw at step t is one uniform number u = hash(row seed, t), and the token is the first
+whose cumulative probability exceeds u (inverse-CDF sampling: an exact draw from the filtered
+distribution). The stream is a pure function of (seed, t), so a row's text never depends on which
+rows share its batch, and no per-row generator objects or Python loops over rows are needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TOPK_CAP = 512  # top-p is first tried on the 512 most likely tokens; a full sort only if they fall short
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for x < 2**32, in int64 without overflow (c split into 16-bit halves)."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """murmur3's 32-bit finaliser: a bijection on 32-bit values with full avalanche."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def uniforms(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """One float64 in (0, 1) per row, a pure function of (seed (int64, < 2**63), step); 53 random bits."""
+    s_lo, s_hi = seeds & _M32, (seeds >> 32) & _M32
+    h = _mix32(s_hi ^ _mix32(s_lo ^ _mix32(steps & _M32)))
+    h1 = _mix32(h ^ 0x68E31DA4)
+    h2 = _mix32(h1 ^ 0xB5297A4D)
+    bits = (h1 >> 6) * (1 << 27) + (h2 >> 5)  # 26 + 27 bits
+    return (bits.double() + 0.5) / float(1 << 53)
+
+
+@dataclass
+class BatchParams:
+    """Per-row sampling parameters as tensors (B,)."""
+
+    temperature: torch.Tensor  # float; 0 = greedy
+    top_p: torch.Tensor  # float in (0, 1]
+    top_k: torch.Tensor  # int; 0 = off
+    seeds: torch.Tensor  # int64 stream seeds
+    steps: torch.Tensor  # int64: index of the token being drawn
+
+
+def sample(logits: torch.Tensor, p: BatchParams, want_logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Tokens (B,) from logits (B, V), and optionally their log-probabilities under the model's
+    unfiltered, untempered distribution (what OpenAI's ``logprobs`` report)."""
+    logits = logits.float()
+    greedy = p.temperature <= 0
+    tokens = logits.argmax(-1)
+    if not bool(greedy.all()):
+        tokens = torch.where(greedy, tokens, _draw(logits, p))
+    logprobs = None
+    if want_logprobs:
+        logprobs = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]
+    return tokens, logprobs
+
+
+def _draw(logits: torch.Tensor, p: BatchParams) -> torch.Tensor:
+    vocab = logits.shape[-1]
+    temp = torch.where(p.temperature > 0, p.temperature, torch.ones_like(p.temperature)).to(logits.dtype)
+    scaled = logits / temp[:, None]
+    u = uniforms(p.seeds, p.steps)
+    filtered = (p.top_k > 0) | (p.top_p < 1)
+    tokens = None
+    if not bool(filtered.all()):  # rows that sample the whole distribution, in vocabulary order
+        cdf = torch.softmax(scaled, -1).double().cumsum(-1)
+        idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=vocab - 1)
+        tokens = idx
+    if bool(filtered.any()):
+        kmax = int(p.top_k.max())
+        cap = min(vocab, max(kmax, TOPK_CAP))
+        top = _filtered_draw(scaled, p, u, cap)
+        if top is None:  # the top tokens hold less than some row's top_p: sort everything
+            top = _filtered_draw(scaled, p, u, vocab)
+        tokens = top if tokens is None else torch.where(filtered, top, tokens)
+    return tokens
+
+
+def _filtered_draw(scaled: torch.Tensor, p: BatchParams, u: torch.Tensor, cap: int) -> torch.Tensor | None:
+    """Top-k / top-p draw among the ``cap`` most likely tokens; None if they cannot decide top-p."""
+    vals, idx = torch.topk(scaled, cap, dim=-1)  # sorted, descending
+    probs = torch.exp(vals - torch.logsumexp(scaled, -1, keepdim=True)).double()
+    rank = torch.arange(cap, device=scaled.device)
+    keep_k = torch.where(p.top_k[:, None] > 0, rank[None] < p.top_k[:, None], torch.ones_like(probs, dtype=torch.bool))
+    probs = probs * keep_k
+    probs = torch.where(p.top_k[:, None] > 0, probs / probs.sum(-1, keepdim=True), probs)  # renormalise top-k
+    cum = probs.cumsum(-1)
+    top_p = p.top_p.double()[:, None]
+    needs_p = p.top_p < 1
+    if cap < scaled.shape[-1] and bool((needs_p & (cum[:, -1] < p.top_p.double()) & (p.top_k == 0)).any()):
+        return None
+    keep_p = (cum - probs) <= top_p  # the smallest prefix whose mass reaches top_p
+    probs = probs * keep_p
+    cdf = probs.cumsum(-1)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=cap - 1)
+    return idx.gather(1, pick)[:, 0]

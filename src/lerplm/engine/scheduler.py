@@ -1,0 +1,275 @@
+"""The scheduler: continuous batching over a fixed set of cache slots.
+
+Each sequence holds one slot of the preallocated KV cache from admission to finish; nothing is
+copied when rows join or leave. A step decodes one token for every running row and, within a
+token budget, prefills the next chunk of the prompts still waiting to start, so a long prompt never
+stalls the rows already running. Rows carry their own adapter coefficients (changeable between
+steps, or a function of the token index) and their own random stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import LerpError
+from .decoder import StepPlan
+from .sampling import BatchParams, sample
+
+EventFn = Callable[["Sequence", "int | None", "str | None"], None]
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its bound; the HTTP layer answers 503 with Retry-After."""
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise LerpError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise LerpError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise LerpError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise LerpError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+
+
+@dataclass(eq=False)  # identity: sequences are found by `is`
+class Sequence:
+    """One generation: its prompt, its mix (``coeffs``, or ``schedule(i)`` for the i-th new token),
+    its sampling parameters and random stream (``seed``), and what it has produced so far."""
+
+    prompt_ids: list[int]
+    coeffs: list[float]
+    params: SamplingParams
+    seed: int
+    schedule: Callable[[int], list[float]] | None = None
+    on_event: EventFn | None = None  # (seq, token, None) per token; (seq, None, reason) at the end
+    logprobs: bool = False
+    id: int = field(default_factory=itertools.count().__next__)
+    tokens: list[int] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    mix_log: list[tuple[int, list[float]]] = field(default_factory=list)  # (token index, coeffs) at each change
+    finish_reason: str | None = None
+    cancelled: bool = False
+    slot: int = -1
+    prefilled: int = 0
+
+    def coeffs_at(self, index: int) -> list[float]:
+        """The coefficients that produce the ``index``-th new token (index 0: also the prompt's)."""
+        c = self.schedule(index) if self.schedule is not None else self.coeffs
+        if not self.mix_log or self.mix_log[-1][1] != c:
+            self.mix_log.append((index, list(c)))
+        return c
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class EngineStats:
+    """What the scheduler did, for metrics and for the tests that prove rows shared batches."""
+
+    steps: int = 0
+    tokens: int = 0
+    batch_sizes: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))
+    events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))  # (step, kind, id)
+
+
+class Engine:
+    """Continuous batching over ``max_batch`` slots of ``max_len`` positions on a model step."""
+
+    def __init__(self, step_model, eos_ids: Sequence[int], max_batch: int = 16, max_len: int = 1024,
+                 prefill_chunk: int = 256, max_queue: int = 1 << 30) -> None:
+        self.model = step_model
+        self.eos = set(eos_ids)
+        self.max_batch, self.max_len, self.prefill_chunk, self.max_queue = max_batch, max_len, prefill_chunk, max_queue
+        self.cache = step_model.new_cache(max_batch, max_len)
+        self.device = step_model.device
+        self.free = list(range(max_batch))
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.running: list[Sequence] = []
+        self.stats = EngineStats()
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.stopped = False
+
+    # -- submission ---------------------------------------------------------------------------
+    def check(self, seq: Sequence) -> None:
+        """Raise LerpError if ``seq`` can never run here."""
+        if not seq.prompt_ids:
+            raise LerpError("the prompt is empty")
+        need = len(seq.prompt_ids) + seq.params.max_new_tokens
+        if need > self.max_len:
+            raise LerpError(f"prompt ({len(seq.prompt_ids)} tokens) plus max_new_tokens ({seq.params.max_new_tokens}) "
+                            f"is {need} positions; this engine holds {self.max_len}")
+
+    def submit(self, seq: Sequence) -> None:
+        self.check(seq)
+        with self.lock:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull
+            self.waiting.append(seq)
+        self.wake.set()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.running)
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, seqs: Sequence[Sequence], on_step: Callable[[], None] | None = None) -> list[Sequence]:
+        """Run ``seqs`` to completion on the calling thread (the engine must not be started)."""
+        for s in seqs:
+            self.submit(s)
+        while any(not s.done for s in seqs):
+            self.step()
+            if on_step:
+                on_step()
+        return list(seqs)
+
+    def start(self) -> "Engine":
+        self.thread = threading.Thread(target=self._loop, name="lerplm-engine", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self.stopped:
+            try:
+                if not self.step():
+                    self.wake.wait(0.05)
+                    self.wake.clear()
+            except Exception as e:  # fail the rows in flight, keep serving the next requests
+                for s in list(self.running):
+                    self._finish(s, f"error: {type(e).__name__}: {e}")
+
+    def step(self) -> bool:
+        """One scheduler iteration; False if there was nothing to do."""
+        for s in [s for s in self.running if s.cancelled]:
+            self._finish(s, "cancelled")
+        self._admit()
+        if not self.running:
+            return False
+        plan, sampled = self._plan()
+        logits = self.model(plan, self.cache)
+        self._sample(logits, sampled)
+        self.stats.steps += 1
+        self.stats.batch_sizes.append(len(sampled))
+        return True
+
+    def _admit(self) -> None:
+        with self.lock:
+            while self.waiting and self.free:
+                s = self.waiting.popleft()
+                if s.cancelled:
+                    self._finish(s, "cancelled")
+                    continue
+                s.slot = heapq.heappop(self.free)
+                self.running.append(s)
+                self.stats.events.append((self.stats.steps, "join", s.id))
+
+    def _plan(self) -> tuple[StepPlan, list[Sequence]]:
+        tokens, positions, slots, rows, coeffs = [], [], [], [], []
+        decode = [s for s in self.running if s.prefilled == len(s.prompt_ids)]
+        for s in decode:
+            tokens.append(s.tokens[-1])
+            positions.append(len(s.prompt_ids) + len(s.tokens) - 1)
+            slots.append(s.slot)
+            rows.append(len(coeffs))
+            coeffs.append(s.coeffs_at(len(s.tokens)))
+        sampled, logit_index = list(decode), list(range(len(decode)))
+        prefill, budget = [], self.prefill_chunk
+        for s in self.running:
+            if budget <= 0:
+                break
+            if s.prefilled == len(s.prompt_ids):
+                continue
+            n = min(len(s.prompt_ids) - s.prefilled, budget)
+            start = s.prefilled
+            tokens += s.prompt_ids[start : start + n]
+            positions += range(start, start + n)
+            slots += [s.slot] * n
+            rows += [len(coeffs)] * n
+            coeffs.append(s.coeffs_at(0))
+            prefill.append((s.slot, start, n))
+            s.prefilled += n
+            budget -= n
+            if s.prefilled == len(s.prompt_ids):
+                sampled.append(s)
+                logit_index.append(len(tokens) - 1)
+        nonzero = [k for k in range(len(coeffs[0])) if any(c[k] != 0 for c in coeffs)]
+        dev = self.device
+        coeff_t = None
+        if nonzero:
+            coeff_t = torch.tensor(coeffs, dtype=torch.float32, device=dev)[torch.tensor(rows, device=dev)]
+        plan = StepPlan(
+            tokens=torch.tensor(tokens, device=dev), positions=torch.tensor(positions, device=dev),
+            slots=torch.tensor(slots, device=dev), coeffs=coeff_t,
+            active=(nonzero[0], nonzero[-1] + 1) if nonzero else None,
+            decode_slots=[s.slot for s in decode], decode_len=max(positions[: len(decode)], default=-1) + 1,
+            prefill=prefill, logit_index=torch.tensor(logit_index, dtype=torch.long, device=dev),
+        )
+        return plan, sampled
+
+    def _sample(self, logits: torch.Tensor, rows: list[Sequence]) -> None:
+        if not rows:
+            return
+        dev = logits.device
+        p = BatchParams(
+            temperature=torch.tensor([s.params.temperature for s in rows], device=dev),
+            top_p=torch.tensor([s.params.top_p for s in rows], device=dev),
+            top_k=torch.tensor([s.params.top_k for s in rows], device=dev),
+            seeds=torch.tensor([s.seed for s in rows], dtype=torch.long, device=dev),
+            steps=torch.tensor([len(s.tokens) for s in rows], dtype=torch.long, device=dev),
+        )
+        want = any(s.logprobs for s in rows)
+        tokens, logprobs = sample(logits, p, want)
+        tokens = tokens.tolist()  # the step's one host synchronisation
+        logprobs = logprobs.tolist() if want else [None] * len(rows)
+        for s, t, lp in zip(rows, tokens, logprobs):
+            s.tokens.append(t)
+            if s.logprobs:
+                s.token_logprobs.append(lp)
+            self.stats.tokens += 1
+            if t in self.eos:
+                self._finish(s, "stop")
+                continue
+            if s.on_event:
+                s.on_event(s, t, None)
+            if len(s.tokens) >= s.params.max_new_tokens:
+                self._finish(s, "length")
+
+    def _finish(self, s: Sequence, reason: str) -> None:
+        s.finish_reason = reason
+        if s.slot >= 0:
+            self.running.remove(s)
+            heapq.heappush(self.free, s.slot)
+            self.stats.events.append((self.stats.steps, "leave", s.id))
+            s.slot = -1
+        if s.on_event:
+            s.on_event(s, None, reason)

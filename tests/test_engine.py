@@ -1,0 +1,188 @@
+"""The engine against the exact references: the fast step equals the mixed runtime (itself equal to
+merged models) for per-row and per-token mixes, chunked prefill changes nothing, rows that share
+batches and join or leave mid-run produce what they produce alone, quantised steps stay within their
+stated tolerance, and the batched sampler draws from the right distribution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lerplm.engine import Engine, FastDecoder, SamplingParams, Sequence, StepPlan
+from lerplm.engine.quant import Int4Linear, Int8Linear
+from lerplm.engine.recompute import RecomputeStep
+from lerplm.engine.sampling import BatchParams, sample, uniforms
+
+COEFFS = torch.tensor([[0.2, 0.8, 0.0, 0.0], [0.5, 0.0, 0.1, 0.4], [0.0, 0.0, 0.0, 0.0]])
+
+
+def prefill_plan(ids: torch.Tensor, coeffs: torch.Tensor | None, slots: list[int]) -> StepPlan:
+    """Every row of ``ids`` (B, T) as one prefill chunk; logits for every token."""
+    b, t = ids.shape
+    return StepPlan(
+        tokens=ids.reshape(-1), positions=torch.arange(t).repeat(b), slots=torch.tensor(slots).repeat_interleave(t),
+        coeffs=None if coeffs is None else coeffs.reshape(b * t, -1), active=None if coeffs is None else (0, coeffs.shape[-1]),
+        decode_slots=[], decode_len=0, prefill=[(s, 0, t) for s in slots], logit_index=torch.arange(b * t),
+    )
+
+
+@pytest.fixture(scope="module")
+def fast(lm):
+    return FastDecoder(lm.model, lm.adapters)
+
+
+def test_per_row_and_per_token_mixes_equal_the_mixed_runtime(lm, fast):
+    ids = torch.randint(3, 300, (3, 12), generator=torch.Generator().manual_seed(0))
+    want = lm.logits(ids, COEFFS)
+    got = fast(prefill_plan(ids, COEFFS[:, None].expand(3, 12, 4), [0, 2, 3]), fast.new_cache(4, 32)).view(3, 12, -1)
+    assert (got - want).abs().max() < 1e-4
+    # a mix that changes at every token: each token's coefficients, keys and values under its own mix
+    per_token = torch.rand(3, 12, 4, generator=torch.Generator().manual_seed(1))
+    want = lm.logits(ids, per_token)
+    got = fast(prefill_plan(ids, per_token, [1, 0, 3]), fast.new_cache(4, 32)).view(3, 12, -1)
+    assert (got - want).abs().max() < 1e-4
+    assert (lm.logits(ids, per_token * 0.5) - want).abs().max() > 1e-2  # the mix matters
+
+
+def test_decode_rows_in_scattered_slots_with_a_prefill_chunk_in_the_same_step(lm, fast):
+    ids = torch.randint(3, 300, (3, 13), generator=torch.Generator().manual_seed(2))
+    want = lm.logits(ids, COEFFS)[:, -1]
+    cache = fast.new_cache(4, 32)
+    fast(prefill_plan(ids[:, :12], COEFFS[:, None].expand(3, 12, 4), [0, 2, 3]), cache)
+    # rows in slots 0 and 3 decode token 12; the row in slot 2 re-prefills positions 5..12 as a chunk
+    plan = StepPlan(
+        tokens=torch.cat([ids[[0, 2], 12], ids[1, 5:13]]), positions=torch.tensor([12, 12, *range(5, 13)]),
+        slots=torch.tensor([0, 3] + [2] * 8), coeffs=torch.cat([COEFFS[[0, 2]], COEFFS[1:2].expand(8, 4)]), active=(0, 4),
+        decode_slots=[0, 3], decode_len=13, prefill=[(2, 5, 8)], logit_index=torch.tensor([0, 1, 9]),
+    )
+    assert (fast(plan, cache) - want[[0, 2, 1]]).abs().max() < 1e-4
+
+
+def test_the_recompute_step_equals_the_fast_step(lm, fast):
+    ids = torch.randint(3, 300, (2, 9), generator=torch.Generator().manual_seed(3))
+    per_token = torch.rand(2, 9, 4, generator=torch.Generator().manual_seed(4))
+    slow = RecomputeStep(lm.model, lm.runtime)
+    plan = prefill_plan(ids, per_token, [0, 1])
+    plan.logit_index = torch.tensor([8, 17])
+    got = slow(plan, slow.new_cache(2, 16))
+    assert (got - fast(plan, fast.new_cache(2, 16))).abs().max() < 1e-4
+
+
+def _seqs(lm, lengths, seed=0, temperature=0.9):
+    prompts = ["the food was great", "could you please take a look at this when you have time?", "worst", "it is a minor"]
+    ids = lm.prompt_ids(prompts)
+    mixes = [[0.2, 0.8, 0, 0], [0, 0, 1, 0], [0.5, 0.5, 0, 0], [0, 0, 0, 0]]
+    return [Sequence(ids[i % 4], mixes[i % 4], SamplingParams(n, temperature, 0.95, 0, 0), seed=seed + i)
+            for i, n in enumerate(lengths)]
+
+
+def _engine(lm, **kw) -> Engine:
+    eng = lm.engine(max_len=128, **kw)
+    eng.eos = set()  # rows end by length only, so every row runs its full course
+    return eng
+
+
+def test_rows_that_share_batches_and_join_or_leave_mid_run_produce_what_they_produce_alone(lm):
+    lengths = [9, 3, 14, 6, 11]
+    alone = [_engine(lm, max_batch=1).run([s])[0].tokens for s in _seqs(lm, lengths)]
+    eng = _engine(lm, max_batch=3, prefill_chunk=7)
+    together = eng.run(_seqs(lm, lengths))
+    assert [s.tokens for s in together] == alone
+    sizes, events = list(eng.stats.batch_sizes), list(eng.stats.events)
+    assert max(sizes) == 3  # rows really shared steps
+    joins = [step for step, kind, _ in events if kind == "join"]
+    leaves = [step for step, kind, _ in events if kind == "leave"]
+    assert len(joins) == len(leaves) == 5
+    assert any(0 < j < max(leaves) for j in joins)  # a row joined while others ran
+    assert min(leaves) < max(joins)  # and a row left before the last joined
+
+
+def test_chunked_prefill_changes_nothing(lm):
+    a = _engine(lm, max_batch=4, prefill_chunk=3).run(_seqs(lm, [8, 8, 8, 8], temperature=0))
+    b = _engine(lm, max_batch=4, prefill_chunk=512).run(_seqs(lm, [8, 8, 8, 8], temperature=0))
+    assert [s.tokens for s in a] == [s.tokens for s in b]
+
+
+def test_mix_changes_between_steps_act_on_the_next_token(lm):
+    """A mix that switches at new token 4: the token fed to produce token i carries coeffs_at(i), so the
+    run equals the mixed runtime with those per-token coefficients over the whole sequence (greedy)."""
+    ids = lm.prompt_ids(["the food was great"])[0]
+    first, second = [0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]
+    seq = Sequence(ids, first, SamplingParams(10, 0), 0, schedule=lambda i: first if i < 4 else second)
+    _engine(lm, max_batch=1).run([seq])
+    full = torch.tensor([ids + seq.tokens[:-1]])
+    per_token = torch.tensor([first if p < len(ids) - 1 + 4 else second for p in range(full.shape[1])])[None]
+    want = lm.logits(full, per_token)[0, len(ids) - 1 :].argmax(-1).tolist()
+    assert seq.tokens == want
+    assert want != lm.logits(full, torch.tensor([first]))[0, len(ids) - 1 :].argmax(-1).tolist()  # the switch mattered
+    assert seq.mix_log == [(0, first), (4, second)]
+
+
+def test_engine_refuses_what_cannot_fit(lm):
+    from lerplm import LerpError
+
+    eng = lm.engine(max_batch=1, max_len=16)
+    with pytest.raises(LerpError, match="positions"):
+        eng.submit(Sequence([1] * 10, [0.0] * 4, SamplingParams(10), 0))
+    with pytest.raises(LerpError, match="empty"):
+        eng.submit(Sequence([], [0.0] * 4, SamplingParams(1), 0))
+
+
+@pytest.mark.parametrize("scheme, tol", [("int8", 0.05), ("int4", 0.3)])
+def test_quantised_steps_stay_within_their_tolerance(lm, scheme, tol):
+    """Stated tolerance: max |Δlogit| relative to the largest logit, on a random model (real models
+    are measured in benchmarks/engine.py: greedy agreement and perplexity)."""
+    ids = torch.randint(3, 300, (3, 12), generator=torch.Generator().manual_seed(5))
+    want = lm.logits(ids, COEFFS)
+    q = FastDecoder(lm.model, lm.adapters, scheme)
+    got = q(prefill_plan(ids, COEFFS[:, None].expand(3, 12, 4), [0, 1, 2]), q.new_cache(3, 16)).view(3, 12, -1)
+    assert (got - want).abs().max() <= tol * want.abs().max()
+
+
+@pytest.mark.parametrize("in_features", [22, 64, 72])
+def test_quantised_linears_on_awkward_shapes(in_features):
+    w = torch.randn(48, in_features, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, in_features, generator=torch.Generator().manual_seed(1))
+    for layer in (Int8Linear(w, None), Int4Linear(w, None) if in_features % 32 == 0 else Int8Linear(w, None)):
+        ref = x @ layer.dequantized().t()
+        assert (layer(x) - ref).abs().max() < 0.02 * ref.abs().max()
+        assert (layer.dequantized() - w).abs().max() < 0.2 * w.abs().max()
+
+
+def _params(n, temperature=1.0, top_p=1.0, top_k=0, seed=0, step=0):
+    return BatchParams(torch.full((n,), float(temperature)), torch.full((n,), float(top_p)),
+                       torch.full((n,), top_k), torch.arange(n) + seed, torch.full((n,), step))
+
+
+def test_sampler_draws_from_the_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]])
+    n = 20000
+    tokens, _ = sample(logits.expand(n, 5), _params(n))
+    freq = torch.bincount(tokens, minlength=5).float() / n
+    assert (freq - torch.softmax(logits[0], 0)).abs().max() < 0.015
+    # top-p keeps the smallest set reaching p; top-k the k best; temperature 0 is greedy
+    tokens, _ = sample(logits.expand(n, 5), _params(n, top_p=0.8))
+    assert set(tokens.tolist()) == {0, 1}
+    tokens, _ = sample(logits.expand(n, 5), _params(n, top_k=3))
+    assert set(tokens.tolist()) == {0, 1, 2}
+    assert sample(logits.expand(4, 5), _params(4, temperature=0))[0].tolist() == [0] * 4
+
+
+def test_sampler_rows_are_independent_of_their_batch():
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    p = BatchParams(torch.tensor([0.7, 1.0, 0.0, 1.3, 0.9, 1.0]), torch.tensor([0.9, 1.0, 1.0, 0.5, 1.0, 0.95]),
+                    torch.tensor([0, 0, 0, 0, 5, 2]), torch.tensor([11, 12, 13, 14, 15, 16]), torch.tensor([0, 3, 1, 7, 2, 9]))
+    together = sample(logits, p)[0].tolist()
+    for i in range(6):
+        one = BatchParams(*(t[i : i + 1] for t in (p.temperature, p.top_p, p.top_k, p.seeds, p.steps)))
+        assert sample(logits[i : i + 1], one)[0].tolist() == [together[i]]
+    # a pure function of (seed, step): reproducible, different across steps and seeds, strictly inside (0, 1)
+    u = uniforms(torch.arange(1000) * 7919, torch.arange(1000))
+    assert torch.equal(u, uniforms(torch.arange(1000) * 7919, torch.arange(1000)))
+    assert len(set(u.tolist())) == 1000 and 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.03
+
+
+def test_sampler_reports_log_probabilities():
+    logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(0))
+    tokens, lp = sample(logits, _params(3), want_logprobs=True)
+    assert torch.allclose(lp, torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0])
