@@ -131,12 +131,19 @@ def test_engine_refuses_what_cannot_fit(lm):
 @pytest.mark.parametrize("scheme, tol", [("int8", 0.05), ("int4", 0.3)])
 def test_quantised_steps_stay_within_their_tolerance(lm, scheme, tol):
     """Stated tolerance: max |Δlogit| relative to the largest logit, on a random model (real models
-    are measured in benchmarks/engine.py: greedy agreement and perplexity)."""
-    ids = torch.randint(3, 300, (3, 12), generator=torch.Generator().manual_seed(5))
-    want = lm.logits(ids, COEFFS)
+    are measured in benchmarks/engine.py: greedy agreement and perplexity). Steps of few tokens run the
+    quantised kernels; steps of many tokens run the same layers' fp32 weights, exactly."""
     q = FastDecoder(lm.model, lm.adapters, scheme)
-    got = q(prefill_plan(ids, COEFFS[:, None].expand(3, 12, 4), [0, 1, 2]), q.new_cache(3, 16)).view(3, 12, -1)
-    assert (got - want).abs().max() <= tol * want.abs().max()
+    few = torch.randint(3, 300, (2, 5), generator=torch.Generator().manual_seed(5))
+    assert few.numel() < min(Int8Linear.dense_rows, Int4Linear.dense_rows) <= 36
+    want = lm.logits(few, COEFFS[:2])
+    got = q(prefill_plan(few, COEFFS[:2, None].expand(2, 5, 4), [0, 1]), q.new_cache(2, 16)).view(2, 5, -1)
+    assert 1e-4 < (got - want).abs().max() <= tol * want.abs().max()
+    q = FastDecoder(lm.model, lm.adapters, scheme, head_scheme="fp32")  # the head stays int8 at every size otherwise
+    many = torch.randint(3, 300, (3, 12), generator=torch.Generator().manual_seed(6))
+    want = lm.logits(many, COEFFS)
+    got = q(prefill_plan(many, COEFFS[:, None].expand(3, 12, 4), [0, 1, 2]), q.new_cache(3, 16)).view(3, 12, -1)
+    assert (got - want).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("in_features", [22, 64, 72])

@@ -174,3 +174,35 @@ def test_rank_reduced_export_reports_its_true_error(lm, base_dir, tmp_path):
         # the truncated SVD is optimal: no rank-3 factorisation of the exact pair does better
         u, s, vh = torch.linalg.svd(delta.double())
         assert err == pytest.approx((s[3:].pow(2).sum() / s.pow(2).sum()).sqrt().item(), rel=1e-3)
+
+
+def test_gguf_export_holds_each_anchor_as_llama_cpp_reads_it(lm, tmp_path):
+    """Read the files back with the gguf package: B·A (scaling folded in, alpha 0) equals the PEFT
+    adapter's s·B·A, with q/k rows in llama.cpp's order (transformers' GGUF loader undoes it)."""
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    from lerplm.export import export_gguf, llama_lora_field
+
+    manifest = export_gguf(lm, tmp_path / "gguf")
+    assert manifest["adapters"] == [f"{e.adapter}.gguf" for e in lm.anchors.endpoints]
+    cfg = lm.model.config
+    unpermute = LlamaTensorProcessor({"num_attention_heads": cfg.num_attention_heads,
+                                      "num_key_value_heads": cfg.num_key_value_heads})
+    for file, adapter in zip(manifest["adapters"], lm.adapters):
+        reader = gguf.GGUFReader(tmp_path / "gguf" / file)
+        fields = {f.name: f for f in reader.fields.values()}
+        assert bytes(fields["general.type"].parts[-1]).decode() == "adapter"
+        assert float(fields["adapter.lora.alpha"].parts[-1][0]) == 0.0
+        tensors = {t.name: torch.from_numpy(t.data.copy()).reshape(list(reversed(t.shape.tolist()))) for t in reader.tensors}
+        assert len(tensors) == 2 * len(adapter.modules)
+        for module, (a, b, s) in adapter.modules.items():
+            layer, kind = module.split(".")[2], module.rpartition(".")[2]
+            short = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}[kind]
+            ga, gb = tensors[f"blk.{layer}.{short}.weight.lora_a"], tensors[f"blk.{layer}.{short}.weight.lora_b"]
+            if kind in ("q_proj", "k_proj"):
+                gb = torch.from_numpy(unpermute.process(gb.numpy(), f"blk.{layer}.{short}.weight").weights.copy())
+            assert torch.allclose(gb @ ga, s * b @ a, atol=1e-6)
+    field = llama_lora_field(lm, {"sentiment": 0.8})
+    assert [f["id"] for f in field] == [0, 1, 2, 3]
+    assert [f["scale"] for f in field] == pytest.approx(lm.coefficients([{"sentiment": 0.8}])[0].tolist())

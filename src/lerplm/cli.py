@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,6 +26,7 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Training config
 OnlyOpt = Annotated[Optional[list[str]], typer.Option("--only", help="Only these attributes of the config. Repeatable.")]
 DataDirOpt = Annotated[Optional[str], typer.Option(help="Override the config's data_dir.")]
 ExtrapolateOpt = Annotated[bool, typer.Option("--extrapolate", help="Allow levels in [-1, 2] (outside the anchors' hull).")]
+QuantizeOpt = Annotated[str, typer.Option(help="Base weights of the generation step: fp32 (exact), int8 or int4 (weight-only, CPU; faster).")]
 
 
 def user_errors(fn):
@@ -172,6 +174,7 @@ def generate(
     refine: Annotated[int, typer.Option(min=0, help="With --target: closed-loop rounds; each scores this batch (--scorers), corrects the mix and generates again.")] = 0,
     scorers: Annotated[Optional[Path], typer.Option("--scorers", "-s", help="Scorer directory for --refine.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    quantize: QuantizeOpt = "fp32",
 ) -> None:
     """Generate under one or more mixes (or the mix solved for --target); every (prompt, mix) pair shares one batch."""
     from .generate import LerpModel, SamplingParams
@@ -194,7 +197,7 @@ def generate(
         else:
             mixes = _checked_mixes(anchors, mix, weights, extrapolate)
         _quiet_transformers()
-        lm = LerpModel.load(anchors)
+        lm = LerpModel.load(anchors, quantize=quantize)
         outs = lm.generate([p for _ in mixes for p in prompts], [m for m in mixes for _ in prompts], n=n, params=params,
                            extrapolate=extrapolate)
     pairs = [(m, p) for m in mixes for p in prompts]
@@ -217,7 +220,7 @@ def export(
     weights: WeightsOpt = None,
     grid: Annotated[list[str], typer.Option("--grid", "-g", help="Export every point of a grid (see 'sweep'), e.g. single:sentiment.")] = [],
     levels: Annotated[int, typer.Option(min=2, help="Levels per varied attribute in --grid.")] = 11,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="peft (one exact LoRA adapter) or merged (full weights).")] = "peft",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="peft (one exact LoRA adapter), merged (full weights) or gguf (every anchor as a llama.cpp LoRA; --mix prints its per-request scales).")] = "peft",
     rank: Annotated[Optional[int], typer.Option(min=1, help="peft only: best rank-R approximation (SVD of the exact ΔW); reports the error.")] = None,
     extrapolate: ExtrapolateOpt = False,
 ) -> None:
@@ -228,8 +231,13 @@ def export(
     from .export import export_grid, export_peft
     from .generate import LerpModel
 
-    if fmt not in ("peft", "merged"):
-        raise LerpError(f"unknown --format {fmt!r}; choose from: peft, merged")
+    if fmt not in ("peft", "merged", "gguf"):
+        raise LerpError(f"unknown --format {fmt!r}; choose from: peft, merged, gguf")
+    if fmt == "gguf":
+        if grid or rank is not None:
+            raise LerpError("--format gguf writes the anchors themselves; a mix is a request's scales (--mix), not a file")
+        _export_gguf(anchors, out, _checked_mixes(anchors, mix, weights, extrapolate) if mix else [], extrapolate)
+        return
     if rank is not None and fmt != "peft":
         raise LerpError("--rank applies to --format peft only")
     names = AnchorSet.load(anchors).names
@@ -257,6 +265,21 @@ def export(
         typer.echo(f"wrote merged model for [{only.describe()}] to {out}")
 
 
+def _export_gguf(anchors: Path, out: Path, mixes: list, extrapolate: bool) -> None:
+    from .export import export_gguf, llama_lora_field, llama_server_command
+    from .generate import LerpModel
+
+    _quiet_transformers()
+    lm = LerpModel.load(anchors, device="cpu")
+    manifest = export_gguf(lm, out)
+    typer.echo(f"wrote {len(manifest['adapters'])} llama.cpp LoRA adapters to {out}; serve them with:")
+    typer.echo(f"  {llama_server_command(manifest, out)}")
+    if not manifest["base_gguf"]:
+        typer.echo("  (BASE.gguf: the base model converted with llama.cpp's convert_hf_to_gguf.py)")
+    for m in mixes:
+        typer.echo(f"[{m.describe()}] request field: \"lora\": {json.dumps(llama_lora_field(lm, m, extrapolate))}")
+
+
 @app.command()
 @user_errors
 def serve(
@@ -268,6 +291,7 @@ def serve(
     max_queue: Annotated[int, typer.Option(min=1, help="Waiting requests before 503.")] = 64,
     max_tokens: Annotated[int, typer.Option(min=1, help="Per-request limit on max_tokens.")] = 512,
     max_prompt_tokens: Annotated[int, typer.Option(min=1, help="Per-request limit on prompt length.")] = 1024,
+    quantize: QuantizeOpt = "fp32",
 ) -> None:
     """Serve an OpenAI-compatible API (a mix per request, continuous batching) and the slider page at /."""
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
@@ -281,9 +305,21 @@ def serve(
 
     _quiet_transformers()
     AnchorSet.load(anchors)
-    app_ = create_app(LerpModel.load(anchors), api_key, max_batch, max_queue, max_tokens, max_prompt_tokens)
+    app_ = create_app(LerpModel.load(anchors, quantize=quantize), api_key, max_batch, max_queue, max_tokens,
+                      max_prompt_tokens, engine_thread=False)
+    server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="warning"))
+    http = threading.Thread(target=server.run, name="lerplm-http", daemon=True)
+    http.start()
     typer.echo(f"serving {anchors} on http://{host}:{port}/ (API at /v1, page at /){' with an API key' if api_key else ''}", err=True)
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    engine = app_.state.engine
+    threading.Thread(target=lambda: (http.join(), engine.stop()), daemon=True).start()  # HTTP failed to start or ended
+    try:
+        engine.loop()  # the model runs on the main thread, where torch's kernels are fastest
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        http.join(timeout=10)
 
 
 @app.command()

@@ -142,3 +142,67 @@ def export(lm: LerpModel, mix: MixLike, out: str | Path, fmt: str = "peft", extr
     else:
         raise LerpError(f"unknown export format {fmt!r}; choose from: peft, merged")
     return Path(out)
+
+
+GGUF_MANIFEST = "lerplm_gguf.json"
+
+
+def _permute_rope_rows(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """The row order llama.cpp's converter gives q/k projections of 'llama' models (rotary halves
+    interleaved per head); a LoRA B on q or k must follow its base weight."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def export_gguf(lm: LerpModel, out: str | Path) -> dict:
+    """Write every anchor as a llama.cpp LoRA adapter (``<endpoint>.gguf``) in ``out``. PEFT's scaling is
+    folded into B and alpha is 0 (llama.cpp then applies the request's scale alone, whatever the ranks),
+    so a request's per-adapter ``scale`` is the mix's coefficient and llama.cpp serves the exact ΔW.
+    Returns the manifest written beside them."""
+    import gguf
+
+    cfg = lm.model.config
+    arch = getattr(cfg, "model_type", "")
+    if arch not in ("llama", "mistral"):
+        raise LerpError(f"GGUF LoRA export covers llama-family models; this base model is {arch!r}")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}
+    files = []
+    with _atomic_dir(Path(out)) as tmp:
+        for endpoint, adapter in zip(lm.anchors.endpoints, lm.adapters):
+            writer = gguf.GGUFWriter(str(tmp / f"{endpoint.adapter}.gguf"), "llama")
+            writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+            writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
+            for module, (a, b, scaling) in sorted(adapter.modules.items()):
+                b = b.float() * scaling
+                target = names.get_name(module, try_suffixes=(".weight",))
+                if target is None:
+                    raise LerpError(f"no GGUF tensor name for {module!r}")
+                kind = module.rpartition(".")[2]
+                if kind in heads:
+                    b = _permute_rope_rows(b, heads[kind])
+                writer.add_tensor(f"{target}.weight.lora_a", a.float().contiguous().numpy())
+                writer.add_tensor(f"{target}.weight.lora_b", b.float().contiguous().numpy())
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            files.append(f"{endpoint.adapter}.gguf")
+        ref = lm.anchors.base_model
+        base = str(Path(ref.name_or_path) / ref.gguf_file) if ref.gguf_file else None
+        manifest = {"anchors": str(lm.anchors.root), "base_gguf": base, "adapters": files,
+                    "attributes": lm.anchors.names}
+        (tmp / GGUF_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def llama_lora_field(lm: LerpModel, mix: MixLike, extrapolate: bool = False) -> list[dict]:
+    """The per-request ``lora`` field of llama-server for ``mix`` (adapter ids in export order)."""
+    return [{"id": k, "scale": c} for k, c in enumerate(to_mix(mix).coefficients(lm.anchors.names, extrapolate))]
+
+
+def llama_server_command(manifest: dict, out: str | Path) -> str:
+    """The llama-server command line serving the exported adapters (all at scale 0 until a request sets them)."""
+    base = manifest["base_gguf"] or "BASE.gguf"
+    loras = " ".join(f"--lora {Path(out) / f}" for f in manifest["adapters"])
+    return f"llama-server -m {base} {loras} --lora-init-without-apply"

@@ -8,9 +8,10 @@ their slots of the cache in one call, each prefill chunk to its own slot.
 
 Layers that share an input are fused (q, k, v; gate, up), each with its adapters stacked the way
 ``runtime.MixedLinear`` stacks them: y = x Wᵀ + ((x A_catᵀ) ⊙ c[seg]) B_catᵀ, so the step equals the
-merged model of each token's mix. Base weights may be weight-only quantised (``quant.py``); then
-the stacked adapters are int8 too and run whole (zero coefficients included): at batch 1 the step
-is bytes read, and fp32 adapters would cost more than an int4 base.
+merged model of each token's mix. Base weights may be weight-only quantised (``quant.py``); then,
+for steps of few tokens, the stacked adapters are int8 too and run whole (zero coefficients
+included): such a step is bytes read, and fp32 adapters would cost more than an int4 base. Steps of
+many tokens (prefill chunks, large batches) are arithmetic and run in fp32.
 """
 
 from __future__ import annotations
@@ -82,7 +83,6 @@ class FusedMixedLinear(nn.Module):
     def __init__(self, bases: Sequence[nn.Linear], loras: Sequence[Sequence[tuple] | None], scheme: str,
                  segs: dict) -> None:
         super().__init__()
-        dtype = bases[0].weight.dtype
         w = bases[0].weight.detach() if len(bases) == 1 else torch.cat([b.weight.detach() for b in bases])
         bias = None
         if any(b.bias is not None for b in bases):
@@ -116,27 +116,33 @@ class FusedMixedLinear(nn.Module):
         if key not in segs:
             segs[key] = torch.repeat_interleave(torch.arange(num_adapters), torch.tensor(ranks)).to(w.device)
         self.seg = segs[key]
-        if scheme != "fp32":
+        self.quantized = scheme != "fp32"
+        if self.quantized:
             self.qa, self.qb = Int8Linear(self.a, None), Int8Linear(self.b, None)
-            self.a = self.b = None
 
     def forward(self, x: torch.Tensor, plan: StepPlan) -> torch.Tensor:
-        if self.seg is not None and self.a is None:
+        if self.seg is not None and self.quantized and x.shape[0] < self.base.dense_rows:
             return self._quantized(x, plan)
         y = self.base(x)
         if self.seg is None or plan.active is None:
             return y
-        r0, r1 = self.offsets[plan.active[0]], self.offsets[plan.active[1]]
-        h = F.linear(x, self.a[r0:r1]).mul_(plan.per_rank(self.seg, x.dtype)[:, r0:r1])
-        return y.addmm_(h, self.b[:, r0:r1].t())
+        return self._add_lora(y, x, plan)
 
     def _quantized(self, x: torch.Tensor, plan: StepPlan) -> torch.Tensor:
         xb = x.to(torch.bfloat16)
         y = self.base.matmul(xb)
-        if plan.active is not None:
+        if plan.active is not None and x.shape[0] < self.qa.dense_rows:
             y = y + self.qb.matmul(self.qa.matmul(xb) * plan.per_rank(self.seg, torch.bfloat16))
         y = y.to(x.dtype)
+        if plan.active is not None and x.shape[0] >= self.qa.dense_rows:
+            y = self._add_lora(y, x, plan)
         return y if self.base.bias is None else y + self.base.bias
+
+    def _add_lora(self, y: torch.Tensor, x: torch.Tensor, plan: StepPlan) -> torch.Tensor:
+        """y + ((x A_catᵀ) ⊙ c[seg]) B_catᵀ over the adapters of the plan's active range, in fp32."""
+        r0, r1 = self.offsets[plan.active[0]], self.offsets[plan.active[1]]
+        h = F.linear(x, self.a[r0:r1]).mul_(plan.per_rank(self.seg, x.dtype)[:, r0:r1])
+        return y.addmm_(h, self.b[:, r0:r1].t())
 
 
 class FastDecoder(nn.Module):
@@ -178,7 +184,10 @@ class FastDecoder(nn.Module):
             self.layers.append(block)
         self.register_buffer("norm", inner.norm.weight.detach(), persistent=False)
         head = model.lm_head
-        self.lm_head = quantized_linear(head.weight.detach(), head.bias, head_scheme or scheme)
+        # the output head is the largest matrix and the most sensitive: int8 under int4 (as in GGUF Q4 files)
+        # and without its fp32 weight: it only sees the rows that need logits, where int8 stays faster
+        self.lm_head = quantized_linear(head.weight.detach(), head.bias, head_scheme or ("int8" if scheme == "int4" else scheme),
+                                        keep_dense=False)
         pos = torch.arange(self.max_positions)
         with torch.no_grad():
             cos, sin = inner.rotary_emb(self.embed[:1], pos[None])
@@ -258,15 +267,15 @@ class FastDecoder(nn.Module):
             qd = q[:nd]
             if rows is not None:
                 qd = q.new_zeros(hi - lo, *q.shape[1:]).index_copy(0, rows, qd)
-            o = F.scaled_dot_product_attention(qd[:, :, None], kv[0, lo:hi, :, :length], kv[1, lo:hi, :, :length],
-                                               attn_mask=mask, enable_gqa=True)[:, :, 0]
+            keys, values = kv[0, lo:hi, :, :length], kv[1, lo:hi, :, :length]
+            o = F.scaled_dot_product_attention(qd[:, :, None], keys, values, attn_mask=mask, enable_gqa=True)[:, :, 0]
             outs.append(o if rows is None else o[rows])
         offset = nd
         for (slot, start, length), mask in zip(plan.prefill, masks):
             qp = q[offset : offset + length].transpose(0, 1)[None]
             end = start + length
-            o = F.scaled_dot_product_attention(qp, kv[0, slot : slot + 1, :, :end], kv[1, slot : slot + 1, :, :end],
-                                               attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+            keys, values = kv[0, slot : slot + 1, :, :end], kv[1, slot : slot + 1, :, :end]
+            o = F.scaled_dot_product_attention(qp, keys, values, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
             outs.append(o[0].transpose(0, 1))
             offset += length
         att = outs[0] if len(outs) == 1 else torch.cat(outs)

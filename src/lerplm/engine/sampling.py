@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-TOPK_CAP = 512  # top-p is first tried on the 512 most likely tokens; a full sort only if they fall short
+TOPK_CAPS = (512, 4096)  # top-p is tried on the 512, then 4096 most likely tokens; a full sort only if they fall short
 _M32 = 0xFFFFFFFF
 
 
@@ -79,10 +79,11 @@ def _draw(logits: torch.Tensor, p: BatchParams) -> torch.Tensor:
         tokens = idx
     if bool(filtered.any()):
         kmax = int(p.top_k.max())
-        cap = min(vocab, max(kmax, TOPK_CAP))
-        top = _filtered_draw(scaled, p, u, cap)
-        if top is None:  # the top tokens hold less than some row's top_p: sort everything
-            top = _filtered_draw(scaled, p, u, vocab)
+        top = None
+        for cap in [*(c for c in TOPK_CAPS if c > kmax), vocab]:
+            top = _filtered_draw(scaled, p, u, min(cap, vocab))
+            if top is not None:  # else the top tokens hold less than some row's top_p: look wider
+                break
         tokens = top if tokens is None else torch.where(filtered, top, tokens)
     return tokens
 

@@ -13,7 +13,7 @@ import collections
 import heapq
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -94,7 +94,7 @@ class EngineStats:
 class Engine:
     """Continuous batching over ``max_batch`` slots of ``max_len`` positions on a model step."""
 
-    def __init__(self, step_model, eos_ids: Sequence[int], max_batch: int = 16, max_len: int = 1024,
+    def __init__(self, step_model, eos_ids: Iterable[int], max_batch: int = 16, max_len: int = 1024,
                  prefill_chunk: int = 256, max_queue: int = 1 << 30) -> None:
         self.model = step_model
         self.eos = set(eos_ids)
@@ -137,7 +137,7 @@ class Engine:
         return len(self.running)
 
     # -- running ------------------------------------------------------------------------------
-    def run(self, seqs: Sequence[Sequence], on_step: Callable[[], None] | None = None) -> list[Sequence]:
+    def run(self, seqs: list[Sequence], on_step: Callable[[], None] | None = None) -> list[Sequence]:
         """Run ``seqs`` to completion on the calling thread (the engine must not be started)."""
         for s in seqs:
             self.submit(s)
@@ -148,7 +148,8 @@ class Engine:
         return list(seqs)
 
     def start(self) -> "Engine":
-        self.thread = threading.Thread(target=self._loop, name="lerplm-engine", daemon=True)
+        """Run ``loop`` on a new thread."""
+        self.thread = threading.Thread(target=self.loop, name="lerplm-engine", daemon=True)
         self.thread.start()
         return self
 
@@ -158,7 +159,8 @@ class Engine:
         if self.thread is not None:
             self.thread.join(timeout=10)
 
-    def _loop(self) -> None:
+    def loop(self) -> None:
+        """Serve submitted sequences until ``stop``."""
         while not self.stopped:
             try:
                 if not self.step():

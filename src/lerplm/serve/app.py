@@ -76,11 +76,15 @@ class Metrics:
 def create_app(
     lm: LerpModel, api_key: str | None = None, max_batch: int = 16, max_queue: int = 64,
     max_tokens_limit: int = 512, max_prompt_tokens: int = 1024, default_max_tokens: int = 64,
+    engine_thread: bool = True,
 ) -> FastAPI:
-    """The FastAPI app; the engine thread starts and stops with it."""
+    """The FastAPI app. With ``engine_thread`` the engine runs on a thread that starts and stops with
+    the app; without, the caller runs ``app.state.engine.loop()`` (``lerplm serve`` does, on the main
+    thread: torch's OpenMP kernels run ~1.5x slower on a thread other than the first that used them)."""
     engine = lm.engine(max_batch=max_batch, max_len=max_prompt_tokens + max_tokens_limit, max_queue=max_queue)
     metrics = Metrics()
-    app = FastAPI(title="lerplm", version="0.1.0", on_startup=[engine.start], on_shutdown=[engine.stop])
+    hooks = {"on_startup": [engine.start], "on_shutdown": [engine.stop]} if engine_thread else {}
+    app = FastAPI(title="lerplm", version="0.1.0", **hooks)
     app.state.engine, app.state.metrics, app.state.lm = engine, metrics, lm
     model_id = lm.anchors.root.name or "lerplm"
     names = lm.anchors.names

