@@ -32,12 +32,12 @@ def test_page_moves_a_slider_and_streams_text(anchor_dir):
             assert page.locator(".attr").count() == 2
             assert "negative" in page.locator(".attr").first.inner_text() and "positive" in page.locator(".attr").first.inner_text()
             page.fill("#max", "24")
-            before = engine.tokens_generated
+            before = engine.stats.tokens
             slider.fill("0.9")  # sets the value and fires input + change: the page regenerates with the new mix
             assert page.locator("#val-sentiment").inner_text() == "0.90"
             page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=30000)
             assert page.locator("#out").inner_text().strip()
-            assert engine.tokens_generated > before
+            assert engine.stats.tokens > before
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "slider_page.png"), full_page=True)
         finally:
