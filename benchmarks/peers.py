@@ -115,7 +115,7 @@ def bodies_for(kind: str, work, lm, max_tokens: int, bare: bool = False) -> list
 
     out = []
     for i, (prompt, levels) in enumerate(work):
-        body = {"model": "x", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                 "temperature": 0.8, "top_p": 0.95, "seed": i}
         if kind == "lerplm":
             body["mix"] = {"levels": levels}

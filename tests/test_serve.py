@@ -32,6 +32,11 @@ class Server:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
+    def model(self) -> str:
+        """The model id the server lists first: the anchor set's, serving the default mix."""
+        return self.app.state.lm.anchors.root.name
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -67,25 +72,25 @@ MIX = {"levels": {"sentiment": 0.8, "formality": 0.2}}
 
 def test_openai_client_completions_chat_and_streaming(server):
     c = client(server)
-    r = c.completions.create(model="x", prompt="the food was", max_tokens=8, seed=1, extra_body={"mix": MIX})
+    r = c.completions.create(model=server.model, prompt="the food was", max_tokens=8, seed=1, extra_body={"mix": MIX})
     assert r.object == "text_completion" and r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1
-    chat = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "hello"}], max_tokens=8, seed=1,
+    chat = c.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "hello"}], max_tokens=8, seed=1,
                                      extra_body={"mix": {"alpha": {"sentiment": 0.1}, "lambda": {"sentiment": 1}}})
     assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
     pieces = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
-        model="x", messages=[{"role": "user", "content": "hello"}], max_tokens=8, seed=1, stream=True,
+        model=server.model, messages=[{"role": "user", "content": "hello"}], max_tokens=8, seed=1, stream=True,
         extra_body={"mix": {"alpha": {"sentiment": 0.1}, "lambda": {"sentiment": 1}}})]
     assert "".join(pieces) == chat.choices[0].message.content  # streamed = whole, same seed
     streamed = "".join(ch.choices[0].text for ch in c.completions.create(
-        model="x", prompt="the food was", max_tokens=8, seed=1, stream=True, extra_body={"mix": MIX}))
+        model=server.model, prompt="the food was", max_tokens=8, seed=1, stream=True, extra_body={"mix": MIX}))
     assert streamed == r.choices[0].text
     assert [m.id for m in c.models.list().data] == [server.app.state.lm.anchors.root.name]
 
 
 def test_mix_changes_the_output(server):
     c = client(server)
-    outs = {c.completions.create(model="x", prompt="the food was", max_tokens=12, temperature=0, extra_body={"mix": {"sentiment": lvl}}).choices[0].text
-            for lvl in (0.0, 1.0)} | {c.completions.create(model="x", prompt="the food was", max_tokens=12, temperature=0,
+    outs = {c.completions.create(model=server.model, prompt="the food was", max_tokens=12, temperature=0, extra_body={"mix": {"sentiment": lvl}}).choices[0].text
+            for lvl in (0.0, 1.0)} | {c.completions.create(model=server.model, prompt="the food was", max_tokens=12, temperature=0,
                                                            extra_body={"mix": {"formality": 1.0}}).choices[0].text}
     assert len(outs) > 1
 
@@ -96,7 +101,7 @@ def test_concurrent_requests_with_different_mixes_equal_the_same_requests_alone(
 
     def one(job):
         prompt, mix, seed = job
-        return c.completions.create(model="x", prompt=prompt, max_tokens=16, seed=seed, temperature=0.9, extra_body={"mix": mix}).choices[0].text
+        return c.completions.create(model=server.model, prompt=prompt, max_tokens=16, seed=seed, temperature=0.9, extra_body={"mix": mix}).choices[0].text
 
     alone = [one(j) for j in jobs]
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
@@ -112,7 +117,8 @@ def test_concurrent_requests_with_different_mixes_equal_the_same_requests_alone(
     ({"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "max_tokens": -5}, "max_tokens must lie in [1, 512]"),
     ({"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "max_tokens": 100000}, "max_tokens must lie in [1, 512]"),
     ({"prompt": "word " * 3000, "mix": {"levels": {"sentiment": 0.5}}}, "the limit is 1024"),
-    ({"prompt": "hi"}, "the 'mix' field is required"),
+    ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "up to 4"),
+    ({"prompt": "hi", "logprobs": 9}, "logprobs must be an integer in [0, 5]"),
     ({"prompt": 5, "mix": {"levels": {"sentiment": 0.5}}}, "prompt"),
     ({"mix": {"levels": {"sentiment": 0.5}}}, "prompt: Field required"),
 ])
@@ -128,7 +134,7 @@ def test_malformed_json_and_unknown_routes_then_the_server_still_serves(server):
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     assert httpx.get(server.url + "/v1/nothing").status_code == 404
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
-    ok = client(server).completions.create(model="x", prompt="hi", max_tokens=3, extra_body={"mix": MIX})
+    ok = client(server).completions.create(model=server.model, prompt="hi", max_tokens=3, extra_body={"mix": MIX})
     assert ok.choices[0].text is not None
 
 
@@ -147,7 +153,7 @@ def test_api_key_is_enforced(anchor_dir):
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         with pytest.raises(openai.AuthenticationError):
             client(s, "wrong").models.list()
-        assert client(s, "s3cret").completions.create(model="x", prompt="hi", max_tokens=2, extra_body={"mix": MIX}).choices
+        assert client(s, "s3cret").completions.create(model=s.model, prompt="hi", max_tokens=2, extra_body={"mix": MIX}).choices
         assert httpx.get(s.url + "/health").status_code == 200  # not an API route
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import LerpError
+from .mix import Mix
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Continuous, multi-attribute control of text generation by interpolating LoRA adapters.")
@@ -94,7 +95,6 @@ def _closed_loop(anchors: Path, scorers: Path, calibration: Path | None, prompts
 def _checked_mixes(anchors: Path, mix: list[str], weights: str | None, extrapolate: bool):
     """Parse and validate every mix against the anchor set before any model is loaded."""
     from .anchors import AnchorSet
-    from .mix import Mix
 
     if not mix:
         raise LerpError('give at least one --mix, e.g. --mix "sentiment=0.8"')
@@ -292,6 +292,8 @@ def serve(
     max_tokens: Annotated[int, typer.Option(min=1, help="Per-request limit on max_tokens.")] = 512,
     max_prompt_tokens: Annotated[int, typer.Option(min=1, help="Per-request limit on prompt length.")] = 1024,
     quantize: QuantizeOpt = "fp32",
+    default_mix: Annotated[str, typer.Option(help='The mix of requests that send no "mix": "base" (the base model alone) or levels, e.g. "sentiment=0.5".')] = "base",
+    preset: Annotated[list[str], typer.Option(help='NAME=LEVELS, e.g. "formal-cheerful=formality=1,sentiment=0.9": served as model id NAME. Repeatable.')] = [],
 ) -> None:
     """Serve an OpenAI-compatible API (a mix per request, continuous batching) and the slider page at /."""
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
@@ -303,10 +305,20 @@ def serve(
     from .generate import LerpModel
     from .serve.app import create_app
 
+    names = AnchorSet.load(anchors).names
+    base = None if default_mix.strip().lower() == "base" else Mix.from_spec(default_mix)
+    presets = {}
+    for p in preset:
+        name, sep, spec = p.partition("=")
+        if not sep or not name.strip() or not spec:
+            raise LerpError(f"bad --preset {p!r}: write NAME=LEVELS, e.g. formal=formality=1")
+        presets[name.strip()] = Mix.from_spec(spec)
+    for m in [base, *presets.values()]:
+        if m is not None:
+            m.coefficients(names)  # unknown attributes and bad levels fail here, before the model loads
     _quiet_transformers()
-    AnchorSet.load(anchors)
     app_ = create_app(LerpModel.load(anchors, quantize=quantize), api_key, max_batch, max_queue, max_tokens,
-                      max_prompt_tokens, engine_thread=False)
+                      max_prompt_tokens, engine_thread=False, default_mix=base, presets=presets)
     server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="warning"))
     http = threading.Thread(target=server.run, name="lerplm-http", daemon=True)
     http.start()

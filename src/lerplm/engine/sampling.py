@@ -53,7 +53,7 @@ class BatchParams:
 
 
 def sample(logits: torch.Tensor, p: BatchParams, want_logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Tokens (B,) from logits (B, V), and optionally their log-probabilities under the model's
+    """Tokens (B,) from logits (B, V), and optionally the log-probabilities (B, V) of the model's
     unfiltered, untempered distribution (what OpenAI's ``logprobs`` report)."""
     logits = logits.float()
     greedy = p.temperature <= 0
@@ -62,7 +62,7 @@ def sample(logits: torch.Tensor, p: BatchParams, want_logprobs: bool = False) ->
         tokens = torch.where(greedy, tokens, _draw(logits, p))
     logprobs = None
     if want_logprobs:
-        logprobs = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]
+        logprobs = torch.log_softmax(logits, -1)
     return tokens, logprobs
 
 

@@ -59,10 +59,10 @@ class Sequence:
     seed: int
     schedule: Callable[[int], list[float]] | None = None
     on_event: EventFn | None = None  # (seq, token, None) per token; (seq, None, reason) at the end
-    logprobs: bool = False
+    logprobs: int | None = None  # None: off; k: each token's log-probability and its k most likely alternatives
     id: int = field(default_factory=itertools.count().__next__)
     tokens: list[int] = field(default_factory=list)
-    token_logprobs: list[float] = field(default_factory=list)
+    token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
     mix_log: list[tuple[int, list[float]]] = field(default_factory=list)  # (token index, coeffs) at each change
     finish_reason: str | None = None
     cancelled: bool = False
@@ -249,14 +249,16 @@ class Engine:
             seeds=torch.tensor([s.seed for s in rows], dtype=torch.long, device=dev),
             steps=torch.tensor([len(s.tokens) for s in rows], dtype=torch.long, device=dev),
         )
-        want = any(s.logprobs for s in rows)
-        tokens, logprobs = sample(logits, p, want)
+        want = [i for i, s in enumerate(rows) if s.logprobs is not None]
+        tokens, logprobs = sample(logits, p, bool(want))
         tokens = tokens.tolist()  # the step's one host synchronisation
-        logprobs = logprobs.tolist() if want else [None] * len(rows)
-        for s, t, lp in zip(rows, tokens, logprobs):
+        for i in want:
+            s, lp = rows[i], logprobs[i]
+            top = torch.topk(lp, s.logprobs) if s.logprobs else None
+            alts = list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else []
+            s.token_logprobs.append((float(lp[tokens[i]]), alts))
+        for s, t in zip(rows, tokens):
             s.tokens.append(t)
-            if s.logprobs:
-                s.token_logprobs.append(lp)
             self.stats.tokens += 1
             if t in self.eos:
                 self._finish(s, "stop")

@@ -44,6 +44,8 @@ class _Common(BaseModel):
     seed: int | None = None
     stream: bool = False
     stop: str | list[str] | None = None
+    logprobs: bool | int | None = None  # chat: true/false (+ top_logprobs); completions: 0-5 alternatives
+    top_logprobs: int | None = None
     mix: dict[str, Any] | None = None
     target: dict[str, float] | None = None  # target scores; the solved mix comes back in the response
     free_weights: bool = False
@@ -54,13 +56,26 @@ class CompletionBody(_Common):
     prompt: str | list[str]
 
 
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | None = ""
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class ChatBody(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
+
+
+ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
+    "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
+    "code": {"type": ["string", "null"]}}}}}
 
 
 class Metrics:
@@ -76,11 +91,14 @@ class Metrics:
 def create_app(
     lm: LerpModel, api_key: str | None = None, max_batch: int = 16, max_queue: int = 64,
     max_tokens_limit: int = 512, max_prompt_tokens: int = 1024, default_max_tokens: int = 64,
-    engine_thread: bool = True,
+    engine_thread: bool = True, default_mix: Mix | None = None, presets: dict[str, Mix] | None = None,
 ) -> FastAPI:
     """The FastAPI app. With ``engine_thread`` the engine runs on a thread that starts and stops with
     the app; without, the caller runs ``app.state.engine.loop()`` (``lerplm serve`` does, on the main
-    thread: torch's OpenMP kernels run ~1.5x slower on a thread other than the first that used them)."""
+    thread: torch's OpenMP kernels run ~1.5x slower on a thread other than the first that used them).
+
+    A request without ``mix`` runs ``default_mix`` (None: the base model alone); each preset is served
+    as a model id of its own, so ``model="NAME"`` selects its mix from any OpenAI client."""
     engine = lm.engine(max_batch=max_batch, max_len=max_prompt_tokens + max_tokens_limit, max_queue=max_queue)
     metrics = Metrics()
     hooks = {"on_startup": [engine.start], "on_shutdown": [engine.stop]} if engine_thread else {}
@@ -88,6 +106,8 @@ def create_app(
     app.state.engine, app.state.metrics, app.state.lm = engine, metrics, lm
     model_id = lm.anchors.root.name or "lerplm"
     names = lm.anchors.names
+    base_mixes = {model_id: default_mix.coefficients(names) if default_mix else [0.0] * len(lm.adapters)}
+    base_mixes |= {name: m.coefficients(names) for name, m in (presets or {}).items()}
 
     # -- errors, OpenAI style -------------------------------------------------------------------
     def error(status: int, message: str, type_: str = "invalid_request_error", param=None, headers=None) -> JSONResponse:
@@ -120,6 +140,9 @@ def create_app(
 
     # -- helpers --------------------------------------------------------------------------------
     def parse_mix(body: _Common) -> tuple[list[float], dict | None]:
+        if body.model is not None and body.model not in base_mixes:
+            raise APIError(404, f"the model {body.model!r} does not exist; available: {', '.join(base_mixes)}",
+                           "not_found_error", param="model")
         if body.target is not None:
             if body.mix is not None:
                 raise APIError(400, "give either 'mix' or 'target', not both", param="target")
@@ -129,7 +152,7 @@ def create_app(
             except LerpError as e:
                 raise APIError(400, str(e), param="target") from None
         if body.mix is None:
-            raise APIError(400, f"the 'mix' field is required, e.g. {{\"levels\": {{\"{names[0]}\": 0.8}}}}; attributes: {', '.join(names)}", param="mix")
+            return base_mixes[body.model or model_id], None
         try:
             return Mix.from_dict(body.mix).coefficients(names), None
         except LerpError as e:
@@ -142,8 +165,6 @@ def create_app(
             raise APIError(400, f"max_tokens must lie in [1, {max_tokens_limit}], got {max_tokens}", param="max_tokens")
         if not 1 <= body.n <= 8:
             raise APIError(400, f"n must lie in [1, 8], got {body.n}", param="n")
-        if body.stop:
-            raise APIError(400, "'stop' sequences are not supported; generation stops at the model's end token or max_tokens", param="stop")
         seed = (body.seed if body.seed is not None else int.from_bytes(os.urandom(4), "little")) + index
         p = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, seed)
         try:
@@ -158,13 +179,33 @@ def create_app(
             raise APIError(400, f"prompt is {len(ids)} tokens; the limit is {max_prompt_tokens}", param="prompt")
         return ids
 
-    def submit(prompt_ids: list[int], coeffs: list[float], params: SamplingParams) -> Sequence:
+    def stops(body: _Common) -> list[str]:
+        out = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(out) > 4 or not all(out):
+            raise APIError(400, "stop must be a string or a list of up to 4 non-empty strings", param="stop")
+        return out
+
+    def top_logprobs(body: _Common, kind: str) -> int | None:
+        """How many alternatives each token reports (None: no logprobs)."""
+        if kind == "chat":
+            if body.top_logprobs is not None and not 0 <= body.top_logprobs <= 20:
+                raise APIError(400, "top_logprobs must lie in [0, 20]", param="top_logprobs")
+            if body.top_logprobs is not None and not body.logprobs:
+                raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+            return (body.top_logprobs or 0) if body.logprobs else None
+        if body.logprobs is None or body.logprobs is False:
+            return None
+        if isinstance(body.logprobs, bool) or not 0 <= body.logprobs <= 5:
+            raise APIError(400, "logprobs must be an integer in [0, 5]", param="logprobs")
+        return body.logprobs
+
+    def submit(prompt_ids: list[int], coeffs: list[float], params: SamplingParams, logprobs: int | None) -> Sequence:
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
         def on_event(seq: Sequence, token: int | None, finish: str | None) -> None:  # on the engine thread
             loop.call_soon_threadsafe(events.put_nowait, (token, finish))
 
-        seq = Sequence(prompt_ids, coeffs, params, seed=params.seed, on_event=on_event)
+        seq = Sequence(prompt_ids, coeffs, params, seed=params.seed, on_event=on_event, logprobs=logprobs)
         seq.events = events
         try:
             engine.submit(seq)
@@ -176,50 +217,97 @@ def create_app(
         metrics.batch.set(engine.batch_size)
         return seq
 
+    def token_text(token: int) -> str:
+        return lm.tokenizer.decode([token])
+
+    def logprob_entry(kind: str, token: int, lp: float, alts: list[tuple[int, float]]) -> dict:
+        text = token_text(token)
+        if kind == "chat":
+            return {"token": text, "logprob": lp, "bytes": list(text.encode()),
+                    "top_logprobs": [{"token": token_text(t), "logprob": v, "bytes": list(token_text(t).encode())}
+                                     for t, v in alts]}
+        return {"token": text, "logprob": lp, "top": {token_text(t): v for t, v in alts}}
+
+    def logprobs_field(kind: str, entries: list[dict], offset: int = 0) -> dict | None:
+        if kind == "chat":
+            return {"content": entries}
+        offsets, pos = [], offset
+        for e in entries:
+            offsets.append(pos)
+            pos += len(e["token"])
+        return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [e["top"] for e in entries], "text_offset": offsets}
+
     async def run(kind: str, prompt_ids: list[list[int]], body: _Common, route: str):
         coeffs, solved = parse_mix(body)
         params = [sampling(body, j) for j in range(body.n)]
-        reqs = [submit(ids, coeffs, p) for ids in prompt_ids for p in params]
+        stop, n_alts = stops(body), top_logprobs(body, kind)
+        reqs = [submit(ids, coeffs, p, n_alts) for ids in prompt_ids for p in params]
         created, rid = int(time.time()), f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         usage_prompt = sum(len(i) for i in prompt_ids) * body.n
         extra = {"mix": solved} if solved else {}
         start = time.monotonic()
+        hold = max((len(x) for x in stop), default=1) - 1  # characters held back: they may start a stop string
 
         async def tokens(req: Sequence):
-            """(delta text, finish_reason) as tokens arrive. Decodes a short window of recent tokens (the
-            incremental detokenizer of vLLM and TGI), so multi-byte characters come out whole in O(1) a token."""
-            ids, prefix, read = [], 0, 0
+            """(delta text, finish_reason, logprob entries) as tokens arrive. Decodes a short window of recent
+            tokens (the incremental detokenizer of vLLM and TGI), so multi-byte characters come out whole in
+            O(1) a token; cuts the text before the first stop string, holding back what could begin one."""
+            ids, prefix, read, text, sent, pending = [], 0, 0, "", 0, []
             while True:
                 token, finish = await req.events.get()
                 if token is None:
                     if finish and finish.startswith("error"):
                         raise APIError(500, f"generation failed ({finish[7:]}); other requests are unaffected", "server_error")
-                    yield "", finish
+                    req.used = len(req.tokens)
+                    yield text[sent:], finish, pending
                     return
                 ids.append(token)
                 metrics.tokens.inc()
+                if req.logprobs is not None:
+                    pending.append(logprob_entry(kind, token, *req.token_logprobs[len(ids) - 1]))
                 before = lm.tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
-                text = lm.tokenizer.decode(ids[prefix:], skip_special_tokens=True)
-                if len(text) > len(before) and not text.endswith("\ufffd"):
-                    yield text[len(before):], None
-                    prefix, read = read, len(ids)
+                now = lm.tokenizer.decode(ids[prefix:], skip_special_tokens=True)
+                if len(now) <= len(before) or now.endswith("\ufffd"):
+                    continue
+                text += now[len(before):]
+                prefix, read = read, len(ids)
+                hit = min((i for i in (text.find(x, max(0, sent - hold)) for x in stop) if i >= 0), default=-1)
+                if hit >= 0:
+                    req.cancelled, req.used = True, len(ids)  # frees the row at the next step
+                    yield text[sent:hit], "stop", pending
+                    return
+                safe = len(text) - hold
+                if safe > sent:
+                    yield text[sent:safe], None, pending
+                    sent, pending = safe, []
 
-        def chunk(i: int, delta: str, finish: str | None, first: bool = False) -> dict:
+        def choice(i: int, delta: str, finish: str | None, entries: list[dict] | None, offset: int = 0,
+                   first: bool = False, whole: bool = False) -> dict:
+            lp = logprobs_field(kind, entries, offset) if n_alts is not None and entries is not None else None
             if kind == "chat":
+                if whole:
+                    return {"index": i, "message": {"role": "assistant", "content": delta}, "finish_reason": finish, "logprobs": lp}
                 d = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta else {})
-                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                        "choices": [{"index": i, "delta": d, "finish_reason": finish, "logprobs": None}]} | extra
-            return {"id": rid, "object": "text_completion", "created": created, "model": model_id,
-                    "choices": [{"index": i, "text": delta, "finish_reason": finish, "logprobs": None}]} | extra
+                return {"index": i, "delta": d, "finish_reason": finish, "logprobs": lp}
+            return {"index": i, "text": delta, "finish_reason": finish, "logprobs": lp}
+
+        def chunk(i: int, delta: str, finish: str | None, entries=None, offset: int = 0, first: bool = False) -> dict:
+            obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+            return {"id": rid, "object": obj, "created": created, "model": body.model or model_id,
+                    "choices": [choice(i, delta, finish, entries, offset, first)]} | extra
 
         if body.stream:
             async def events():
                 queue: asyncio.Queue = asyncio.Queue()
 
                 async def pump(i, req):
+                    offset = 0
                     try:
-                        async for delta, finish in tokens(req):
-                            await queue.put(chunk(i, delta, finish))
+                        async for delta, finish, entries in tokens(req):
+                            if delta or finish or entries:
+                                await queue.put(chunk(i, delta, finish, entries, offset))
+                            offset += len(delta)
                     except APIError as e:  # the status line is already sent: report in-band, as OpenAI does
                         await queue.put({"error": {"message": e.message, "type": e.type, "param": None, "code": None}})
                     finally:
@@ -247,30 +335,34 @@ def create_app(
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
-        texts, finishes, completion_tokens = [], [], 0
+        choices, completion_tokens = [], 0
         try:
-            for r in reqs:
-                parts, finish = [], None
-                async for delta, fin in tokens(r):
+            for i, r in enumerate(reqs):
+                parts, finish, entries = [], None, []
+                async for delta, fin, new in tokens(r):
                     parts.append(delta)
+                    entries += new
                     finish = fin or finish
-                texts.append("".join(parts))
-                finishes.append(finish)
-                completion_tokens += len(r.tokens)
+                choices.append(choice(i, "".join(parts), finish, entries, whole=True))
+                completion_tokens += r.used
         finally:
             for r in reqs:
                 r.cancelled = True
         metrics.latency.labels(route).observe(time.monotonic() - start)
         usage = {"prompt_tokens": usage_prompt, "completion_tokens": completion_tokens, "total_tokens": usage_prompt + completion_tokens}
-        if kind == "chat":
-            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f, "logprobs": None}
-                       for i, (t, f) in enumerate(zip(texts, finishes))]
-            return {"id": rid, "object": "chat.completion", "created": created, "model": model_id, "choices": choices, "usage": usage} | extra
-        choices = [{"index": i, "text": t, "finish_reason": f, "logprobs": None} for i, (t, f) in enumerate(zip(texts, finishes))]
-        return {"id": rid, "object": "text_completion", "created": created, "model": model_id, "choices": choices, "usage": usage} | extra
+        obj = "chat.completion" if kind == "chat" else "text_completion"
+        return {"id": rid, "object": obj, "created": created, "model": body.model or model_id, "choices": choices,
+                "usage": usage} | extra
 
     # -- routes ---------------------------------------------------------------------------------
-    @app.post("/v1/completions")
+    errors = {code: {"description": what, "content": {"application/json": {"schema": ERROR_SCHEMA}}} for code, what in (
+        (400, "Bad request: the message names the field"), (401, "Missing or wrong API key"),
+        (404, "Unknown model id (the message lists the ids)"), (500, "Generation failed"),
+        (503, "At capacity: retry after the Retry-After header's seconds"))}
+    generation = {200: {"description": "A completion, or with stream=true server-sent events",
+                        "content": {"application/json": {}, "text/event-stream": {}}}} | errors
+
+    @app.post("/v1/completions", responses=generation)
     async def completions(body: CompletionBody):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or len(prompts) > 8:
@@ -278,9 +370,9 @@ def create_app(
         ids = [encode(text) for text in lm.chat_prefixes(prompts)]
         return await run("completion", ids, body, "/v1/completions")
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=generation)
     async def chat(body: ChatBody):
-        msgs = [m.model_dump() for m in body.messages]
+        msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
         if lm.tokenizer.chat_template:
             text = lm.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         else:
@@ -289,7 +381,7 @@ def create_app(
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "lerplm"}]}
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "lerplm"} for m in base_mixes]}
 
     @app.get("/v1/attributes")
     async def attributes():

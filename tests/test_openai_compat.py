@@ -1,0 +1,133 @@
+"""Drop-in OpenAI compatibility: clients that send no extra fields (the default mix, presets as model
+ids, 404 for unknown ones), stop strings, logprobs, n > 1 with streaming, malformed messages, and
+the statuses and content types the OpenAPI schema declares."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+import lerplm  # noqa: E402
+from lerplm.engine import SamplingParams, Sequence  # noqa: E402
+from lerplm.mix import Mix  # noqa: E402
+from lerplm.serve.app import create_app  # noqa: E402
+
+from .test_serve import Server  # noqa: E402
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def served(anchor_dir):
+    lm = lerplm.load(anchor_dir, device="cpu")
+    app = create_app(lm, presets={"formal": Mix({"formality": 1.0}), "cheerful": Mix({"sentiment": 0.9})})
+    with Server(app) as s:
+        yield s, openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0), lm
+
+
+def test_a_plain_client_gets_the_base_model_and_presets_are_model_ids(served):
+    s, c, lm = served
+    ids = [m.id for m in c.models.list().data]
+    assert ids == [s.model, "formal", "cheerful"]
+    plain = c.chat.completions.create(model=s.model, messages=HELLO, max_tokens=10, temperature=0)
+    seq = Sequence(lm.prompt_ids(["hello"])[0], [0.0] * 4, SamplingParams(10, 0), 0)
+    lm.engine(max_batch=1, max_len=64).run([seq])
+    assert plain.choices[0].message.content.strip() == lm.text(seq.tokens)
+    formal = c.chat.completions.create(model="formal", messages=HELLO, max_tokens=10, temperature=0)
+    explicit = c.chat.completions.create(model=s.model, messages=HELLO, max_tokens=10, temperature=0,
+                                         extra_body={"mix": {"formality": 1.0}})
+    assert formal.choices[0].message.content == explicit.choices[0].message.content
+    assert formal.model == "formal"
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=4)
+    assert "formal" in str(e.value) and "cheerful" in str(e.value)
+
+
+def test_the_default_mix_serves_requests_without_one(anchor_dir):
+    lm = lerplm.load(anchor_dir, device="cpu")
+    with Server(create_app(lm, default_mix=Mix({"sentiment": 1.0}))) as s:
+        body = {"prompt": "the food was", "max_tokens": 8, "temperature": 0}
+        plain = httpx.post(s.url + "/v1/completions", json=body, timeout=30).json()
+        mixed = httpx.post(s.url + "/v1/completions", json=body | {"mix": {"sentiment": 1.0}}, timeout=30).json()
+        other = httpx.post(s.url + "/v1/completions", json=body | {"mix": {"sentiment": 0.0}}, timeout=30).json()
+    assert plain["choices"][0]["text"] == mixed["choices"][0]["text"] != other["choices"][0]["text"]
+
+
+def test_stop_strings_cut_the_text_streaming_or_not(served):
+    s, c, _ = served
+    full = c.completions.create(model=s.model, prompt="the food was", max_tokens=24, temperature=0)
+    text = full.choices[0].text
+    assert len(text) > 6
+    stop = text[3:5]  # two characters from inside the answer
+    want = text[: text.index(stop)]
+    cut = c.completions.create(model=s.model, prompt="the food was", max_tokens=24, temperature=0, stop=[stop, "\x00never"])
+    assert cut.choices[0].text == want and cut.choices[0].finish_reason == "stop"
+    assert cut.usage.completion_tokens < full.usage.completion_tokens
+    streamed = c.completions.create(model=s.model, prompt="the food was", max_tokens=24, temperature=0, stop=stop, stream=True)
+    chunks = list(streamed)
+    assert "".join(ch.choices[0].text for ch in chunks) == want and chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_logprobs_are_real_values(served):
+    s, c, _ = served
+    r = c.chat.completions.create(model=s.model, messages=HELLO, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) >= 1
+    for e in content:
+        assert e.logprob <= 0 and len(e.top_logprobs) == 3
+        assert e.top_logprobs[0].logprob == pytest.approx(e.logprob)  # greedy: the chosen token is the most likely
+        assert e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob >= e.top_logprobs[2].logprob
+    comp = c.completions.create(model=s.model, prompt="the food was", max_tokens=5, temperature=0, logprobs=2)
+    lp = comp.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) >= 1
+    assert all(len(t) <= 2 for t in lp.top_logprobs) and all(v <= 0 for v in lp.token_logprobs)
+    none = c.completions.create(model=s.model, prompt="the food was", max_tokens=3)
+    assert none.choices[0].logprobs is None
+
+
+def test_n_greater_than_one_streams_every_choice(served):
+    s, c, _ = served
+    chunks = list(c.chat.completions.create(model=s.model, messages=HELLO, max_tokens=6, n=3, seed=4, stream=True))
+    assert {ch.choices[0].index for ch in chunks} == {0, 1, 2}
+    whole = c.chat.completions.create(model=s.model, messages=HELLO, max_tokens=6, n=3, seed=4)
+    for i in range(3):
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices[0].index == i)
+        assert text == whole.choices[i].message.content
+
+
+@pytest.mark.parametrize("messages, where", [
+    ([{"role": "user"}], "messages.0.content"),
+    ([{"role": "robot", "content": "hi"}], "messages.0.role"),
+    ([], "messages"),
+])
+def test_malformed_messages_get_400(served, messages, where):
+    s, _, _ = served
+    r = httpx.post(s.url + "/v1/chat/completions", json={"messages": messages}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith(where)
+
+
+def test_content_parts_are_accepted(served):
+    s, c, _ = served
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}]
+    a = c.chat.completions.create(model=s.model, messages=parts, max_tokens=6, temperature=0)
+    b = c.chat.completions.create(model=s.model, messages=HELLO, max_tokens=6, temperature=0)
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_the_openapi_schema_declares_every_status_and_content_type(served):
+    s, _, _ = served
+    spec = httpx.get(s.url + "/openapi.json").json()
+    for route in ("/v1/completions", "/v1/chat/completions"):
+        responses = spec["paths"][route]["post"]["responses"]
+        assert {"200", "400", "401", "404", "500", "503"} <= set(responses)
+        assert {"application/json", "text/event-stream"} <= set(responses["200"]["content"])
+
+
+def test_langchain_chat_openai_with_no_extra_fields(served):
+    lc = pytest.importorskip("langchain_openai")
+    s, _, _ = served
+    chat = lc.ChatOpenAI(base_url=s.url + "/v1", api_key="none", model="cheerful", max_tokens=8, temperature=0, max_retries=0)
+    assert isinstance(chat.invoke("hello").content, str)
+    assert "".join(chunk.content for chunk in chat.stream("hello")) == chat.invoke("hello").content
