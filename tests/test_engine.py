@@ -193,3 +193,26 @@ def test_sampler_reports_log_probabilities():
     logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(0))
     tokens, lp = sample(logits, _params(3), want_logprobs=True)
     assert torch.allclose(lp, torch.log_softmax(logits, -1))
+
+
+def test_a_step_schedule_equals_each_segment_generated_by_its_own_model(lm):
+    """Schedule sentiment 1 -> 0 at token 4 (step): the first 4 tokens are mix A's continuation of the
+    prompt, the rest mix B's continuation of prompt + those tokens; tokens and logprobs agree."""
+    from lerplm.mix import Mix, Schedule
+
+    ids = lm.prompt_ids(["the food was great"])[0]
+    a, b = Mix({"sentiment": 1.0}), Mix({"formality": 1.0})
+    sched = lm.sequence(ids, Schedule(((0, a), (4, b)), "step"), SamplingParams(10, 0), 0, logprobs=0)
+    _engine(lm, max_batch=2).run([sched, lm.sequence(ids, a, SamplingParams(7, 0.9), 3)])  # shares its batch
+    head = lm.sequence(ids, a, SamplingParams(4, 0), 0, logprobs=0)
+    _engine(lm, max_batch=1).run([head])
+    tail = lm.sequence(ids + head.tokens, b, SamplingParams(6, 0), 0, logprobs=0)
+    _engine(lm, max_batch=1).run([tail])
+    assert sched.tokens == head.tokens + tail.tokens
+    got = [lp for lp, _ in sched.token_logprobs]
+    want = [lp for lp, _ in head.token_logprobs + tail.token_logprobs]
+    assert got == pytest.approx(want, abs=1e-4)
+    assert [i for i, _ in sched.mix_log] == [0, 4]
+    # linear interpolation: each token's coefficients lie between the two points'
+    lin = Schedule(((0, a), (8, b)), "linear").coefficient_fn(lm.anchors.names)
+    assert lin(4) == pytest.approx([0.0, 0.5, 0.0, 0.5]) and lin(20) == lin(8) == [0.0, 0.0, 0.0, 1.0]

@@ -131,3 +131,16 @@ def test_langchain_chat_openai_with_no_extra_fields(served):
     chat = lc.ChatOpenAI(base_url=s.url + "/v1", api_key="none", model="cheerful", max_tokens=8, temperature=0, max_retries=0)
     assert isinstance(chat.invoke("hello").content, str)
     assert "".join(chunk.content for chunk in chat.stream("hello")) == chat.invoke("hello").content
+
+
+def test_a_schedule_in_the_mix_field_and_the_live_route(served):
+    s, _, _ = served
+    body = {"prompt": "the food was", "max_tokens": 8, "temperature": 0,
+            "mix": {"schedule": [{"at": 0, "levels": {"sentiment": 0.0}}, {"at": 4, "levels": {"sentiment": 1.0}}],
+                    "interpolate": "step"}}
+    r = httpx.post(s.url + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] is not None
+    bad = httpx.post(s.url + "/v1/completions", json=body | {"mix": {"schedule": [{"at": 5, "levels": {}}, {"at": 2, "levels": {}}]}})
+    assert bad.status_code == 400
+    gone = httpx.post(s.url + "/v1/streams/cmpl-none/mix", json={"mix": {"sentiment": 1.0}})
+    assert gone.status_code == 404 and "no running request" in gone.json()["error"]["message"]

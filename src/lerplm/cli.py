@@ -92,6 +92,15 @@ def _closed_loop(anchors: Path, scorers: Path, calibration: Path | None, prompts
     return [sol.mix], texts, lm
 
 
+def _checked_schedule(anchors: Path, spec: str, interpolate: str, extrapolate: bool):
+    from .anchors import AnchorSet
+    from .mix import Schedule
+
+    sched = Schedule.from_spec(spec, interpolate)
+    sched.coefficient_fn(AnchorSet.load(anchors).names, extrapolate)
+    return sched
+
+
 def _checked_mixes(anchors: Path, mix: list[str], weights: str | None, extrapolate: bool):
     """Parse and validate every mix against the anchor set before any model is loaded."""
     from .anchors import AnchorSet
@@ -175,6 +184,8 @@ def generate(
     scorers: Annotated[Optional[Path], typer.Option("--scorers", "-s", help="Scorer directory for --refine.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     quantize: QuantizeOpt = "fp32",
+    schedule: Annotated[list[str], typer.Option(help='A mix that changes over the new tokens, e.g. "0:sentiment=0; 64:sentiment=1" (instead of --mix; repeatable).')] = [],
+    interpolate: Annotated[str, typer.Option(help="Between --schedule points: linear (coefficients blend token by token) or step (each segment re-reads the text so far under its mix).")] = "linear",
 ) -> None:
     """Generate under one or more mixes (or the mix solved for --target); every (prompt, mix) pair shares one batch."""
     from .generate import LerpModel, SamplingParams
@@ -194,6 +205,10 @@ def generate(
     else:
         if target:
             mixes = [_solve_target(anchors, target, calibration, free_weights, extrapolate)]
+        elif schedule:
+            if mix:
+                raise LerpError("give --mix or --schedule, not both")
+            mixes = [_checked_schedule(anchors, spec, interpolate, extrapolate) for spec in schedule]
         else:
             mixes = _checked_mixes(anchors, mix, weights, extrapolate)
         _quiet_transformers()

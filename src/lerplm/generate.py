@@ -18,11 +18,12 @@ from .engine import Engine, FastDecoder, SamplingParams, unsupported_reason
 from .engine import Sequence as EngineSequence
 from .engine.recompute import RecomputeStep
 from .errors import LerpError
-from .mix import Mix
+from .mix import Mix, Schedule
 from .models import default_device, format_prompt, has_chat_template, load_model, load_tokenizer
 from .runtime import LoraWeights, MixedRuntime
 
 MixLike = Mix | Mapping | str
+MixOrSchedule = MixLike | Schedule
 SEEDING = "prompt-sample-icdf"  # recorded by sweeps: runs sampled under another seeding are not resumed into
 MAX_BATCH = 64  # generate()'s rows in flight at once
 
@@ -160,17 +161,17 @@ class LerpModel:
     def generate(
         self,
         prompts: Sequence[str],
-        mixes: Sequence[MixLike] | MixLike,
+        mixes: Sequence[MixOrSchedule] | MixOrSchedule,
         n: int = 1,
         params: SamplingParams | None = None,
         extrapolate: bool = False,
         chat: bool | None = None,
         **kwargs,
     ) -> list[list[str]]:
-        """For each prompt (with its own mix; one mix is used for all), ``n`` sampled continuations."""
+        """For each prompt (with its own mix or schedule; one is used for all), ``n`` sampled continuations."""
         params = params or SamplingParams(**kwargs)
         params.validate()
-        if isinstance(mixes, (str, Mix, Mapping)):
+        if isinstance(mixes, (str, Mix, Mapping, Schedule)):
             mixes = [mixes] * len(prompts)
         if len(mixes) != len(prompts):
             raise LerpError(f"got {len(prompts)} prompts but {len(mixes)} mixes; give one mix per prompt")
@@ -178,12 +179,20 @@ class LerpModel:
             raise LerpError(f"n must be >= 1, got {n}")
         if not prompts:
             return []
-        coeffs = [to_mix(m).coefficients(self.anchors.names, extrapolate) for m in mixes]
         ids = self.prompt_ids(prompts, chat)
-        seqs = [EngineSequence(ids[i], coeffs[i], params, row_seed(params.seed, p, j))
+        seqs = [self.sequence(ids[i], mixes[i], params, row_seed(params.seed, p, j), extrapolate)
                 for i, p in enumerate(prompts) for j in range(n)]
         out = [self.text(s.tokens) for s in self._run(seqs)]
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def sequence(self, prompt_ids: list[int], mix: MixOrSchedule, params: SamplingParams, seed: int,
+                 extrapolate: bool = False, **kwargs) -> EngineSequence:
+        """An engine sequence under a mix or a schedule (validated against this anchor set)."""
+        if isinstance(mix, Schedule):
+            fn = mix.coefficient_fn(self.anchors.names, extrapolate)
+            return EngineSequence(prompt_ids, fn(0), params, seed, schedule=fn, restart_on_change=mix.interpolate == "step",
+                                  **kwargs)
+        return EngineSequence(prompt_ids, to_mix(mix).coefficients(self.anchors.names, extrapolate), params, seed, **kwargs)
 
     def _run(self, seqs: list[EngineSequence]) -> list[EngineSequence]:
         """Run sequences to completion on an engine sized for them."""

@@ -137,3 +137,81 @@ def _numbers(d, what: str) -> dict[str, float]:
             raise LerpError(f"{what} of {k!r} must be a number, got {v!r}")
         out[str(k)] = float(v)
     return out
+
+
+INTERPOLATIONS = ("linear", "step")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A mix that varies over the generated tokens: (token index, mix) points, with linear or step
+    interpolation between them (the first mix holds before the first point, the last after it).
+
+    Linear interpolation is of the adapter coefficients, so every token's model lies on the segment
+    between two points' models. Under ``step`` the model changes at each point, and the engine
+    re-encodes the text so far under the new mix: each segment is what its mix's model would write
+    given the previous segments as the prompt."""
+
+    points: tuple[tuple[int, Mix], ...]
+    interpolate: str = "linear"
+
+    def __post_init__(self) -> None:
+        if not self.points:
+            raise LerpError("a schedule needs at least one point")
+        if self.interpolate not in INTERPOLATIONS:
+            raise LerpError(f"unknown interpolation {self.interpolate!r}; choose from: {', '.join(INTERPOLATIONS)}")
+        at = [i for i, _ in self.points]
+        if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in at):
+            raise LerpError(f"schedule token indices must be integers >= 0, got {at}")
+        if any(b <= a for a, b in zip(at, at[1:])):
+            raise LerpError(f"schedule token indices must increase, got {at}")
+
+    @classmethod
+    def from_spec(cls, text: str, interpolate: str = "linear") -> "Schedule":
+        """From ``"0:sentiment=0; 64:sentiment=1"`` (TOKEN:LEVELS points separated by ';')."""
+        points = []
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            index, sep, levels = part.partition(":")
+            if not sep or not index.strip().isdigit():
+                raise LerpError(f"bad schedule point {part!r}: write TOKEN:LEVELS, e.g. 0:sentiment=0; 64:sentiment=1")
+            points.append((int(index), Mix.from_spec(levels)))
+        return cls(tuple(points), interpolate)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Schedule":
+        """From ``{"schedule": [{"at": 0, "levels": {...}}, ...], "interpolate": "linear"}``."""
+        extra = set(d) - {"schedule", "interpolate"}
+        if extra:
+            raise LerpError(f"unknown schedule field(s) {sorted(extra)}; use 'schedule' and 'interpolate'")
+        points = d["schedule"]
+        if not isinstance(points, Sequence) or isinstance(points, str):
+            raise LerpError("'schedule' must be a list of points like {\"at\": 0, \"levels\": {...}}")
+        parsed = []
+        for p in points:
+            if not isinstance(p, Mapping) or "at" not in p:
+                raise LerpError("each schedule point needs 'at' (a token index) and 'levels'")
+            parsed.append((p["at"], Mix.from_dict({k: v for k, v in p.items() if k != "at"})))
+        return cls(tuple(parsed), d.get("interpolate", "linear"))
+
+    def coefficient_fn(self, attributes: Sequence[str], extrapolate: bool = False):
+        """index -> coefficients (validated once, here)."""
+        at = [i for i, _ in self.points]
+        vecs = [m.coefficients(attributes, extrapolate) for _, m in self.points]
+
+        def at_index(i: int) -> list[float]:
+            k = sum(1 for a in at if a <= i) - 1  # the last point at or before i
+            if k < 0:
+                return vecs[0]
+            if self.interpolate == "step" or k == len(at) - 1:
+                return vecs[k]
+            t = (i - at[k]) / (at[k + 1] - at[k])
+            return [(1 - t) * a + t * b for a, b in zip(vecs[k], vecs[k + 1])]
+
+        return at_index
+
+    def describe(self) -> str:
+        return f"{self.interpolate}: " + "; ".join(f"{i}:{m.describe()}" for i, m in self.points)
+
+    def to_json(self, attributes: Sequence[str], extrapolate: bool = False) -> dict:
+        return {"interpolate": self.interpolate,
+                "schedule": [{"at": i, **m.to_json(attributes, extrapolate)} for i, m in self.points]}

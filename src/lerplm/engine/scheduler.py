@@ -58,6 +58,7 @@ class Sequence:
     params: SamplingParams
     seed: int
     schedule: Callable[[int], list[float]] | None = None
+    restart_on_change: bool = False  # a mix change re-encodes the whole text so far under the new mix
     on_event: EventFn | None = None  # (seq, token, None) per token; (seq, None, reason) at the end
     logprobs: int | None = None  # None: off; k: each token's log-probability and its k most likely alternatives
     id: int = field(default_factory=itertools.count().__next__)
@@ -67,7 +68,15 @@ class Sequence:
     finish_reason: str | None = None
     cancelled: bool = False
     slot: int = -1
-    prefilled: int = 0
+    prefilled: int = 0  # context positions in the cache
+    target: int = -1  # context positions to prefill before decoding (the prompt, or prompt + tokens on a restart)
+
+    def __post_init__(self) -> None:
+        self.target = len(self.prompt_ids)
+
+    @property
+    def context(self) -> list[int]:
+        return self.prompt_ids + self.tokens
 
     def coeffs_at(self, index: int) -> list[float]:
         """The coefficients that produce the ``index``-th new token (index 0: also the prompt's)."""
@@ -75,6 +84,10 @@ class Sequence:
         if not self.mix_log or self.mix_log[-1][1] != c:
             self.mix_log.append((index, list(c)))
         return c
+
+    def changes_at(self, index: int) -> bool:
+        """Whether the mix for token ``index`` differs from the one before it."""
+        return index > 0 and self.mix_log[-1][1] != (self.schedule(index) if self.schedule is not None else self.coeffs)
 
     @property
     def done(self) -> bool:
@@ -197,7 +210,10 @@ class Engine:
 
     def _plan(self) -> tuple[StepPlan, list[Sequence]]:
         tokens, positions, slots, rows, coeffs = [], [], [], [], []
-        decode = [s for s in self.running if s.prefilled == len(s.prompt_ids)]
+        for s in self.running:  # a restarting row re-encodes its prompt and tokens under the new mix
+            if s.restart_on_change and s.prefilled == s.target and s.changes_at(len(s.tokens)):
+                s.prefilled, s.target = 0, len(s.prompt_ids) + len(s.tokens)
+        decode = [s for s in self.running if s.prefilled == s.target]
         for s in decode:
             tokens.append(s.tokens[-1])
             positions.append(len(s.prompt_ids) + len(s.tokens) - 1)
@@ -209,19 +225,19 @@ class Engine:
         for s in self.running:
             if budget <= 0:
                 break
-            if s.prefilled == len(s.prompt_ids):
+            if s.prefilled == s.target:
                 continue
-            n = min(len(s.prompt_ids) - s.prefilled, budget)
+            n = min(s.target - s.prefilled, budget)
             start = s.prefilled
-            tokens += s.prompt_ids[start : start + n]
+            tokens += s.context[start : start + n]
             positions += range(start, start + n)
             slots += [s.slot] * n
             rows += [len(coeffs)] * n
-            coeffs.append(s.coeffs_at(0))
+            coeffs.append(s.coeffs_at(len(s.tokens)))
             prefill.append((s.slot, start, n))
             s.prefilled += n
             budget -= n
-            if s.prefilled == len(s.prompt_ids):
+            if s.prefilled == s.target:
                 sampled.append(s)
                 logit_index.append(len(tokens) - 1)
         nonzero = [k for k in range(len(coeffs[0])) if any(c[k] != 0 for c in coeffs)]

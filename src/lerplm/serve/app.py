@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import LerpError
 from ..engine import QueueFull, SamplingParams, Sequence
 from ..generate import LerpModel
-from ..mix import Mix
+from ..mix import Mix, Schedule
 
 API_KEY_ENV = "LERPLM_API_KEY"
 STATIC = Path(__file__).with_name("static")
@@ -76,6 +76,11 @@ class ChatBody(_Common):
 ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
     "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
     "code": {"type": ["string", "null"]}}}}}
+
+
+class LiveMix(BaseModel):
+    mix: dict[str, Any]
+    index: int = 0  # which choice, for n > 1
 
 
 class Metrics:
@@ -139,7 +144,9 @@ def create_app(
         return response
 
     # -- helpers --------------------------------------------------------------------------------
-    def parse_mix(body: _Common) -> tuple[list[float], dict | None]:
+    streams: dict[str, list[Sequence]] = {}  # running requests by response id: their mixes can change live
+
+    def parse_mix(body: _Common) -> tuple[list[float] | Schedule, dict | None]:
         if body.model is not None and body.model not in base_mixes:
             raise APIError(404, f"the model {body.model!r} does not exist; available: {', '.join(base_mixes)}",
                            "not_found_error", param="model")
@@ -154,6 +161,10 @@ def create_app(
         if body.mix is None:
             return base_mixes[body.model or model_id], None
         try:
+            if "schedule" in body.mix:
+                sched = Schedule.from_dict(body.mix)
+                sched.coefficient_fn(names)
+                return sched, None
             return Mix.from_dict(body.mix).coefficients(names), None
         except LerpError as e:
             raise APIError(400, str(e), param="mix") from None
@@ -199,13 +210,16 @@ def create_app(
             raise APIError(400, "logprobs must be an integer in [0, 5]", param="logprobs")
         return body.logprobs
 
-    def submit(prompt_ids: list[int], coeffs: list[float], params: SamplingParams, logprobs: int | None) -> Sequence:
+    def submit(prompt_ids: list[int], mix: list[float] | Schedule, params: SamplingParams, logprobs: int | None) -> Sequence:
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
         def on_event(seq: Sequence, token: int | None, finish: str | None) -> None:  # on the engine thread
             loop.call_soon_threadsafe(events.put_nowait, (token, finish))
 
-        seq = Sequence(prompt_ids, coeffs, params, seed=params.seed, on_event=on_event, logprobs=logprobs)
+        if isinstance(mix, Schedule):
+            seq = lm.sequence(prompt_ids, mix, params, params.seed, on_event=on_event, logprobs=logprobs)
+        else:
+            seq = Sequence(prompt_ids, mix, params, seed=params.seed, on_event=on_event, logprobs=logprobs)
         seq.events = events
         try:
             engine.submit(seq)
@@ -216,6 +230,10 @@ def create_app(
         metrics.queue.set(engine.queue_depth)
         metrics.batch.set(engine.batch_size)
         return seq
+
+    def mix_log(seq: Sequence) -> list[dict]:
+        """The coefficients each stretch of the text was written under, from its first token's index."""
+        return [{"token": i, "coefficients": c} for i, c in seq.mix_log]
 
     def token_text(token: int) -> str:
         return lm.tokenizer.decode([token])
@@ -244,6 +262,7 @@ def create_app(
         stop, n_alts = stops(body), top_logprobs(body, kind)
         reqs = [submit(ids, coeffs, p, n_alts) for ids in prompt_ids for p in params]
         created, rid = int(time.time()), f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        streams[rid] = reqs
         usage_prompt = sum(len(i) for i in prompt_ids) * body.n
         extra = {"mix": solved} if solved else {}
         start = time.monotonic()
@@ -294,8 +313,11 @@ def create_app(
 
         def chunk(i: int, delta: str, finish: str | None, entries=None, offset: int = 0, first: bool = False) -> dict:
             obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-            return {"id": rid, "object": obj, "created": created, "model": body.model or model_id,
-                    "choices": [choice(i, delta, finish, entries, offset, first)]} | extra
+            out = {"id": rid, "object": obj, "created": created, "model": body.model or model_id,
+                   "choices": [choice(i, delta, finish, entries, offset, first)]} | extra
+            if finish:
+                out["mix_log"] = mix_log(reqs[i])
+            return out
 
         if body.stream:
             async def events():
@@ -328,6 +350,7 @@ def create_app(
                     yield "data: [DONE]\n\n"
                     metrics.latency.labels(route).observe(time.monotonic() - start)
                 finally:  # the client went away (or we are done): free the rows
+                    streams.pop(rid, None)
                     for r in reqs:
                         r.cancelled = True
                     for t in tasks:
@@ -346,6 +369,7 @@ def create_app(
                 choices.append(choice(i, "".join(parts), finish, entries, whole=True))
                 completion_tokens += r.used
         finally:
+            streams.pop(rid, None)
             for r in reqs:
                 r.cancelled = True
         metrics.latency.labels(route).observe(time.monotonic() - start)
@@ -378,6 +402,22 @@ def create_app(
         else:
             text = "\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\nassistant:"
         return await run("chat", [encode(text)], body, "/v1/chat/completions")
+
+    @app.post("/v1/streams/{stream_id}/mix", responses=errors)
+    async def live_mix(stream_id: str, body: LiveMix):
+        """Change a running request's mix: it takes effect at its next token, for that choice alone."""
+        reqs = streams.get(stream_id)
+        if reqs is None:
+            raise APIError(404, f"no running request {stream_id!r} (finished, or never started)", "not_found_error")
+        if not 0 <= body.index < len(reqs):
+            raise APIError(400, f"index must lie in [0, {len(reqs) - 1}]", param="index")
+        try:
+            coeffs = Mix.from_dict(body.mix).coefficients(names)
+        except LerpError as e:
+            raise APIError(400, str(e), param="mix") from None
+        seq = reqs[body.index]
+        seq.restart_on_change, seq.schedule, seq.coeffs = False, None, coeffs  # the engine reads them at its next step
+        return {"id": stream_id, "index": body.index, "from_token": len(seq.tokens)}
 
     @app.get("/v1/models")
     async def models():
