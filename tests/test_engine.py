@@ -216,3 +216,14 @@ def test_a_step_schedule_equals_each_segment_generated_by_its_own_model(lm):
     # linear interpolation: each token's coefficients lie between the two points'
     lin = Schedule(((0, a), (8, b)), "linear").coefficient_fn(lm.anchors.names)
     assert lin(4) == pytest.approx([0.0, 0.5, 0.0, 0.5]) and lin(20) == lin(8) == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_min_new_tokens_holds_the_end_tokens_back(lm):
+    ids = lm.prompt_ids(["the food was great"])[0]
+    eng = lm.engine(max_batch=2, max_len=64)
+    eos = lm.eos_ids()[0]
+    eng.model = (lambda step: lambda plan, cache: step(plan, cache).index_fill(1, torch.tensor([eos]), 1e4))(eng.model)
+    free, held = Sequence(ids, [0.0] * 4, SamplingParams(9, 0), 0), Sequence(ids, [0.0] * 4, SamplingParams(9, 0, min_new_tokens=6), 1)
+    eng.run([free, held])
+    assert free.tokens == [eos] and free.finish_reason == "stop"  # the end token is the model's favourite
+    assert len(held.tokens) == 7 and eos not in held.tokens[:6] and held.tokens[6] == eos

@@ -36,6 +36,7 @@ class SamplingParams:
     top_p: float = 0.95
     top_k: int = 0
     seed: int = 0
+    min_new_tokens: int = 0  # the end tokens are masked until this many tokens are written
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -46,6 +47,8 @@ class SamplingParams:
             raise LerpError(f"top_p must lie in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise LerpError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise LerpError(f"min_new_tokens must lie in [0, max_new_tokens], got {self.min_new_tokens}")
 
 
 @dataclass(eq=False)  # identity: sequences are found by `is`
@@ -254,6 +257,7 @@ class Engine:
         )
         return plan, sampled
 
+    @torch.inference_mode()
     def _sample(self, logits: torch.Tensor, rows: list[Sequence]) -> None:
         if not rows:
             return
@@ -265,6 +269,9 @@ class Engine:
             seeds=torch.tensor([s.seed for s in rows], dtype=torch.long, device=dev),
             steps=torch.tensor([len(s.tokens) for s in rows], dtype=torch.long, device=dev),
         )
+        early = [i for i, s in enumerate(rows) if len(s.tokens) < s.params.min_new_tokens]
+        if early and self.eos:
+            logits[torch.tensor(early, device=dev)[:, None], torch.tensor(sorted(self.eos), device=dev)] = float("-inf")
         want = [i for i, s in enumerate(rows) if s.logprobs is not None]
         tokens, logprobs = sample(logits, p, bool(want))
         tokens = tokens.tolist()  # the step's one host synchronisation
