@@ -144,3 +144,33 @@ def test_a_schedule_in_the_mix_field_and_the_live_route(served):
     assert bad.status_code == 400
     gone = httpx.post(s.url + "/v1/streams/cmpl-none/mix", json={"mix": {"sentiment": 1.0}})
     assert gone.status_code == 404 and "no running request" in gone.json()["error"]["message"]
+
+
+def test_a_live_change_with_reencode_rereads_the_text_so_far(anchor_dir):
+    """With reencode the engine re-reads prompt + tokens under the new mix, so the stream equals a step
+    schedule switching at the token the change took effect (greedy, same text)."""
+    import json
+    import time
+
+    lm = lerplm.load(anchor_dir, device="cpu")
+    with Server(create_app(lm)) as s:
+        engine = s.app.state.engine
+        engine.eos = set()
+        step = engine.model
+        engine.model = lambda plan, cache: (time.sleep(0.02), step(plan, cache))[1]  # slow enough to act mid-stream
+        body = {"prompt": "the food was", "max_tokens": 30, "temperature": 0, "mix": {"sentiment": 0.0}}
+        text, last = "", None
+        with httpx.stream("POST", s.url + "/v1/completions", json=body | {"stream": True}, timeout=60) as r:
+            for i, line in enumerate(x for x in r.iter_lines() if x.startswith("data: {")):
+                last = json.loads(line[6:])
+                text += last["choices"][0]["text"]
+                if i == 4:
+                    httpx.post(s.url + f"/v1/streams/{last['id']}/mix", json={"mix": {"formality": 1.0}, "reencode": True})
+        switch = last["mix_log"][1]["token"]
+        assert 0 < switch < 30
+        sched = {"schedule": [{"at": 0, "levels": {"sentiment": 0.0}}, {"at": switch, "levels": {"formality": 1.0}}],
+                 "interpolate": "step"}
+        want = httpx.post(s.url + "/v1/completions", json=body | {"mix": sched}, timeout=60).json()["choices"][0]["text"]
+        assert text == want
+        plain = httpx.post(s.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+        assert text != plain

@@ -81,6 +81,7 @@ ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "pr
 class LiveMix(BaseModel):
     mix: dict[str, Any]
     index: int = 0  # which choice, for n > 1
+    reencode: bool = False  # also re-read the text so far under the new mix (one prefill) instead of from the next token only
 
 
 class Metrics:
@@ -405,7 +406,9 @@ def create_app(
 
     @app.post("/v1/streams/{stream_id}/mix", responses=errors)
     async def live_mix(stream_id: str, body: LiveMix):
-        """Change a running request's mix: it takes effect at its next token, for that choice alone."""
+        """Change a running request's mix, for that choice alone: from its next token (the cost of a decode
+        step), or with ``reencode`` by re-reading the text so far under the new mix first (one prefill),
+        which steers far more (docs/results/schedule)."""
         reqs = streams.get(stream_id)
         if reqs is None:
             raise APIError(404, f"no running request {stream_id!r} (finished, or never started)", "not_found_error")
@@ -416,7 +419,7 @@ def create_app(
         except LerpError as e:
             raise APIError(400, str(e), param="mix") from None
         seq = reqs[body.index]
-        seq.restart_on_change, seq.schedule, seq.coeffs = False, None, coeffs  # the engine reads them at its next step
+        seq.restart_on_change, seq.schedule, seq.coeffs = body.reencode, None, coeffs  # read at the engine's next step
         return {"id": stream_id, "index": body.index, "from_token": len(seq.tokens)}
 
     @app.get("/v1/models")
