@@ -1,5 +1,5 @@
-"""Does a schedule steer the text as it is written? Sentiment 0 -> 1 (linear) over 64 new tokens, and
-0 then 1 from token 32 (step), against flat sentiment 0.5 (control) and flat 1, on held-out writing prompts: the sentiment scorer's score of
+"""Does a schedule steer the text as it is written? Sentiment 0 -> 1 over 64 new tokens (linear, and in
+four steps), and 0 then 1 from token 32 (step), against flat sentiment 0.5 (control) and flat 1, on held-out writing prompts: the sentiment scorer's score of
 each quarter of the text (16 tokens each), mean and 95% interval over prompts. Writes
 docs/results/schedule/README.md and results.json.
 
@@ -43,6 +43,8 @@ def main() -> None:
     prompts = [p.strip() for p in PROMPTS.read_text().splitlines() if p.strip()][args.skip : args.skip + args.prompts]
     conditions = {
         "sentiment 0 -> 1 (linear)": Schedule(((0, Mix({"sentiment": 0.0})), (TOKENS, Mix({"sentiment": 1.0}))), "linear"),
+        "sentiment 0 -> 1 in four steps (0, 1/3, 2/3, 1 from tokens 0, 16, 32, 48)": Schedule(
+            tuple((16 * k, Mix({"sentiment": k / 3})) for k in range(4)), "step"),
         "sentiment 0, then 1 from token 32 (step)": Schedule(((0, Mix({"sentiment": 0.0})), (32, Mix({"sentiment": 1.0}))), "step"),
         "flat sentiment 0.5 (control)": Mix({"sentiment": 0.5}),
         "flat sentiment 1 (positive end)": Mix({"sentiment": 1.0}),
