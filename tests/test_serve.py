@@ -118,6 +118,7 @@ def test_concurrent_requests_with_different_mixes_equal_the_same_requests_alone(
     ({"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "max_tokens": 100000}, "max_tokens must lie in [1, 512]"),
     ({"prompt": "word " * 3000, "mix": {"levels": {"sentiment": 0.5}}}, "the limit is 1024"),
     ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "up to 4"),
+    ({"prompt": "hi", "seed": 2**70}, "seed must lie in"),
     ({"prompt": "hi", "logprobs": 9}, "logprobs must be an integer in [0, 5]"),
     ({"prompt": 5, "mix": {"levels": {"sentiment": 0.5}}}, "prompt"),
     ({"mix": {"levels": {"sentiment": 0.5}}}, "prompt: Field required"),

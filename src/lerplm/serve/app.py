@@ -177,6 +177,8 @@ def create_app(
             raise APIError(400, f"max_tokens must lie in [1, {max_tokens_limit}], got {max_tokens}", param="max_tokens")
         if not 1 <= body.n <= 8:
             raise APIError(400, f"n must lie in [1, 8], got {body.n}", param="n")
+        if body.seed is not None and not -(2**62) <= body.seed < 2**62:
+            raise APIError(400, "seed must lie in [-2**62, 2**62)", param="seed")
         seed = (body.seed if body.seed is not None else int.from_bytes(os.urandom(4), "little")) + index
         p = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, seed)
         try:
@@ -226,8 +228,8 @@ def create_app(
             engine.submit(seq)
         except QueueFull:
             raise APIError(503, "the server is at capacity; retry shortly", "server_busy", headers={"Retry-After": "1"}) from None
-        except LerpError as e:
-            raise APIError(400, str(e), param="max_tokens") from None
+        except LerpError as e:  # the prompt and max_tokens do not fit the engine
+            raise APIError(400, str(e)) from None
         metrics.queue.set(engine.queue_depth)
         metrics.batch.set(engine.batch_size)
         return seq
