@@ -157,8 +157,8 @@ def test_quantised_linears_on_awkward_shapes(in_features):
 
 
 def _params(n, temperature=1.0, top_p=1.0, top_k=0, seed=0, step=0):
-    return BatchParams(torch.full((n,), float(temperature)), torch.full((n,), float(top_p)),
-                       torch.full((n,), top_k), torch.arange(n) + seed, torch.full((n,), step))
+    return BatchParams.from_lists([float(temperature)] * n, [float(top_p)] * n, [top_k] * n,
+                                  list(range(seed, seed + n)), [step] * n)
 
 
 def test_sampler_draws_from_the_distribution():
@@ -177,11 +177,11 @@ def test_sampler_draws_from_the_distribution():
 
 def test_sampler_rows_are_independent_of_their_batch():
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
-    p = BatchParams(torch.tensor([0.7, 1.0, 0.0, 1.3, 0.9, 1.0]), torch.tensor([0.9, 1.0, 1.0, 0.5, 1.0, 0.95]),
-                    torch.tensor([0, 0, 0, 0, 5, 2]), torch.tensor([11, 12, 13, 14, 15, 16]), torch.tensor([0, 3, 1, 7, 2, 9]))
-    together = sample(logits, p)[0].tolist()
+    lists = ([0.7, 1.0, 0.0, 1.3, 0.9, 1.0], [0.9, 1.0, 1.0, 0.5, 1.0, 0.95], [0, 0, 0, 0, 5, 2],
+             [11, 12, 13, 14, 15, 16], [0, 3, 1, 7, 2, 9])
+    together = sample(logits, BatchParams.from_lists(*lists))[0].tolist()
     for i in range(6):
-        one = BatchParams(*(t[i : i + 1] for t in (p.temperature, p.top_p, p.top_k, p.seeds, p.steps)))
+        one = BatchParams.from_lists(*([x[i]] for x in lists))
         assert sample(logits[i : i + 1], one)[0].tolist() == [together[i]]
     # a pure function of (seed, step): reproducible, different across steps and seeds, strictly inside (0, 1)
     u = uniforms(torch.arange(1000) * 7919, torch.arange(1000))

@@ -43,13 +43,28 @@ def uniforms(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class BatchParams:
-    """Per-row sampling parameters as tensors (B,)."""
+    """Per-row sampling parameters as tensors (B,), and what the batch needs, known on the host."""
 
     temperature: torch.Tensor  # float; 0 = greedy
     top_p: torch.Tensor  # float in (0, 1]
     top_k: torch.Tensor  # int; 0 = off
     seeds: torch.Tensor  # int64 stream seeds
     steps: torch.Tensor  # int64: index of the token being drawn
+    all_greedy: bool = False
+    any_full: bool = True  # some sampled row uses the whole distribution (no top-k, no top-p)
+    any_filtered: bool = True  # some sampled row uses top-k or top-p
+    max_top_k: int = -1  # -1: not given, read from top_k
+
+    @classmethod
+    def from_lists(cls, temperature: list[float], top_p: list[float], top_k: list[int], seeds: list[int],
+                   steps: list[int], device=None) -> "BatchParams":
+        """From Python lists: the batch summary is computed here, so sampling reads nothing back from the device."""
+        sampled = [i for i, t in enumerate(temperature) if t > 0]
+        filtered = [top_k[i] > 0 or top_p[i] < 1 for i in sampled]
+        return cls(torch.tensor(temperature, device=device), torch.tensor(top_p, device=device),
+                   torch.tensor(top_k, device=device), torch.tensor(seeds, dtype=torch.long, device=device),
+                   torch.tensor(steps, dtype=torch.long, device=device), all_greedy=not sampled,
+                   any_full=not all(filtered), any_filtered=any(filtered), max_top_k=max(top_k, default=0))
 
 
 def sample(logits: torch.Tensor, p: BatchParams, want_logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -58,7 +73,7 @@ def sample(logits: torch.Tensor, p: BatchParams, want_logprobs: bool = False) ->
     logits = logits.float()
     greedy = p.temperature <= 0
     tokens = logits.argmax(-1)
-    if not bool(greedy.all()):
+    if not p.all_greedy:
         tokens = torch.where(greedy, tokens, _draw(logits, p))
     logprobs = None
     if want_logprobs:
@@ -73,13 +88,13 @@ def _draw(logits: torch.Tensor, p: BatchParams) -> torch.Tensor:
     u = uniforms(p.seeds, p.steps)
     filtered = (p.top_k > 0) | (p.top_p < 1)
     tokens = None
-    if not bool(filtered.all()):  # rows that sample the whole distribution, in vocabulary order
+    if p.any_full:  # rows that sample the whole distribution, in vocabulary order
         cdf = torch.softmax(scaled, -1).double().cumsum(-1)
         idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=vocab - 1)
         tokens = idx
-    if bool(filtered.any()):
-        kmax = int(p.top_k.max())
+    if p.any_filtered:
         top = None
+        kmax = p.max_top_k if p.max_top_k >= 0 else int(p.top_k.max())
         for cap in [*(c for c in TOPK_CAPS if c > kmax), vocab]:
             top = _filtered_draw(scaled, p, u, min(cap, vocab))
             if top is not None:  # else the top tokens hold less than some row's top_p: look wider
@@ -100,7 +115,7 @@ def _filtered_draw(scaled: torch.Tensor, p: BatchParams, u: torch.Tensor, cap: i
     top_p = p.top_p.double()[:, None]
     needs_p = p.top_p < 1
     if cap < scaled.shape[-1] and bool((needs_p & (cum[:, -1] < p.top_p.double()) & (p.top_k == 0)).any()):
-        return None
+        return None  # the one read-back a step may need: whether the top tokens hold every row's nucleus
     keep_p = (cum - probs) <= top_p  # the smallest prefix whose mass reaches top_p
     probs = probs * keep_p
     cdf = probs.cumsum(-1)

@@ -262,13 +262,8 @@ class Engine:
         if not rows:
             return
         dev = logits.device
-        p = BatchParams(
-            temperature=torch.tensor([s.params.temperature for s in rows], device=dev),
-            top_p=torch.tensor([s.params.top_p for s in rows], device=dev),
-            top_k=torch.tensor([s.params.top_k for s in rows], device=dev),
-            seeds=torch.tensor([s.seed for s in rows], dtype=torch.long, device=dev),
-            steps=torch.tensor([len(s.tokens) for s in rows], dtype=torch.long, device=dev),
-        )
+        p = BatchParams.from_lists([s.params.temperature for s in rows], [s.params.top_p for s in rows],
+                                   [s.params.top_k for s in rows], [s.seed for s in rows], [len(s.tokens) for s in rows], dev)
         early = [i for i, s in enumerate(rows) if len(s.tokens) < s.params.min_new_tokens]
         if early and self.eos:
             logits[torch.tensor(early, device=dev)[:, None], torch.tensor(sorted(self.eos), device=dev)] = float("-inf")
