@@ -16,6 +16,7 @@ import torch
 from .anchors import AnchorSet
 from .engine import Engine, FastDecoder, SamplingParams, unsupported_reason
 from .engine import Sequence as EngineSequence
+from .engine.quant import SCHEMES
 from .engine.recompute import RecomputeStep
 from .errors import LerpError
 from .mix import Mix, Schedule
@@ -65,13 +66,16 @@ class LerpModel:
         tok = load_tokenizer(anchors.base_model)
         tok.padding_side = "left"
         adapters = [LoraWeights.load(d) for d in anchors.adapter_dirs()]
-        lm = cls(anchors, model, tok, MixedRuntime(model, adapters), adapters, quantize)
-        lm.step_model  # build it now: a bad quantisation choice fails at load, not at the first request
-        return lm
+        if quantize not in SCHEMES:
+            raise LerpError(f"unknown quantisation {quantize!r}; choose from: {', '.join(SCHEMES)}")
+        if quantize != "fp32" and (model.device.type != "cpu" or unsupported_reason(model, adapters)):
+            raise LerpError(f"quantize={quantize} needs the CPU and a model the fast decoder supports")
+        return cls(anchors, model, tok, MixedRuntime(model, adapters), adapters, quantize)
 
     @property
     def step_model(self):
-        """The engine's model step: the fast decoder, or the exact recompute step for other architectures."""
+        """The engine's model step, built on first use (likelihoods, export and calibration never need it):
+        the fast decoder, or the exact recompute step for other architectures."""
         if self._step_model is None:
             reason = unsupported_reason(self.model, self.adapters)
             if reason is None:

@@ -128,6 +128,15 @@ def _runs(flags: list[bool]) -> Iterator[tuple[int, int]]:
             start = None
 
 
+def add_lora(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, c: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """y + ((x Aᵀ) ⊙ c) Bᵀ; without autograd, in place with the add fused into the GEMM (fewer passes)."""
+    if torch.is_grad_enabled():
+        return y + F.linear(F.linear(x, a) * c, b)
+    h = F.linear(x, a).mul_(c)
+    y.view(-1, y.shape[-1]).addmm_(h.view(-1, h.shape[-1]), b.t())
+    return y
+
+
 class MixedLinear(nn.Module):
     """A frozen base linear layer plus the stacked adapters, scaled per row/token by MixState."""
 
@@ -152,16 +161,7 @@ class MixedLinear(nn.Module):
         blocks = [(0, self.state.num_adapters)] if self.state.blocks is None else self.state.blocks
         for k0, k1 in blocks:  # only adapters with a non-zero coefficient somewhere in the batch
             r = slice(self.offsets[k0], self.offsets[k1])
-            y = self._add_lora(y, x, self.a_cat[r], c[..., r], self.b_cat[:, r])
-        return y
-
-    @staticmethod
-    def _add_lora(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, c: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """y + ((x Aᵀ) ⊙ c) Bᵀ; without autograd, in place with the add fused into the GEMM (fewer passes)."""
-        if torch.is_grad_enabled():
-            return y + F.linear(F.linear(x, a) * c, b)
-        h = F.linear(x, a).mul_(c)
-        y.view(-1, y.shape[-1]).addmm_(h.view(-1, h.shape[-1]), b.t())
+            y = add_lora(y, x, self.a_cat[r], c[..., r], self.b_cat[:, r])
         return y
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:

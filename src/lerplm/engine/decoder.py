@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LerpError
-from ..runtime import LoraWeights, MixedLinear
+from ..runtime import LoraWeights, MixedLinear, add_lora
 from .quant import Int8Linear, quantized_linear
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
+PART = {n: "self_attn" if g in ("qkv", "o") else "mlp" for g, names in GROUPS.items() for n in names}  # owner of each
 
 
 def unsupported_reason(model: nn.Module, adapters: Sequence[LoraWeights]) -> str | None:
@@ -44,9 +45,7 @@ def unsupported_reason(model: nn.Module, adapters: Sequence[LoraWeights]) -> str
     rope = getattr(model.model.rotary_emb, "rope_type", "default")
     if rope not in ROPE_TYPES:
         return f"RoPE type {rope}"
-    known = {f"model.layers.{i}.{part}.{name}" for i in range(cfg.num_hidden_layers)
-             for part, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
-                                 ("mlp", ("gate_proj", "up_proj", "down_proj"))) for name in names}
+    known = {f"model.layers.{i}.{part}.{name}" for i in range(cfg.num_hidden_layers) for name, part in PART.items()}
     for ad in adapters:
         other = sorted(set(ad.modules) - known)
         if other:
@@ -92,6 +91,7 @@ class FusedMixedLinear(nn.Module):
         self.register_buffer("b", None, persistent=False)
         self.seg: torch.Tensor | None = None
         self.offsets: list[int] = []
+        self.quantized = scheme != "fp32"
         num_adapters = next((len(x) for x in loras if x is not None), 0)
         if not num_adapters:
             return
@@ -116,7 +116,6 @@ class FusedMixedLinear(nn.Module):
         if key not in segs:
             segs[key] = torch.repeat_interleave(torch.arange(num_adapters), torch.tensor(ranks)).to(w.device)
         self.seg = segs[key]
-        self.quantized = scheme != "fp32"
         if self.quantized:
             self.qa, self.qb = Int8Linear(self.a, None), Int8Linear(self.b, None)
 
@@ -139,10 +138,9 @@ class FusedMixedLinear(nn.Module):
         return y if self.base.bias is None else y + self.base.bias
 
     def _add_lora(self, y: torch.Tensor, x: torch.Tensor, plan: StepPlan) -> torch.Tensor:
-        """y + ((x A_catᵀ) ⊙ c[seg]) B_catᵀ over the adapters of the plan's active range, in fp32."""
+        """The stacked adapters of the plan's active range, added in the model's dtype."""
         r0, r1 = self.offsets[plan.active[0]], self.offsets[plan.active[1]]
-        h = F.linear(x, self.a[r0:r1]).mul_(plan.per_rank(self.seg, x.dtype)[:, r0:r1])
-        return y.addmm_(h, self.b[:, r0:r1].t())
+        return add_lora(y, x, self.a[r0:r1], plan.per_rank(self.seg, x.dtype)[:, r0:r1], self.b[:, r0:r1])
 
 
 class FastDecoder(nn.Module):
@@ -155,28 +153,24 @@ class FastDecoder(nn.Module):
         if reason:
             raise LerpError(f"the fast decoder does not support {reason}")
         cfg = model.config
-        self.num_adapters = len(adapters)
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
         self.num_layers = cfg.num_hidden_layers
         self.max_positions = getattr(cfg, "max_position_embeddings", 2048)
-        self.scheme = scheme
         inner = model.model
         self.dtype = inner.embed_tokens.weight.dtype
         self.register_buffer("embed", inner.embed_tokens.weight.detach(), persistent=False)
         segs: dict = {}
         self.layers = nn.ModuleList()
         for i, layer in enumerate(inner.layers):
-            mods = {n: getattr(layer.self_attn if n in GROUPS["qkv"] + GROUPS["o"] else layer.mlp, n)
-                    for names in GROUPS.values() for n in names}
+            mods = {n: getattr(getattr(layer, part), n) for n, part in PART.items()}
             mods = {n: m.base if isinstance(m, MixedLinear) else m for n, m in mods.items()}  # the plain base layer
-            part = {n: ("self_attn" if n in GROUPS["qkv"] + GROUPS["o"] else "mlp") for n in mods}
             block = nn.Module()
             for group, names in GROUPS.items():
                 loras = []
                 for n in names:
-                    key = f"model.layers.{i}.{part[n]}.{n}"
+                    key = f"model.layers.{i}.{PART[n]}.{n}"
                     loras.append([ad.modules[key] for ad in adapters] if adapters and key in adapters[0].modules else None)
                 setattr(block, group, FusedMixedLinear([mods[n] for n in names], loras, scheme, segs))
             block.register_buffer("ln1", layer.input_layernorm.weight.detach(), persistent=False)
@@ -236,8 +230,9 @@ class FastDecoder(nn.Module):
         return self.lm_head(x).float()
 
     def _decode_layout(self, plan: StepPlan):
-        """(lo, hi, rows or None, mask) for the decoding rows: they attend to the slot range [lo, hi)
-        as a view of the cache; rows is where in that range each decoding token sits (None: all of it)."""
+        """(lo, hi, rows or None, mask, length) for the decoding rows: they attend to positions [0, length)
+        of the slot range [lo, hi) as a view of the cache; rows is where in that range each decoding token
+        sits (None: the range is exactly the decoding rows)."""
         if not plan.decode_slots:
             return None
         nd = len(plan.decode_slots)

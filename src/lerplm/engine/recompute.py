@@ -25,12 +25,13 @@ class RecomputeStep:
     def __call__(self, plan: StepPlan, cache: list[list]) -> torch.Tensor:
         k = self.runtime.num_adapters
         coeffs = plan.coeffs.tolist() if plan.coeffs is not None else [[0.0] * k] * len(plan.tokens)
-        for tok, slot, pos, c in zip(plan.tokens.tolist(), plan.slots.tolist(), plan.positions.tolist(), coeffs):
+        token_slots = plan.slots.tolist()
+        for tok, slot, pos, c in zip(plan.tokens.tolist(), token_slots, plan.positions.tolist(), coeffs):
             ids, cs = cache[slot]
             del ids[pos:], cs[pos:]
             ids.append(tok)
             cs.append(c)
-        slots = [plan.slots[i] for i in plan.logit_index.tolist()]
+        slots = [token_slots[i] for i in plan.logit_index.tolist()]
         width = max(len(cache[s][0]) for s in slots)
         ids = torch.zeros(len(slots), width, dtype=torch.long)
         mask = torch.zeros_like(ids)

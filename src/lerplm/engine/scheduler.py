@@ -153,14 +153,12 @@ class Engine:
         return len(self.running)
 
     # -- running ------------------------------------------------------------------------------
-    def run(self, seqs: list[Sequence], on_step: Callable[[], None] | None = None) -> list[Sequence]:
+    def run(self, seqs: list[Sequence]) -> list[Sequence]:
         """Run ``seqs`` to completion on the calling thread (the engine must not be started)."""
         for s in seqs:
             self.submit(s)
         while any(not s.done for s in seqs):
             self.step()
-            if on_step:
-                on_step()
         return list(seqs)
 
     def start(self) -> "Engine":
