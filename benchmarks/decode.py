@@ -16,13 +16,15 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import base_model, median, random_anchors, save, sync, timed
+
 from lerplm.runtime import MixedRuntime
 
 
 @torch.inference_mode()
-def step_time(model, batch: int, prompt: int, steps: int, vocab: int, device: str, repeat: int, before_step=None) -> float:
+def step_time(
+    model, batch: int, prompt: int, steps: int, vocab: int, device: str, repeat: int, before_step=None
+) -> float:
     """Median seconds per decode step after a ``prompt``-token prefill, KV cache on."""
     from transformers import DynamicCache
 
@@ -77,7 +79,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="decode steps timed per repeat")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-peft", action="store_true")
-    ap.add_argument("--profile", action="store_true", help="print where a decode step's time goes (lerplm, a mix per row)")
+    ap.add_argument(
+        "--profile", action="store_true", help="print where a decode step's time goes (lerplm, a mix per row)"
+    )
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     dev = args.device
@@ -93,8 +97,11 @@ def main() -> None:
     base_params = sum(p.numel() for p in model.parameters())  # a tied lm_head counts once, as it is read once
     adapter_params = sum(layer.a_cat.numel() + layer.b_cat.numel() for layer in runtime.layers.values())
     results["weight_read_floor"] = 1 + adapter_params / base_params
-    print(f"weights read per decode step: base {base_params / 1e6:.1f}M, stacked adapters {adapter_params / 1e6:.1f}M "
-          f"-> floor for a mix per row {results['weight_read_floor']:.3f}x the base", flush=True)
+    print(
+        f"weights read per decode step: base {base_params / 1e6:.1f}M, stacked adapters {adapter_params / 1e6:.1f}M "
+        f"-> floor for a mix per row {results['weight_read_floor']:.3f}x the base",
+        flush=True,
+    )
 
     def per_row(batch: int) -> torch.Tensor:
         c = torch.rand(batch, k, generator=torch.Generator().manual_seed(batch))
@@ -135,13 +142,25 @@ def main() -> None:
         names = [f"a{i}" for i in range(k)]
         for b in args.batch:
             peft_model.base_model.set_adapter(names)
-            results["step_s"][b]["peft_10_active"] = step_time(peft_model, b, args.prompt, args.steps, vocab, dev, args.repeat)
-        t_merge = timed(lambda: (peft_model.add_weighted_adapter(names, [1 / k] * k, "cat_mix", combination_type="cat"),
-                                 peft_model.set_adapter("cat_mix"), peft_model.delete_adapter("cat_mix")), dev, 1, 0)
+            results["step_s"][b]["peft_10_active"] = step_time(
+                peft_model, b, args.prompt, args.steps, vocab, dev, args.repeat
+            )
+        t_merge = timed(
+            lambda: (
+                peft_model.add_weighted_adapter(names, [1 / k] * k, "cat_mix", combination_type="cat"),
+                peft_model.set_adapter("cat_mix"),
+                peft_model.delete_adapter("cat_mix"),
+            ),
+            dev,
+            1,
+            0,
+        )
         peft_model.add_weighted_adapter(names, [1 / k] * k, "cat_mix", combination_type="cat")
         peft_model.set_adapter("cat_mix")
         for b in args.batch:
-            results["step_s"][b]["peft_cat"] = step_time(peft_model, b, args.prompt, args.steps, vocab, dev, args.repeat)
+            results["step_s"][b]["peft_cat"] = step_time(
+                peft_model, b, args.prompt, args.steps, vocab, dev, args.repeat
+            )
         results["new_mix_s"] = {"peft_add_weighted_adapter_cat": median(t_merge)}
         del peft_model
 
@@ -162,15 +181,23 @@ def main() -> None:
 
     for b, row in results["step_s"].items():
         results["ratio_to_base"][b] = {n: v / row["base"] for n, v in row.items()}
-    print(f"\ndecode step time relative to the base model alone ({args.shape}, {args.dtype}, {dev}; prompt {args.prompt}):")
+    print(
+        f"\ndecode step time relative to the base model alone ({args.shape}, {args.dtype}, {dev}; prompt {args.prompt}):"
+    )
     cols = list(next(iter(results["step_s"].values())))
     print("batch | " + " | ".join(cols))
     for b, r in results["ratio_to_base"].items():
         print(f"{b:>5} | " + " | ".join(f"{r.get(c, float('nan')):.2f}x" for c in cols))
     nm = results["new_mix_s"]
-    print(f"new mix -> first token: lerplm {nm['lerplm_new_mix_first_token'] * 1e3:.1f} ms vs same mix "
-          f"{nm['lerplm_same_mix_first_token'] * 1e3:.1f} ms (ratio {nm['lerplm_new_mix_first_token'] / nm['lerplm_same_mix_first_token']:.3f})"
-          + (f"; PEFT add_weighted_adapter(cat)+set_adapter: {nm['peft_add_weighted_adapter_cat']:.3f} s" if "peft_add_weighted_adapter_cat" in nm else ""))
+    print(
+        f"new mix -> first token: lerplm {nm['lerplm_new_mix_first_token'] * 1e3:.1f} ms vs same mix "
+        f"{nm['lerplm_same_mix_first_token'] * 1e3:.1f} ms (ratio {nm['lerplm_new_mix_first_token'] / nm['lerplm_same_mix_first_token']:.3f})"
+        + (
+            f"; PEFT add_weighted_adapter(cat)+set_adapter: {nm['peft_add_weighted_adapter_cat']:.3f} s"
+            if "peft_add_weighted_adapter_cat" in nm
+            else ""
+        )
+    )
     print(f"wrote {save(f'decode-{args.shape}-{args.dtype}-{dev}', results)}")
 
 

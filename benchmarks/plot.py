@@ -14,8 +14,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = {"base": "base alone", "lerplm_rows": "lerplm, a mix per row", "lerplm_rows_one_attribute": "lerplm, one attribute",
-          "lerplm_merged": "lerplm, one mix merged", "peft_10_active": "PEFT, 10 active", "peft_cat": "PEFT, one cat adapter"}
+LABELS = {
+    "base": "base alone",
+    "lerplm_rows": "lerplm, a mix per row",
+    "lerplm_rows_one_attribute": "lerplm, one attribute",
+    "lerplm_merged": "lerplm, one mix merged",
+    "peft_10_active": "PEFT, 10 active",
+    "peft_cat": "PEFT, one cat adapter",
+}
 
 
 def main() -> None:

@@ -24,15 +24,19 @@ PROMPTS = [
 
 
 def loss_table(lm) -> list[str]:
-    rows = ["| attribute | endpoint (level) | texts | steps | first logged loss | last logged loss | mean train loss |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| attribute | endpoint (level) | texts | steps | first logged loss | last logged loss | mean train loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for attr in lm.anchors.attributes:
         for level, ep in ((0, attr.negative), (1, attr.positive)):
             d = lm.anchors.root / ep.adapter
             summary = json.loads((d / SUMMARY).read_text())
             losses = [r["loss"] for r in map(json.loads, (d / LOSS_LOG).read_text().splitlines()) if "loss" in r]
-            rows.append(f"| {attr.name} | {ep.name} ({level}) | {summary['texts']} | {summary['steps']} | "
-                        f"{losses[0]:.3f} | {losses[-1]:.3f} | {summary['train_loss']:.3f} |")
+            rows.append(
+                f"| {attr.name} | {ep.name} ({level}) | {summary['texts']} | {summary['steps']} | "
+                f"{losses[0]:.3f} | {losses[-1]:.3f} | {summary['train_loss']:.3f} |"
+            )
     return rows
 
 
@@ -43,7 +47,9 @@ def main() -> None:
     ap.add_argument("--attributes", default="sentiment,politeness,formality,simplicity,humor")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--trained-with", action="append", help="the commands that made the set (default: one lerplm train)")
+    ap.add_argument(
+        "--trained-with", action="append", help="the commands that made the set (default: one lerplm train)"
+    )
     args = ap.parse_args()
 
     lm = lerplm.load(args.anchors, device="cpu")
@@ -51,8 +57,14 @@ def main() -> None:
     levels = [0.0, 0.5, 1.0]
     jobs = [(a, lvl, p) for a in attrs for p in PROMPTS for lvl in levels]
     t0 = time.time()
-    outs = lm.generate([p for _, _, p in jobs], [{a: lvl} for a, lvl, _ in jobs],
-                       max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, seed=args.seed)
+    outs = lm.generate(
+        [p for _, _, p in jobs],
+        [{a: lvl} for a, lvl, _ in jobs],
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.7,
+        top_p=0.95,
+        seed=args.seed,
+    )
     secs = time.time() - t0
 
     s = lm.anchors
@@ -65,7 +77,10 @@ def main() -> None:
         f"targets {', '.join(t['lora']['target_modules'])}; block {t['block_size']}, batch {t['batch_size']}, "
         f"lr {t['learning_rate']}, at most {t['max_examples']} texts and {t['max_steps']} steps per anchor, "
         f"text format {t.get('text_format', 'plain')})"
-        + "".join(f"; {a}: " + ", ".join(f"{k}={v}" for k, v in ch.items()) for a, ch in t.get("attributes", {}).items()) + ".",
+        + "".join(
+            f"; {a}: " + ", ".join(f"{k}={v}" for k, v in ch.items()) for a, ch in t.get("attributes", {}).items()
+        )
+        + ".",
         f"Trained on {platform.machine()} CPU, 2 cores, torch {torch.__version__}, with:",
         "",
         "```bash",

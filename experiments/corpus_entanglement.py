@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from lerplm.config import load_config
+from lerplm.data import endpoint_texts
 from lerplm.evaluate.scorers import ScorerSet
-from lerplm.train import endpoint_texts
 
 
 def main() -> None:

@@ -23,9 +23,13 @@ def main() -> None:
     args = ap.parse_args()
     single = json.loads((args.single / "summary.json").read_text())["single"]["control"]
     five = json.loads((args.five / "summary.json").read_text())
-    bs = sorted(float(k[len("five_b"):]) for k in five if k.startswith("five_b"))
+    bs = sorted(float(k[len("five_b") :]) for k in five if k.startswith("five_b"))
     others = len(single) - 1  # the varied attribute's weight is 1 - others x b
-    print("| attribute | single: range | " + " | ".join(f"b={b:g} (weight {1 - others * b:.1f}): range ± 95% / predicted" for b in bs) + " |")
+    print(
+        "| attribute | single: range | "
+        + " | ".join(f"b={b:g} (weight {1 - others * b:.1f}): range ± 95% / predicted" for b in bs)
+        + " |"
+    )
     print("|---|---|" + "---|" * len(bs))
     for a, s in single.items():
         cells = []
@@ -35,7 +39,12 @@ def main() -> None:
         print(f"| {a} | {s['score_range']:.3f} | " + " | ".join(cells) + " |")
     df, _ = read_run(args.five)
     df["finished"] = df["text"].astype(str).str.strip().str.contains(r'[.!?"]$')
-    humor = df[df["meta_varied"] == "humor"].groupby(["meta_b", "meta_level"])[["finished", "score_humor"]].mean().unstack(0)
+    humor = (
+        df[df["meta_varied"] == "humor"]
+        .groupby(["meta_b", "meta_level"])[["finished", "score_humor"]]
+        .mean()
+        .unstack(0)
+    )
     print("\nhumor varied: share of finished generations and mean humor score, by level (columns: b)\n")
     print(humor.round(2).to_string())
 

@@ -18,8 +18,16 @@ import httpx
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def main() -> None:
@@ -31,8 +39,11 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "lerplm", "serve", "--anchors", args.anchors, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lerplm", "serve", "--anchors", args.anchors, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -55,7 +66,9 @@ def main() -> None:
                     page.fill(f"#w-{a}", "0")
             page.locator("#lvl-sentiment").fill("0")
             page.click("#go")
-            page.wait_for_function(f"document.getElementById('out').textContent.length > {args.switch_after}", timeout=60000)
+            page.wait_for_function(
+                f"document.getElementById('out').textContent.length > {args.switch_after}", timeout=60000
+            )
             page.screenshot(path=str(ROOT / "docs" / "live_slider_1.png"))
             page.locator("#lvl-sentiment").fill("1")
             page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=120000)

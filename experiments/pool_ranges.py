@@ -21,7 +21,10 @@ def main() -> None:
     args = ap.parse_args()
     controls = [json.loads((r / "summary.json").read_text())["single"]["control"] for r in args.runs]
     shared = [a for a in controls[0] if all(a in c for c in controls[1:])]
-    kinds = (("score_range", "range_ci95", "range (level 1 - level 0)"), ("fitted_range", "fitted_range_ci95", "fitted range"))
+    kinds = (
+        ("score_range", "range_ci95", "range (level 1 - level 0)"),
+        ("fitted_range", "fitted_range_ci95", "fitted range"),
+    )
     for key, ci, label in kinds:
         print("\n| attribute | " + " | ".join(f"{r}: {label} ± 95%" for r in args.runs) + " | pooled ± 95% |")
         print("|---|" + "---|" * (len(args.runs) + 1))

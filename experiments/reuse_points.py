@@ -39,7 +39,9 @@ def check(new: Path, source: Path, points: list[str]) -> bool:
 
 def compose(out: Path, anchors: str, sources: list[str]) -> None:
     pairs = [s.split(":", 1) for s in sources]
-    settings = [{k: v for k, v in json.loads((Path(r) / "sweep.json").read_text()).items() if k != "anchors"} for r, _ in pairs]
+    settings = [
+        {k: v for k, v in json.loads((Path(r) / "sweep.json").read_text()).items() if k != "anchors"} for r, _ in pairs
+    ]
     if any(s != settings[0] for s in settings[1:]):
         sys.exit("the source runs were generated with different settings; their points cannot share a run")
     (out / "points").mkdir(parents=True, exist_ok=True)

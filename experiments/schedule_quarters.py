@@ -42,32 +42,56 @@ def main() -> None:
     scorer = ScorerSet.load(args.scorers)
     prompts = [p.strip() for p in PROMPTS.read_text().splitlines() if p.strip()][args.skip : args.skip + args.prompts]
     conditions = {
-        "sentiment 0 -> 1 (linear)": Schedule(((0, Mix({"sentiment": 0.0})), (TOKENS, Mix({"sentiment": 1.0}))), "linear"),
+        "sentiment 0 -> 1 (linear)": Schedule(
+            ((0, Mix({"sentiment": 0.0})), (TOKENS, Mix({"sentiment": 1.0}))), "linear"
+        ),
         "sentiment 0 -> 1 in four steps (0, 1/3, 2/3, 1 from tokens 0, 16, 32, 48)": Schedule(
-            tuple((16 * k, Mix({"sentiment": k / 3})) for k in range(4)), "step"),
-        "sentiment 0, then 1 from token 32 (step)": Schedule(((0, Mix({"sentiment": 0.0})), (32, Mix({"sentiment": 1.0}))), "step"),
+            tuple((16 * k, Mix({"sentiment": k / 3})) for k in range(4)), "step"
+        ),
+        "sentiment 0, then 1 from token 32 (step)": Schedule(
+            ((0, Mix({"sentiment": 0.0})), (32, Mix({"sentiment": 1.0}))), "step"
+        ),
         "flat sentiment 0.5 (control)": Mix({"sentiment": 0.5}),
         "flat sentiment 1 (positive end)": Mix({"sentiment": 1.0}),
     }
     params = SamplingParams(TOKENS, 0.8, 0.95, 0, 0, min_new_tokens=TOKENS)  # every text has all four quarters
     ids = lm.prompt_ids(prompts)
-    seqs = {name: [lm.sequence(ids[i], m, params, row_seed(0, p, 0)) for i, p in enumerate(prompts)]
-            for name, m in conditions.items()}
+    seqs = {
+        name: [lm.sequence(ids[i], m, params, row_seed(0, p, 0)) for i, p in enumerate(prompts)]
+        for name, m in conditions.items()
+    }
     lm.engine(max_batch=64, max_len=max(map(len, ids)) + TOKENS).run([s for ss in seqs.values() for s in ss])
     q = TOKENS // QUARTERS
-    results = {"anchors": args.anchors, "scorers": args.scorers, "prompts": len(prompts), "tokens": TOKENS, "conditions": {}}
+    results = {
+        "anchors": args.anchors,
+        "scorers": args.scorers,
+        "prompts": len(prompts),
+        "tokens": TOKENS,
+        "conditions": {},
+    }
     for name, ss in seqs.items():
-        texts = [[lm.tokenizer.decode(s.tokens[k * q : (k + 1) * q], skip_special_tokens=True) for k in range(QUARTERS)] for s in ss]
+        texts = [
+            [lm.tokenizer.decode(s.tokens[k * q : (k + 1) * q], skip_special_tokens=True) for k in range(QUARTERS)]
+            for s in ss
+        ]
         scores = [scorer.score([t[k] for t in texts])["sentiment"].tolist() for k in range(QUARTERS)]
         rise = [b - a for a, b in zip(scores[0], scores[-1])]
-        results["conditions"][name] = {"quarters": [interval(s) for s in scores], "last_minus_first": interval(rise),
-                                       "examples": ["|".join(t) for t in texts[:3]]}
-    lines = ["# A schedule over the text: sentiment per quarter", "",
-             f"`python experiments/schedule_quarters.py --anchors {args.anchors} --scorers {args.scorers}`: "
-             f"{len(prompts)} held-out writing prompts (from line {args.skip}), {TOKENS} new tokens (end tokens held back "
-             "until then), temperature 0.8, top-p 0.95; the TF-IDF sentiment scorer's P(positive) of each 16-token quarter, "
-             "mean ± 95% interval over prompts.", "",
-             "| mix | quarter 1 | quarter 2 | quarter 3 | quarter 4 | quarter 4 - quarter 1 (paired) |", "|---|---|---|---|---|---|"]
+        results["conditions"][name] = {
+            "quarters": [interval(s) for s in scores],
+            "last_minus_first": interval(rise),
+            "examples": ["|".join(t) for t in texts[:3]],
+        }
+    lines = [
+        "# A schedule over the text: sentiment per quarter",
+        "",
+        f"`python experiments/schedule_quarters.py --anchors {args.anchors} --scorers {args.scorers}`: "
+        f"{len(prompts)} held-out writing prompts (from line {args.skip}), {TOKENS} new tokens (end tokens held back "
+        "until then), temperature 0.8, top-p 0.95; the TF-IDF sentiment scorer's P(positive) of each 16-token quarter, "
+        "mean ± 95% interval over prompts.",
+        "",
+        "| mix | quarter 1 | quarter 2 | quarter 3 | quarter 4 | quarter 4 - quarter 1 (paired) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in results["conditions"].items():
         cells = [f"{m:.3f} ± {h:.3f}" for m, h in r["quarters"]]
         m, h = r["last_minus_first"]

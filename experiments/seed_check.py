@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import lerplm
-from lerplm.cli import _prompt_slice
+from lerplm.data import read_prompts
 from lerplm.evaluate.grids import single
 from lerplm.evaluate.scorers import ScorerSet
 from lerplm.evaluate.sweep import run_sweep
@@ -27,8 +27,15 @@ def main() -> None:
     points = [p for p in single("humor", 6) + single("formality", 6) if p.meta["level"] == 0.6]
     for spec in sys.argv[1:]:
         name, skip, seed = spec.split(":")
-        df = run_sweep(lm, scorers, points, _prompt_slice(PROMPTS, int(skip), 64), f"runs/seedcheck_{name}",
-                       params=SamplingParams(32, 0.8, 0.95, 0, int(seed)), progress=False)
+        df = run_sweep(
+            lm,
+            scorers,
+            points,
+            read_prompts(PROMPTS, int(skip), 64),
+            f"runs/seedcheck_{name}",
+            params=SamplingParams(32, 0.8, 0.95, 0, int(seed)),
+            progress=False,
+        )
         print(name, df.groupby("point")[["score_humor", "score_formality"]].mean().round(3).to_dict(), flush=True)
 
 

@@ -16,7 +16,9 @@ from lerplm.evaluate.targets import parse_pairs, target_sets
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("calibration")
-    ap.add_argument("--levels", type=float, nargs="+", default=[0.1, 0.37, 0.63, 0.9], help="levels of one-attribute targets")
+    ap.add_argument(
+        "--levels", type=float, nargs="+", default=[0.1, 0.37, 0.63, 0.9], help="levels of one-attribute targets"
+    )
     ap.add_argument("--pair", action="append", default=[], help="A,B: two-attribute targets at level corners 0.15/0.85")
     ap.add_argument("--no-singles", action="store_true", help="pairs only")
     args = ap.parse_args()

@@ -57,8 +57,12 @@ def margins(lm, cfg, attrs: list[str], n: int) -> dict:
             texts = normalize(random.Random(0).sample(read_texts(test), n), ep.normalize)
             own, other = token_nll(lm, texts, one_hot(j)), token_nll(lm, texts, one_hot(1 - j))
             base = token_nll(lm, texts, [0.0] * len(one_hot(0)))
-            per_ep[ep.name] = {"margin": (other - own).mean().item(), "own_nll": own.mean().item(),
-                               "base_nll": base.mean().item(), "acc": (own < other).float().mean().item()}
+            per_ep[ep.name] = {
+                "margin": (other - own).mean().item(),
+                "own_nll": own.mean().item(),
+                "base_nll": base.mean().item(),
+                "acc": (own < other).float().mean().item(),
+            }
         res[a] = per_ep
     return res
 
@@ -103,7 +107,9 @@ def main() -> None:
     for label, per_attr in results.items():
         for a, eps in per_attr.items():
             for ep, r in eps.items():
-                lines.append(f"| {label} | {a} | {ep} | {r['margin']:.3f} | {r['acc']:.2f} | {r['own_nll']:.3f} | {r['base_nll']:.3f} |")
+                lines.append(
+                    f"| {label} | {a} | {ep} | {r['margin']:.3f} | {r['acc']:.2f} | {r['own_nll']:.3f} | {r['base_nll']:.3f} |"
+                )
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

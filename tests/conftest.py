@@ -50,20 +50,31 @@ def build_model(vocab_size: int, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        eos_token_id=2, pad_token_id=0, bos_token_id=None,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=2,
+        pad_token_id=0,
+        bos_token_id=None,
     )
     return LlamaForCausalLM(cfg).eval()
 
 
-def make_adapter(base_dir: Path, out: Path, r: int, alpha: float, seed: int, targets=("q_proj", "v_proj", "o_proj"), **lora):
+def make_adapter(
+    base_dir: Path, out: Path, r: int, alpha: float, seed: int, targets=("q_proj", "v_proj", "o_proj"), **lora
+):
     """A PEFT LoRA adapter with random A and B (PEFT initialises B to zero, which would hide bugs)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, **lora))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, **lora)
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -89,17 +100,25 @@ def make_anchor_set(base_dir: Path, root: Path, specs: list[tuple]) -> Path:
     for i, (attr, ep, r, alpha, extra) in enumerate(specs):
         make_adapter(base_dir, root / f"{attr}.{ep}", r, alpha, seed=100 + i, **extra)
         attrs.setdefault(attr, []).append(Endpoint(ep, f"{attr}.{ep}"))
-    AnchorSet(root=root, base_model=ModelRef(str(base_dir)), attributes=[Attribute(a, *eps) for a, eps in attrs.items()]).save()
+    AnchorSet(
+        root=root, base_model=ModelRef(str(base_dir)), attributes=[Attribute(a, *eps) for a, eps in attrs.items()]
+    ).save()
     return root
 
 
 @pytest.fixture(scope="session")
 def anchor_dir(base_dir, tmp_path_factory) -> Path:
     """Two attributes, four anchors, ranks 4/8/4/6 and different alphas."""
-    return make_anchor_set(base_dir, tmp_path_factory.mktemp("anchors"), [
-        ("sentiment", "negative", 4, 8, {}), ("sentiment", "positive", 8, 16, {}),
-        ("formality", "informal", 4, 4, {}), ("formality", "formal", 6, 12, {}),
-    ])
+    return make_anchor_set(
+        base_dir,
+        tmp_path_factory.mktemp("anchors"),
+        [
+            ("sentiment", "negative", 4, 8, {}),
+            ("sentiment", "positive", 8, 16, {}),
+            ("formality", "informal", 4, 4, {}),
+            ("formality", "formal", 6, 12, {}),
+        ],
+    )
 
 
 @pytest.fixture(scope="session")

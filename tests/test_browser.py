@@ -14,10 +14,20 @@ from .test_serve import make_server  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).with_name("artifacts")
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
+)
 
 
 def test_page_moves_a_slider_and_streams_text(anchor_dir):
@@ -30,7 +40,10 @@ def test_page_moves_a_slider_and_streams_text(anchor_dir):
             slider = page.locator("#lvl-sentiment")
             slider.wait_for()
             assert page.locator(".attr").count() == 2
-            assert "negative" in page.locator(".attr").first.inner_text() and "positive" in page.locator(".attr").first.inner_text()
+            assert (
+                "negative" in page.locator(".attr").first.inner_text()
+                and "positive" in page.locator(".attr").first.inner_text()
+            )
             page.fill("#max", "24")
             before = engine.stats.tokens
             slider.fill("0.9")  # sets the value and fires input + change: the page regenerates with the new mix
@@ -53,7 +66,9 @@ def test_moving_a_slider_mid_stream_bends_the_running_text(anchor_dir):
         engine = s.app.state.engine
         engine.eos = set()  # the stream runs its full length
         step = engine.model
-        engine.model = lambda plan, cache: (time.sleep(0.03), step(plan, cache))[1]  # a tiny model is too quick to catch
+        engine.model = lambda plan, cache: (time.sleep(0.03), step(plan, cache))[
+            1
+        ]  # a tiny model is too quick to catch
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             page = browser.new_page()

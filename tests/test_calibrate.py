@@ -10,12 +10,12 @@ import pytest
 
 from lerplm import LerpError
 from lerplm.calibrate import ResponseModel, mix_features, refine, solve
-from lerplm.evaluate.grids import five_attribute, single
+from lerplm.evaluate.grids import focus, single
 
 ATTRS = ["a", "b"]
 # true logits: intercept + coefficient of (a-, a+, b-, b+)
 TRUE = {
-    "a": np.array([0.0, -2.0, 2.0, 0.0, 0.0]),   # a's own control: sigma(-2..2) = [0.12, 0.88]
+    "a": np.array([0.0, -2.0, 2.0, 0.0, 0.0]),  # a's own control: sigma(-2..2) = [0.12, 0.88]
     "b": np.array([0.0, 0.6, -0.6, -1.5, 1.5]),  # b's control, entangled with a: raising a lowers b
 }
 
@@ -33,14 +33,20 @@ def rows_from_truth(points, per_point=30, noise=0.03, seed=0):
         total = sum(p.weights.values())
         s = true_scores(p.levels, {k: v / total for k, v in p.weights.items()})
         for k in range(per_point):
-            rows.append({"point": p.id, **{f"meta_{m}": v for m, v in p.meta.items()},
-                         **{f"level_{a}": v for a, v in p.levels.items()}, **{f"weight_{a}": v for a, v in p.weights.items()},
-                         **{f"score_{a}": float(np.clip(s[a] + rng.normal(0, noise), 0, 1)) for a in ATTRS}})
+            rows.append(
+                {
+                    "point": p.id,
+                    **{f"meta_{m}": v for m, v in p.meta.items()},
+                    **{f"level_{a}": v for a, v in p.levels.items()},
+                    **{f"weight_{a}": v for a, v in p.weights.items()},
+                    **{f"score_{a}": float(np.clip(s[a] + rng.normal(0, noise), 0, 1)) for a in ATTRS},
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def synthetic_sweep():
-    return rows_from_truth([p for a in ATTRS for p in single(a, 11)] + five_attribute(ATTRS, (0.2, 0.35), 6))
+    return rows_from_truth([p for a in ATTRS for p in single(a, 11)] + focus(ATTRS, (0.2, 0.35), 6))
 
 
 @pytest.fixture(scope="module")
@@ -107,16 +113,48 @@ def test_target_from_the_cli_and_the_server(anchor_dir, tmp_path):
     from lerplm.cli import app
 
     theta = np.array([[0.0, -2.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.5, 1.5]])
-    calib = ResponseModel(["sentiment", "formality"], ["sentiment", "formality"], theta, {"sentiment": 0.0, "formality": 0.0}, 10)
+    calib = ResponseModel(
+        ["sentiment", "formality"], ["sentiment", "formality"], theta, {"sentiment": 0.0, "formality": 0.0}, 10
+    )
     calib.save(tmp_path / "calib.json")
-    r = CliRunner().invoke(app, ["generate", "--anchors", str(anchor_dir), "--target", "sentiment=0.7", "--calibration",
-                                 str(tmp_path / "calib.json"), "--prompt", "hi", "--max-new-tokens", "3"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--anchors",
+            str(anchor_dir),
+            "--target",
+            "sentiment=0.7",
+            "--calibration",
+            str(tmp_path / "calib.json"),
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "solved mix: sentiment=0.7" in r.output and "predicted sentiment=0.70" in r.output
-    r = CliRunner().invoke(app, ["generate", "--anchors", str(anchor_dir), "--target", "sentiment=0.99", "--calibration",
-                                 str(tmp_path / "calib.json"), "--prompt", "hi", "--max-new-tokens", "3"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--anchors",
+            str(anchor_dir),
+            "--target",
+            "sentiment=0.99",
+            "--calibration",
+            str(tmp_path / "calib.json"),
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "3",
+        ],
+    )
     assert r.exit_code == 0 and "warning: target sentiment=0.99 is out of reach" in r.output
-    r = CliRunner().invoke(app, ["generate", "--anchors", str(anchor_dir), "--target", "sentiment=0.5", "--prompt", "hi"])
+    r = CliRunner().invoke(
+        app, ["generate", "--anchors", str(anchor_dir), "--target", "sentiment=0.5", "--prompt", "hi"]
+    )
     assert r.exit_code == 2 and "no calibration at" in r.output
 
     from .test_serve import make_server
@@ -124,7 +162,12 @@ def test_target_from_the_cli_and_the_server(anchor_dir, tmp_path):
     calib.save(anchor_dir / "calibration.json")
     try:
         with make_server(anchor_dir) as s:
-            body = {"prompt": "hi", "max_tokens": 3, "target": {"sentiment": 0.3, "formality": 0.6}, "free_weights": True}
+            body = {
+                "prompt": "hi",
+                "max_tokens": 3,
+                "target": {"sentiment": 0.3, "formality": 0.6},
+                "free_weights": True,
+            }
             out = httpx.post(s.url + "/v1/completions", json=body, timeout=60).json()
             assert out["mix"]["predicted"]["sentiment"] == pytest.approx(0.3, abs=0.01)
             assert out["mix"]["predicted"]["formality"] == pytest.approx(0.6, abs=0.01)
@@ -143,7 +186,9 @@ def test_target_evaluation_calibrated_beats_naive_on_a_known_surface(model, tmp_
     assert ranges["a"] == pytest.approx(1 / (1 + np.exp(-1.6)) - 1 / (1 + np.exp(1.6)), abs=0.02)  # levels 0.1..0.9
     points = target_points(model, targets)
     naive = [p for p in points if p.meta["method"] == "naive"]
-    assert all(p.levels == {a: float(x) for a, x in (q.split("=") for q in p.meta["targets"].split(","))} for p in naive)
+    assert all(
+        p.levels == {a: float(x) for a, x in (q.split("=") for q in p.meta["targets"].split(","))} for p in naive
+    )
     summary = write_report(rows_from_truth(points, 40, 0.05), tmp_path, ranges, {"prompts": 40})
     # calibrated: off only by the fit's error and the noise of a 40-row mean (sd 0.05/sqrt(40))
     assert summary["single_overall"]["calibrated"] < 0.02 and summary["pairs_overall"]["calibrated"] < 0.03
@@ -162,7 +207,9 @@ def test_targets_the_solver_calls_unreachable_are_reported_apart(model, tmp_path
 
     points = target_points(model, [{"a": 0.5}, {"a": 0.99}])  # sigma(2) = 0.88 is a's ceiling
     assert [p.meta["reachable"] for p in points] == [1, 1, 0, 0]
-    summary = write_report(rows_from_truth(points, 40, 0.05), tmp_path, {"a": 0.6, "b": 0.3, "c": 0.01}, {"prompts": 40})
+    summary = write_report(
+        rows_from_truth(points, 40, 0.05), tmp_path, {"a": 0.6, "b": 0.3, "c": 0.01}, {"prompts": 40}
+    )
     assert summary["single_unreachable_targets"] == ["a=0.99"]
     # only the attribute too flat to target is named, not b, which merely has no one-attribute targets here
     assert "too small to set targets in): c (0.010)." in (tmp_path / "targets.md").read_text()
@@ -188,11 +235,27 @@ def test_eval_targets_cli(anchor_dir, tmp_path):
 
     train_scorers(tiny_scorer_config(tmp_path), tmp_path / "scorers", log=lambda s: None)
     theta = np.array([[0.0, -2.0, 2.0, 0.0, 0.0]])
-    ResponseModel(["sentiment", "formality"], ["sentiment"], theta, {"sentiment": 0.0}, 10).save(tmp_path / "calib.json")
+    ResponseModel(["sentiment", "formality"], ["sentiment"], theta, {"sentiment": 0.0}, 10).save(
+        tmp_path / "calib.json"
+    )
     (tmp_path / "prompts.txt").write_text("used for calibration\nthe food\ncould you\n")
-    args = ["eval-targets", "--anchors", str(anchor_dir), "--scorers", str(tmp_path / "scorers"), "--calibration",
-            str(tmp_path / "calib.json"), "--prompts", str(tmp_path / "prompts.txt"), "--skip-prompts", "1",
-            "--max-new-tokens", "3", "--out", str(tmp_path / "run")]
+    args = [
+        "eval-targets",
+        "--anchors",
+        str(anchor_dir),
+        "--scorers",
+        str(tmp_path / "scorers"),
+        "--calibration",
+        str(tmp_path / "calib.json"),
+        "--prompts",
+        str(tmp_path / "prompts.txt"),
+        "--skip-prompts",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "single targets: calibrated MAE" in r.output
@@ -206,19 +269,41 @@ def test_eval_targets_cli(anchor_dir, tmp_path):
     r = CliRunner().invoke(app, args[:-2] + ["--target", "sentiment=0.4", "--out", str(tmp_path / "r3")])
     assert r.exit_code == 0, r.output
     assert sorted(pd.read_csv(tmp_path / "r3" / "targets.csv")["point"]) == [
-        "target-calibrated-sentiment=0.4", "target-naive-sentiment=0.4"]
+        "target-calibrated-sentiment=0.4",
+        "target-naive-sentiment=0.4",
+    ]
     # the closed loop adds a third point, solved from the calibrated point's own measured mean score
     r = CliRunner().invoke(app, args[:-2] + ["--target", "sentiment=0.4", "--refine", "--out", str(tmp_path / "r3")])
     assert r.exit_code == 0, r.output
-    assert "refined MAE" in r.output and "refined once (closed loop) MAE" in (tmp_path / "r3" / "targets.md").read_text()
+    assert (
+        "refined MAE" in r.output and "refined once (closed loop) MAE" in (tmp_path / "r3" / "targets.md").read_text()
+    )
     df = pd.read_csv(tmp_path / "r3" / "results.csv")
     cal, ref = (df[df["point"] == f"target-{m}-sentiment=0.4"] for m in ("calibrated", "refined"))
     first = solve(ResponseModel.load(tmp_path / "calib.json"), {"sentiment": 0.4})
-    expected, _ = refine(ResponseModel.load(tmp_path / "calib.json"), first, {"sentiment": cal["score_sentiment"].mean()})
+    expected, _ = refine(
+        ResponseModel.load(tmp_path / "calib.json"), first, {"sentiment": cal["score_sentiment"].mean()}
+    )
     assert ref["level_sentiment"].iloc[0] == pytest.approx(expected.mix.levels["sentiment"], abs=1e-4)
     # generate --target --refine: the closed loop for a user's own prompts
-    gen = ["generate", "--anchors", str(anchor_dir), "--target", "sentiment=0.4", "--calibration", str(tmp_path / "calib.json"),
-           "--prompt", "the food", "--prompt", "could you", "--max-new-tokens", "3", "--json", "--refine", "1"]
+    gen = [
+        "generate",
+        "--anchors",
+        str(anchor_dir),
+        "--target",
+        "sentiment=0.4",
+        "--calibration",
+        str(tmp_path / "calib.json"),
+        "--prompt",
+        "the food",
+        "--prompt",
+        "could you",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        "--refine",
+        "1",
+    ]
     r = CliRunner().invoke(app, gen + ["--scorers", str(tmp_path / "scorers")])
     assert r.exit_code == 0, r.output
     assert "round 0:" in r.output and "round 1:" in r.output and "round 2:" not in r.output
@@ -271,7 +356,9 @@ def test_closed_loop_steers_the_batch_by_its_own_scores(model):
     rounds = []
     texts, sol, achieved = closed_loop(LM(), Scorers(), model, ["p1", "p2"], {"a": 0.6}, rounds=1, log=rounds.append)
     assert len(rounds) == 2 and rounds[0].startswith("round 0:")
-    assert abs(float(rounds[0].split("a ")[-1].split()[0]) - 0.6) > 0.08 and achieved["a"] == pytest.approx(0.6, abs=0.02)
+    assert abs(float(rounds[0].split("a ")[-1].split()[0]) - 0.6) > 0.08 and achieved["a"] == pytest.approx(
+        0.6, abs=0.02
+    )
     assert json.loads(texts[1][0]) == sol.mix.to_json(ATTRS)
     with pytest.raises(LerpError, match="scorers have no"):
         Scorers.names = ["b"]

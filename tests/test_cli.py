@@ -48,21 +48,52 @@ def test_missing_anchor_set_and_prompt(anchor_dir, tmp_path):
 
 
 def test_extrapolate_flag_allows_levels_beyond_the_hull(anchor_dir):
-    r = run("generate", "--anchors", anchor_dir, "--mix", "sentiment=1.5", "--extrapolate",
-            "--prompt", "hi", "--max-new-tokens", "3", "--json")
+    r = run(
+        "generate",
+        "--anchors",
+        anchor_dir,
+        "--mix",
+        "sentiment=1.5",
+        "--extrapolate",
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "3",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
 
 
 def test_generate_json_lines_for_several_mixes(anchor_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the food\ncould you\n")
-    r = run("generate", "--anchors", anchor_dir, "--mix", "sentiment=0,formality=0", "--mix", "sentiment=1,formality=0.5",
-            "--weights", "sentiment=3,formality=1", "--prompts-file", prompts, "--n", "2",
-            "--max-new-tokens", "4", "--seed", "3", "--json")
+    r = run(
+        "generate",
+        "--anchors",
+        anchor_dir,
+        "--mix",
+        "sentiment=0,formality=0",
+        "--mix",
+        "sentiment=1,formality=0.5",
+        "--weights",
+        "sentiment=3,formality=1",
+        "--prompts-file",
+        prompts,
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--seed",
+        "3",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     recs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert len(recs) == 2 * 2 * 2
-    assert recs[-1]["mix"] == {"levels": {"sentiment": 1.0, "formality": 0.5}, "weights": {"sentiment": 0.75, "formality": 0.25}}
+    assert recs[-1]["mix"] == {
+        "levels": {"sentiment": 1.0, "formality": 0.5},
+        "weights": {"sentiment": 0.75, "formality": 0.25},
+    }
     assert {r_["seed"] for r_ in recs} == {3} and {r_["sample"] for r_ in recs} == {0, 1}
 
 
@@ -83,9 +114,33 @@ def test_export_grid_and_rank_from_the_cli(anchor_dir, tmp_path):
     assert "max rank 12" in r.output
     r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0.5", "--rank", "4", "--out", tmp_path / "r")
     assert r.exit_code == 0 and "rank 4" in r.output and "relative error max" in r.output
-    r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0.5", "--rank", "4", "--format", "merged", "--out", tmp_path / "x")
+    r = run(
+        "export",
+        "--anchors",
+        anchor_dir,
+        "--mix",
+        "sentiment=0.5",
+        "--rank",
+        "4",
+        "--format",
+        "merged",
+        "--out",
+        tmp_path / "x",
+    )
     assert r.exit_code == 2 and "--rank applies to --format peft only" in r.output
-    r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0", "--mix", "sentiment=1", "--format", "merged", "--out", tmp_path / "y")
+    r = run(
+        "export",
+        "--anchors",
+        anchor_dir,
+        "--mix",
+        "sentiment=0",
+        "--mix",
+        "sentiment=1",
+        "--format",
+        "merged",
+        "--out",
+        tmp_path / "y",
+    )
     assert r.exit_code == 2 and "several mixes" in r.output
 
 

@@ -15,15 +15,23 @@ from safetensors.torch import load_file
 from .conftest import STYLES
 from .test_train import write_config
 
-pytestmark = pytest.mark.skipif(not STYLES.is_dir() or shutil.which("torchrun") is None, reason="needs shared data and torchrun")
+pytestmark = pytest.mark.skipif(
+    not STYLES.is_dir() or shutil.which("torchrun") is None, reason="needs shared data and torchrun"
+)
 
 
 def run_train(config: Path, out: Path, seen: Path, nproc: int) -> None:
     seen.mkdir()
     env = {**os.environ, "LERPLM_SEEN_DIR": str(seen), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     worker = str(Path(__file__).with_name("ddp_worker.py"))
-    cmd = (["torchrun", "--standalone", f"--nproc_per_node={nproc}", worker] if nproc > 1 else [sys.executable, worker])
-    r = subprocess.run(cmd + ["train", "--config", str(config), "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    cmd = ["torchrun", "--standalone", f"--nproc_per_node={nproc}", worker] if nproc > 1 else [sys.executable, worker]
+    r = subprocess.run(
+        cmd + ["train", "--config", str(config), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
@@ -37,7 +45,10 @@ def test_two_process_training_matches_single_process_shapes_on_different_shards(
         two = load_file(tmp_path / "ddp" / ep / "adapter_model.safetensors")
         assert {k: v.shape for k, v in one.items()} == {k: v.shape for k, v in two.items()}
     manifest = json.loads((tmp_path / "ddp" / "anchors.json").read_text())
-    assert [e["adapter"] for a in manifest["attributes"] for e in a["endpoints"]] == ["sentiment.negative", "sentiment.positive"]
+    assert [e["adapter"] for a in manifest["attributes"] for e in a["endpoints"]] == [
+        "sentiment.negative",
+        "sentiment.positive",
+    ]
     assert not list((tmp_path / "ddp").glob(".*"))  # no temp or work dirs left behind
 
     rank0 = json.loads((tmp_path / "seen2" / "rank0.json").read_text())

@@ -20,9 +20,15 @@ def prefill_plan(ids: torch.Tensor, coeffs: torch.Tensor | None, slots: list[int
     """Every row of ``ids`` (B, T) as one prefill chunk; logits for every token."""
     b, t = ids.shape
     return StepPlan(
-        tokens=ids.reshape(-1), positions=torch.arange(t).repeat(b), slots=torch.tensor(slots).repeat_interleave(t),
-        coeffs=None if coeffs is None else coeffs.reshape(b * t, -1), active=None if coeffs is None else (0, coeffs.shape[-1]),
-        decode_slots=[], decode_len=0, prefill=[(s, 0, t) for s in slots], logit_index=torch.arange(b * t),
+        tokens=ids.reshape(-1),
+        positions=torch.arange(t).repeat(b),
+        slots=torch.tensor(slots).repeat_interleave(t),
+        coeffs=None if coeffs is None else coeffs.reshape(b * t, -1),
+        active=None if coeffs is None else (0, coeffs.shape[-1]),
+        decode_slots=[],
+        decode_len=0,
+        prefill=[(s, 0, t) for s in slots],
+        logit_index=torch.arange(b * t),
     )
 
 
@@ -51,9 +57,15 @@ def test_decode_rows_in_scattered_slots_with_a_prefill_chunk_in_the_same_step(lm
     fast(prefill_plan(ids[:, :12], COEFFS[:, None].expand(3, 12, 4), [0, 2, 3]), cache)
     # rows in slots 0 and 3 decode token 12; the row in slot 2 re-prefills positions 5..12 as a chunk
     plan = StepPlan(
-        tokens=torch.cat([ids[[0, 2], 12], ids[1, 5:13]]), positions=torch.tensor([12, 12, *range(5, 13)]),
-        slots=torch.tensor([0, 3] + [2] * 8), coeffs=torch.cat([COEFFS[[0, 2]], COEFFS[1:2].expand(8, 4)]), active=(0, 4),
-        decode_slots=[0, 3], decode_len=13, prefill=[(2, 5, 8)], logit_index=torch.tensor([0, 1, 9]),
+        tokens=torch.cat([ids[[0, 2], 12], ids[1, 5:13]]),
+        positions=torch.tensor([12, 12, *range(5, 13)]),
+        slots=torch.tensor([0, 3] + [2] * 8),
+        coeffs=torch.cat([COEFFS[[0, 2]], COEFFS[1:2].expand(8, 4)]),
+        active=(0, 4),
+        decode_slots=[0, 3],
+        decode_len=13,
+        prefill=[(2, 5, 8)],
+        logit_index=torch.tensor([0, 1, 9]),
     )
     assert (fast(plan, cache) - want[[0, 2, 1]]).abs().max() < 1e-4
 
@@ -69,11 +81,18 @@ def test_the_recompute_step_equals_the_fast_step(lm, fast):
 
 
 def _seqs(lm, lengths, seed=0, temperature=0.9):
-    prompts = ["the food was great", "could you please take a look at this when you have time?", "worst", "it is a minor"]
+    prompts = [
+        "the food was great",
+        "could you please take a look at this when you have time?",
+        "worst",
+        "it is a minor",
+    ]
     ids = lm.prompt_ids(prompts)
     mixes = [[0.2, 0.8, 0, 0], [0, 0, 1, 0], [0.5, 0.5, 0, 0], [0, 0, 0, 0]]
-    return [Sequence(ids[i % 4], mixes[i % 4], SamplingParams(n, temperature, 0.95, 0, 0), seed=seed + i)
-            for i, n in enumerate(lengths)]
+    return [
+        Sequence(ids[i % 4], mixes[i % 4], SamplingParams(n, temperature, 0.95, 0, 0), seed=seed + i)
+        for i, n in enumerate(lengths)
+    ]
 
 
 def _engine(lm, **kw) -> Engine:
@@ -157,8 +176,9 @@ def test_quantised_linears_on_awkward_shapes(in_features):
 
 
 def _params(n, temperature=1.0, top_p=1.0, top_k=0, seed=0, step=0):
-    return BatchParams.from_lists([float(temperature)] * n, [float(top_p)] * n, [top_k] * n,
-                                  list(range(seed, seed + n)), [step] * n)
+    return BatchParams.from_lists(
+        [float(temperature)] * n, [float(top_p)] * n, [top_k] * n, list(range(seed, seed + n)), [step] * n
+    )
 
 
 def test_sampler_draws_from_the_distribution():
@@ -177,8 +197,13 @@ def test_sampler_draws_from_the_distribution():
 
 def test_sampler_rows_are_independent_of_their_batch():
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
-    lists = ([0.7, 1.0, 0.0, 1.3, 0.9, 1.0], [0.9, 1.0, 1.0, 0.5, 1.0, 0.95], [0, 0, 0, 0, 5, 2],
-             [11, 12, 13, 14, 15, 16], [0, 3, 1, 7, 2, 9])
+    lists = (
+        [0.7, 1.0, 0.0, 1.3, 0.9, 1.0],
+        [0.9, 1.0, 1.0, 0.5, 1.0, 0.95],
+        [0, 0, 0, 0, 5, 2],
+        [11, 12, 13, 14, 15, 16],
+        [0, 3, 1, 7, 2, 9],
+    )
     together = sample(logits, BatchParams.from_lists(*lists))[0].tolist()
     for i in range(6):
         one = BatchParams.from_lists(*([x[i]] for x in lists))
@@ -223,7 +248,10 @@ def test_min_new_tokens_holds_the_end_tokens_back(lm):
     eng = lm.engine(max_batch=2, max_len=64)
     eos = lm.eos_ids()[0]
     eng.model = (lambda step: lambda plan, cache: step(plan, cache).index_fill(1, torch.tensor([eos]), 1e4))(eng.model)
-    free, held = Sequence(ids, [0.0] * 4, SamplingParams(9, 0), 0), Sequence(ids, [0.0] * 4, SamplingParams(9, 0, min_new_tokens=6), 1)
+    free, held = (
+        Sequence(ids, [0.0] * 4, SamplingParams(9, 0), 0),
+        Sequence(ids, [0.0] * 4, SamplingParams(9, 0, min_new_tokens=6), 1),
+    )
     eng.run([free, held])
     assert free.tokens == [eos] and free.finish_reason == "stop"  # the end token is the model's favourite
     assert len(held.tokens) == 7 and eos not in held.tokens[:6] and held.tokens[6] == eos

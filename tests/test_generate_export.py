@@ -34,11 +34,15 @@ def test_every_prompt_samples_from_its_own_stream(lm, monkeypatch):
     monkeypatch.setattr(lm, "_run", lambda seqs: seen.append([s.seed for s in seqs]) or run(seqs))
     lm.generate(PROMPTS + PROMPTS[:1], MIXES + [{"sentiment": 0.1}], n=2, max_new_tokens=2, seed=7)
     assert seen[0] == [row_seed(7, p, j) for p in PROMPTS + PROMPTS[:1] for j in range(2)]
-    assert len(set(seen[0])) == 4 and seen[0][4:] == seen[0][:2]  # distinct per prompt and sample; same prompt, same stream
+    assert (
+        len(set(seen[0])) == 4 and seen[0][4:] == seen[0][:2]
+    )  # distinct per prompt and sample; same prompt, same stream
 
 
 def test_mix_changes_generation(lm):
-    outs = lm.generate(PROMPTS[:1] * 3, [{"sentiment": 0}, {"sentiment": 1}, {"formality": 1}], max_new_tokens=16, temperature=0)
+    outs = lm.generate(
+        PROMPTS[:1] * 3, [{"sentiment": 0}, {"sentiment": 1}, {"formality": 1}], max_new_tokens=16, temperature=0
+    )
     assert len({o[0] for o in outs}) > 1
 
 
@@ -54,7 +58,7 @@ def test_greedy_decode_with_kv_cache_matches_transformers_generate(lm, base_dir)
         for prompt, (text,) in zip(PROMPTS, ours):
             ids = lm.tokenizer(prompt, return_tensors="pt")
             out = ref.generate(**ids, max_new_tokens=10, do_sample=False, eos_token_id=lm.eos_ids(), pad_token_id=0)
-            want = lm.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            want = lm.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
             assert text == want
 
 
@@ -101,7 +105,9 @@ def test_peft_export_drops_adapters_with_zero_coefficient(lm, base_dir, tmp_path
     assert json.loads((tmp_path / "pos" / "adapter_config.json").read_text())["r"] == 8
     enc = lm.encode(PROMPTS, chat=False)
     want = lm.logits(enc["input_ids"], lm.coefficients([{"sentiment": 1.0}] * 2), enc["attention_mask"])
-    got = _logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "pos").eval(), enc)
+    got = _logits(
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "pos").eval(), enc
+    )
     assert (got - want).abs()[enc["attention_mask"].bool()].max() < 1e-4
 
 
@@ -110,7 +116,7 @@ def test_export_never_overwrites(lm, tmp_path):
     with pytest.raises(LerpError, match="already exists"):
         export(lm, {"sentiment": 1.0}, tmp_path / "x", "peft")
     with pytest.raises(LerpError, match="unknown export format"):
-        export(lm, {"sentiment": 1.0}, tmp_path / "y", "gguf")
+        export(lm, {"sentiment": 1.0}, tmp_path / "y", "onnx")
 
 
 def _peft_logits(base_dir, adapter, enc):
@@ -123,10 +129,14 @@ def test_per_layer_ranks_and_rslora_export_exactly(base_dir, tmp_path):
     """Adapters with rank_pattern / alpha_pattern / rsLoRA: the runtime and the export both follow them."""
     import lerplm
 
-    root = make_anchor_set(base_dir, tmp_path / "anchors", [
-        ("tone", "low", 4, 8, {"rank_pattern": {"q_proj": 2}, "alpha_pattern": {"v_proj": 3}}),
-        ("tone", "high", 6, 6, {"use_rslora": True}),
-    ])
+    root = make_anchor_set(
+        base_dir,
+        tmp_path / "anchors",
+        [
+            ("tone", "low", 4, 8, {"rank_pattern": {"q_proj": 2}, "alpha_pattern": {"v_proj": 3}}),
+            ("tone", "high", 6, 6, {"use_rslora": True}),
+        ],
+    )
     lm = lerplm.load(root, device="cpu")
     enc = lm.encode(PROMPTS, chat=False)
     mask = enc["attention_mask"].bool()
@@ -147,11 +157,16 @@ def test_export_grid_manifest_and_every_adapter_reproduces_its_mix(lm, base_dir,
     mixes = {p.id: p.mix for p in parse_grid("single:formality", lm.anchors.names, 3)}
     manifest = export_grid(lm, mixes, tmp_path / "grid")
     assert set(manifest["adapters"]) == set(mixes) and manifest["max_rank"] == 10
-    assert manifest["adapters"]["single-formality-0.5"]["mix"] == {"levels": {"formality": 0.5}, "weights": {"formality": 1.0}}
+    assert manifest["adapters"]["single-formality-0.5"]["mix"] == {
+        "levels": {"formality": 0.5},
+        "weights": {"formality": 1.0},
+    }
     enc = lm.encode(PROMPTS, chat=False)
     for name, mix in mixes.items():
         want = lm.logits(enc["input_ids"], lm.coefficients([mix] * 2), enc["attention_mask"])
-        assert (_peft_logits(base_dir, tmp_path / "grid" / name, enc) - want).abs()[enc["attention_mask"].bool()].max() < 1e-4
+        assert (_peft_logits(base_dir, tmp_path / "grid" / name, enc) - want).abs()[
+            enc["attention_mask"].bool()
+        ].max() < 1e-4
 
 
 def test_rank_reduced_export_reports_its_true_error(lm, base_dir, tmp_path):
@@ -187,14 +202,17 @@ def test_gguf_export_holds_each_anchor_as_llama_cpp_reads_it(lm, tmp_path):
     manifest = export_gguf(lm, tmp_path / "gguf")
     assert manifest["adapters"] == [f"{e.adapter}.gguf" for e in lm.anchors.endpoints]
     cfg = lm.model.config
-    unpermute = LlamaTensorProcessor({"num_attention_heads": cfg.num_attention_heads,
-                                      "num_key_value_heads": cfg.num_key_value_heads})
+    unpermute = LlamaTensorProcessor(
+        {"num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads}
+    )
     for file, adapter in zip(manifest["adapters"], lm.adapters):
         reader = gguf.GGUFReader(tmp_path / "gguf" / file)
         fields = {f.name: f for f in reader.fields.values()}
         assert bytes(fields["general.type"].parts[-1]).decode() == "adapter"
         assert float(fields["adapter.lora.alpha"].parts[-1][0]) == 0.0
-        tensors = {t.name: torch.from_numpy(t.data.copy()).reshape(list(reversed(t.shape.tolist()))) for t in reader.tensors}
+        tensors = {
+            t.name: torch.from_numpy(t.data.copy()).reshape(list(reversed(t.shape.tolist()))) for t in reader.tensors
+        }
         assert len(tensors) == 2 * len(adapter.modules)
         for module, (a, b, s) in adapter.modules.items():
             layer, kind = module.split(".")[2], module.rpartition(".")[2]

@@ -36,8 +36,9 @@ def test_a_plain_client_gets_the_base_model_and_presets_are_model_ids(served):
     lm.engine(max_batch=1, max_len=64).run([seq])
     assert plain.choices[0].message.content.strip() == lm.text(seq.tokens)
     formal = c.chat.completions.create(model="formal", messages=HELLO, max_tokens=10, temperature=0)
-    explicit = c.chat.completions.create(model=s.model, messages=HELLO, max_tokens=10, temperature=0,
-                                         extra_body={"mix": {"formality": 1.0}})
+    explicit = c.chat.completions.create(
+        model=s.model, messages=HELLO, max_tokens=10, temperature=0, extra_body={"mix": {"formality": 1.0}}
+    )
     assert formal.choices[0].message.content == explicit.choices[0].message.content
     assert formal.model == "formal"
     with pytest.raises(openai.NotFoundError) as e:
@@ -62,17 +63,23 @@ def test_stop_strings_cut_the_text_streaming_or_not(served):
     assert len(text) > 6
     stop = text[3:5]  # two characters from inside the answer
     want = text[: text.index(stop)]
-    cut = c.completions.create(model=s.model, prompt="the food was", max_tokens=24, temperature=0, stop=[stop, "\x00never"])
+    cut = c.completions.create(
+        model=s.model, prompt="the food was", max_tokens=24, temperature=0, stop=[stop, "\x00never"]
+    )
     assert cut.choices[0].text == want and cut.choices[0].finish_reason == "stop"
     assert cut.usage.completion_tokens < full.usage.completion_tokens
-    streamed = c.completions.create(model=s.model, prompt="the food was", max_tokens=24, temperature=0, stop=stop, stream=True)
+    streamed = c.completions.create(
+        model=s.model, prompt="the food was", max_tokens=24, temperature=0, stop=stop, stream=True
+    )
     chunks = list(streamed)
     assert "".join(ch.choices[0].text for ch in chunks) == want and chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_logprobs_are_real_values(served):
     s, c, _ = served
-    r = c.chat.completions.create(model=s.model, messages=HELLO, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    r = c.chat.completions.create(
+        model=s.model, messages=HELLO, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
+    )
     content = r.choices[0].logprobs.content
     assert len(content) >= 1
     for e in content:
@@ -97,11 +104,14 @@ def test_n_greater_than_one_streams_every_choice(served):
         assert text == whole.choices[i].message.content
 
 
-@pytest.mark.parametrize("messages, where", [
-    ([{"role": "user"}], "messages.0.content"),
-    ([{"role": "robot", "content": "hi"}], "messages.0.role"),
-    ([], "messages"),
-])
+@pytest.mark.parametrize(
+    "messages, where",
+    [
+        ([{"role": "user"}], "messages.0.content"),
+        ([{"role": "robot", "content": "hi"}], "messages.0.role"),
+        ([], "messages"),
+    ],
+)
 def test_malformed_messages_get_400(served, messages, where):
     s, _, _ = served
     r = httpx.post(s.url + "/v1/chat/completions", json={"messages": messages}, timeout=30)
@@ -128,19 +138,29 @@ def test_the_openapi_schema_declares_every_status_and_content_type(served):
 def test_langchain_chat_openai_with_no_extra_fields(served):
     lc = pytest.importorskip("langchain_openai")
     s, _, _ = served
-    chat = lc.ChatOpenAI(base_url=s.url + "/v1", api_key="none", model="cheerful", max_tokens=8, temperature=0, max_retries=0)
+    chat = lc.ChatOpenAI(
+        base_url=s.url + "/v1", api_key="none", model="cheerful", max_tokens=8, temperature=0, max_retries=0
+    )
     assert isinstance(chat.invoke("hello").content, str)
     assert "".join(chunk.content for chunk in chat.stream("hello")) == chat.invoke("hello").content
 
 
 def test_a_schedule_in_the_mix_field_and_the_live_route(served):
     s, _, _ = served
-    body = {"prompt": "the food was", "max_tokens": 8, "temperature": 0,
-            "mix": {"schedule": [{"at": 0, "levels": {"sentiment": 0.0}}, {"at": 4, "levels": {"sentiment": 1.0}}],
-                    "interpolate": "step"}}
+    body = {
+        "prompt": "the food was",
+        "max_tokens": 8,
+        "temperature": 0,
+        "mix": {
+            "schedule": [{"at": 0, "levels": {"sentiment": 0.0}}, {"at": 4, "levels": {"sentiment": 1.0}}],
+            "interpolate": "step",
+        },
+    }
     r = httpx.post(s.url + "/v1/completions", json=body, timeout=30)
     assert r.status_code == 200 and r.json()["choices"][0]["text"] is not None
-    bad = httpx.post(s.url + "/v1/completions", json=body | {"mix": {"schedule": [{"at": 5, "levels": {}}, {"at": 2, "levels": {}}]}})
+    bad = httpx.post(
+        s.url + "/v1/completions", json=body | {"mix": {"schedule": [{"at": 5, "levels": {}}, {"at": 2, "levels": {}}]}}
+    )
     assert bad.status_code == 400
     gone = httpx.post(s.url + "/v1/streams/cmpl-none/mix", json={"mix": {"sentiment": 1.0}})
     assert gone.status_code == 404 and "no running request" in gone.json()["error"]["message"]
@@ -165,12 +185,18 @@ def test_a_live_change_with_reencode_rereads_the_text_so_far(anchor_dir):
                 last = json.loads(line[6:])
                 text += last["choices"][0]["text"]
                 if i == 4:
-                    httpx.post(s.url + f"/v1/streams/{last['id']}/mix", json={"mix": {"formality": 1.0}, "reencode": True})
+                    httpx.post(
+                        s.url + f"/v1/streams/{last['id']}/mix", json={"mix": {"formality": 1.0}, "reencode": True}
+                    )
         switch = last["mix_log"][1]["token"]
         assert 0 < switch < 30
-        sched = {"schedule": [{"at": 0, "levels": {"sentiment": 0.0}}, {"at": switch, "levels": {"formality": 1.0}}],
-                 "interpolate": "step"}
-        want = httpx.post(s.url + "/v1/completions", json=body | {"mix": sched}, timeout=60).json()["choices"][0]["text"]
+        sched = {
+            "schedule": [{"at": 0, "levels": {"sentiment": 0.0}}, {"at": switch, "levels": {"formality": 1.0}}],
+            "interpolate": "step",
+        }
+        want = httpx.post(s.url + "/v1/completions", json=body | {"mix": sched}, timeout=60).json()["choices"][0][
+            "text"
+        ]
         assert text == want
         plain = httpx.post(s.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
         assert text != plain

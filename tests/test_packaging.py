@@ -15,8 +15,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_installs_in_a_fresh_venv_and_runs(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", REPO],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            tmp_path / "dist",
+            REPO,
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next((tmp_path / "dist").glob("lerplm-*.whl"))
     venv = tmp_path / "venv"
     # system site packages provide torch & co. (a second torch download is what the pinned install avoids);
@@ -24,7 +38,9 @@ def test_wheel_installs_in_a_fresh_venv_and_runs(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv], check=True)
     py, cli = venv / "bin" / "python", venv / "bin" / "lerplm"
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", wheel], check=True, capture_output=True)
-    where = subprocess.run([py, "-c", "import lerplm; print(lerplm.__file__)"], check=True, capture_output=True, text=True, cwd=tmp_path)
+    where = subprocess.run(
+        [py, "-c", "import lerplm; print(lerplm.__file__)"], check=True, capture_output=True, text=True, cwd=tmp_path
+    )
     assert where.stdout.startswith(str(venv))
     help_ = subprocess.run([cli, "--help"], check=True, capture_output=True, text=True)
     for cmd in ("train", "generate", "export", "sweep", "doctor"):

@@ -86,7 +86,9 @@ def test_all_weight_on_one_endpoint_equals_that_adapter_in_plain_peft(lm, anchor
 
     enc = encode(lm)
     for mix, adapter in [({"sentiment": 1.0}, "sentiment.positive"), ({"formality": 0.0}, "formality.informal")]:
-        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), anchor_dir / adapter).eval()
+        peft_model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_dir), anchor_dir / adapter
+        ).eval()
         with torch.no_grad():
             want = peft_model(**enc).logits
         got = lm.logits(enc["input_ids"], lm.coefficients([mix] * len(PROMPTS)), enc["attention_mask"])

@@ -73,25 +73,65 @@ MIX = {"levels": {"sentiment": 0.8, "formality": 0.2}}
 def test_openai_client_completions_chat_and_streaming(server):
     c = client(server)
     r = c.completions.create(model=server.model, prompt="the food was", max_tokens=8, seed=1, extra_body={"mix": MIX})
-    assert r.object == "text_completion" and r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1
-    chat = c.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "hello"}], max_tokens=8, seed=1,
-                                     extra_body={"mix": {"alpha": {"sentiment": 0.1}, "lambda": {"sentiment": 1}}})
+    assert (
+        r.object == "text_completion"
+        and r.choices[0].finish_reason in ("stop", "length")
+        and r.usage.completion_tokens >= 1
+    )
+    chat = c.chat.completions.create(
+        model=server.model,
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=8,
+        seed=1,
+        extra_body={"mix": {"alpha": {"sentiment": 0.1}, "lambda": {"sentiment": 1}}},
+    )
     assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
-    pieces = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
-        model=server.model, messages=[{"role": "user", "content": "hello"}], max_tokens=8, seed=1, stream=True,
-        extra_body={"mix": {"alpha": {"sentiment": 0.1}, "lambda": {"sentiment": 1}}})]
+    pieces = [
+        ch.choices[0].delta.content or ""
+        for ch in c.chat.completions.create(
+            model=server.model,
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=8,
+            seed=1,
+            stream=True,
+            extra_body={"mix": {"alpha": {"sentiment": 0.1}, "lambda": {"sentiment": 1}}},
+        )
+    ]
     assert "".join(pieces) == chat.choices[0].message.content  # streamed = whole, same seed
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
-        model=server.model, prompt="the food was", max_tokens=8, seed=1, stream=True, extra_body={"mix": MIX}))
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(
+            model=server.model, prompt="the food was", max_tokens=8, seed=1, stream=True, extra_body={"mix": MIX}
+        )
+    )
     assert streamed == r.choices[0].text
     assert [m.id for m in c.models.list().data] == [server.app.state.lm.anchors.root.name]
 
 
 def test_mix_changes_the_output(server):
     c = client(server)
-    outs = {c.completions.create(model=server.model, prompt="the food was", max_tokens=12, temperature=0, extra_body={"mix": {"sentiment": lvl}}).choices[0].text
-            for lvl in (0.0, 1.0)} | {c.completions.create(model=server.model, prompt="the food was", max_tokens=12, temperature=0,
-                                                           extra_body={"mix": {"formality": 1.0}}).choices[0].text}
+    outs = {
+        c.completions.create(
+            model=server.model,
+            prompt="the food was",
+            max_tokens=12,
+            temperature=0,
+            extra_body={"mix": {"sentiment": lvl}},
+        )
+        .choices[0]
+        .text
+        for lvl in (0.0, 1.0)
+    } | {
+        c.completions.create(
+            model=server.model,
+            prompt="the food was",
+            max_tokens=12,
+            temperature=0,
+            extra_body={"mix": {"formality": 1.0}},
+        )
+        .choices[0]
+        .text
+    }
     assert len(outs) > 1
 
 
@@ -101,7 +141,13 @@ def test_concurrent_requests_with_different_mixes_equal_the_same_requests_alone(
 
     def one(job):
         prompt, mix, seed = job
-        return c.completions.create(model=server.model, prompt=prompt, max_tokens=16, seed=seed, temperature=0.9, extra_body={"mix": mix}).choices[0].text
+        return (
+            c.completions.create(
+                model=server.model, prompt=prompt, max_tokens=16, seed=seed, temperature=0.9, extra_body={"mix": mix}
+            )
+            .choices[0]
+            .text
+        )
 
     alone = [one(j) for j in jobs]
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
@@ -109,20 +155,26 @@ def test_concurrent_requests_with_different_mixes_equal_the_same_requests_alone(
     assert together == alone
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"prompt": "hi", "mix": {"levels": {"tone": 0.5}}}, "unknown attribute 'tone'"),
-    ({"prompt": "hi", "mix": {"levels": {"sentiment": 1.5}}}, "must lie in [0, 1]"),
-    ({"prompt": "hi", "mix": {"levels": {"sentiment": "high"}}}, "must be a number"),
-    ({"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "temperature": "hot"}, "temperature"),
-    ({"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "max_tokens": -5}, "max_tokens must lie in [1, 512]"),
-    ({"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "max_tokens": 100000}, "max_tokens must lie in [1, 512]"),
-    ({"prompt": "word " * 3000, "mix": {"levels": {"sentiment": 0.5}}}, "the limit is 1024"),
-    ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "up to 4"),
-    ({"prompt": "hi", "seed": 2**70}, "seed must lie in"),
-    ({"prompt": "hi", "logprobs": 9}, "logprobs must be an integer in [0, 5]"),
-    ({"prompt": 5, "mix": {"levels": {"sentiment": 0.5}}}, "prompt"),
-    ({"mix": {"levels": {"sentiment": 0.5}}}, "prompt: Field required"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"prompt": "hi", "mix": {"levels": {"tone": 0.5}}}, "unknown attribute 'tone'"),
+        ({"prompt": "hi", "mix": {"levels": {"sentiment": 1.5}}}, "must lie in [0, 1]"),
+        ({"prompt": "hi", "mix": {"levels": {"sentiment": "high"}}}, "must be a number"),
+        ({"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "temperature": "hot"}, "temperature"),
+        ({"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "max_tokens": -5}, "max_tokens must lie in [1, 512]"),
+        (
+            {"prompt": "hi", "mix": {"levels": {"sentiment": 0.5}}, "max_tokens": 100000},
+            "max_tokens must lie in [1, 512]",
+        ),
+        ({"prompt": "word " * 3000, "mix": {"levels": {"sentiment": 0.5}}}, "the limit is 1024"),
+        ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "up to 4"),
+        ({"prompt": "hi", "seed": 2**70}, "seed must lie in"),
+        ({"prompt": "hi", "logprobs": 9}, "logprobs must be an integer in [0, 5]"),
+        ({"prompt": 5, "mix": {"levels": {"sentiment": 0.5}}}, "prompt"),
+        ({"mix": {"levels": {"sentiment": 0.5}}}, "prompt: Field required"),
+    ],
+)
 def test_bad_input_gets_an_openai_style_400(server, body, message):
     r = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
     assert r.status_code == 400, r.text
@@ -131,7 +183,9 @@ def test_bad_input_gets_an_openai_style_400(server, body, message):
 
 
 def test_malformed_json_and_unknown_routes_then_the_server_still_serves(server):
-    r = httpx.post(server.url + "/v1/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"})
+    r = httpx.post(
+        server.url + "/v1/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     assert httpx.get(server.url + "/v1/nothing").status_code == 404
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
@@ -141,9 +195,18 @@ def test_malformed_json_and_unknown_routes_then_the_server_still_serves(server):
 
 def test_attributes_metrics_and_page(server):
     attrs = httpx.get(server.url + "/v1/attributes").json()["attributes"]
-    assert [(a["name"], a["negative"], a["positive"]) for a in attrs] == [("sentiment", "negative", "positive"), ("formality", "informal", "formal")]
+    assert [(a["name"], a["negative"], a["positive"]) for a in attrs] == [
+        ("sentiment", "negative", "positive"),
+        ("formality", "informal", "formal"),
+    ]
     text = httpx.get(server.url + "/metrics").text
-    for name in ("lerplm_requests_total", "lerplm_generated_tokens_total", "lerplm_queue_depth", "lerplm_batch_size", "lerplm_request_latency_seconds"):
+    for name in (
+        "lerplm_requests_total",
+        "lerplm_generated_tokens_total",
+        "lerplm_queue_depth",
+        "lerplm_batch_size",
+        "lerplm_request_latency_seconds",
+    ):
         assert name in text
     assert "/v1/chat/completions" in httpx.get(server.url + "/").text
 
@@ -154,7 +217,11 @@ def test_api_key_is_enforced(anchor_dir):
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         with pytest.raises(openai.AuthenticationError):
             client(s, "wrong").models.list()
-        assert client(s, "s3cret").completions.create(model=s.model, prompt="hi", max_tokens=2, extra_body={"mix": MIX}).choices
+        assert (
+            client(s, "s3cret")
+            .completions.create(model=s.model, prompt="hi", max_tokens=2, extra_body={"mix": MIX})
+            .choices
+        )
         assert httpx.get(s.url + "/health").status_code == 200  # not an API route
 
 
@@ -162,8 +229,12 @@ def test_cancelled_stream_frees_its_row(anchor_dir):
     with make_server(anchor_dir) as s:
         engine = s.app.state.engine
         engine.eos = set()  # rows end only by max_tokens or cancellation
-        with httpx.stream("POST", s.url + "/v1/completions", timeout=30,
-                          json={"prompt": "hi", "max_tokens": 200, "stream": True, "mix": MIX}) as r:
+        with httpx.stream(
+            "POST",
+            s.url + "/v1/completions",
+            timeout=30,
+            json={"prompt": "hi", "max_tokens": 200, "stream": True, "mix": MIX},
+        ) as r:
             lines = r.iter_lines()
             got = [next(lines) for _ in range(6)]
             assert any(line.startswith("data: ") for line in got)

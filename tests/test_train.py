@@ -21,13 +21,28 @@ pytestmark = pytest.mark.skipif(not STYLES.is_dir(), reason="needs ../shared/dat
 
 
 def write_config(tmp_path: Path, base_dir: Path, extra: str = "", **training) -> Path:
-    settings = {"max_examples": 24, "max_steps": 2, "block_size": 16, "batch_size": 2, "save_steps": 1, "logging_steps": 1}
+    settings = {
+        "max_examples": 24,
+        "max_steps": 2,
+        "block_size": 16,
+        "batch_size": 2,
+        "save_steps": 1,
+        "logging_steps": 1,
+    }
     settings.update(training)
-    lines = [f'base_model = "{base_dir}"', f'data_dir = "{STYLES}"', "[lora]", "r = 4", "alpha = 8",
-             'target_modules = ["q_proj", "v_proj"]', "[training]"]
+    lines = [
+        f'base_model = "{base_dir}"',
+        f'data_dir = "{STYLES}"',
+        "[lora]",
+        "r = 4",
+        "alpha = 8",
+        'target_modules = ["q_proj", "v_proj"]',
+        "[training]",
+    ]
     lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     lines += [
-        "[[attributes]]", 'name = "sentiment"',
+        "[[attributes]]",
+        'name = "sentiment"',
         'negative = { name = "negative", files = ["sentiment/negative.train.txt"], normalize = ["detokenize", "truecase"] }',
         'positive = { name = "positive", files = ["sentiment/positive.train.txt"], normalize = ["detokenize", "truecase"] }',
     ]
@@ -66,7 +81,11 @@ def test_training_resumes_after_an_interruption(tmp_path, base_dir):
     assert any("sentiment.negative: already trained, skipped" in s for s in logs)
     summary = json.loads((out / "sentiment.positive" / "lerplm_training.json").read_text())
     assert summary["resumed_from"] == "checkpoint-1" and summary["steps"] == 2
-    logged = [r["loss"] for r in map(json.loads, (out / "sentiment.positive" / "loss_log.jsonl").read_text().splitlines()) if "loss" in r]
+    logged = [
+        r["loss"]
+        for r in map(json.loads, (out / "sentiment.positive" / "loss_log.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
     assert len(logged) == 2  # one per step, the one before the interruption restored from the checkpoint
     assert summary["train_loss"] == pytest.approx(sum(logged) / 2, abs=1e-3)  # both steps, not the resumed one alone
     assert not (out / ".work").exists()
@@ -76,7 +95,9 @@ def test_training_resumes_after_an_interruption(tmp_path, base_dir):
     assert [e.name for e in loaded.attributes[0].endpoints] == ["negative", "positive"]
     assert all(e.train_loss is not None for e in loaded.endpoints)
     for d in loaded.adapter_dirs():
-        assert set(LoraWeights.load(d).modules) == {f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")}
+        assert set(LoraWeights.load(d).modules) == {
+            f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")
+        }
 
 
 def test_changed_settings_are_not_silently_mixed_with_old_anchors(tmp_path, base_dir):
@@ -162,8 +183,8 @@ def test_training_together_writes_the_same_kind_of_anchor_set(tmp_path, base_dir
 
 
 def test_chat_blocks_put_each_text_in_the_assistant_turn_and_take_loss_on_it_only():
+    from lerplm.data import IGNORE, build_blocks
     from lerplm.models import format_prompt
-    from lerplm.train import IGNORE, build_blocks
 
     from .conftest import build_tokenizer
 
@@ -213,7 +234,10 @@ def test_an_attribute_can_train_with_its_own_settings(tmp_path, base_dir, togeth
     assert cfg.training_for("politeness").max_steps == 3 and cfg.training_for("sentiment").max_steps == 2
     logs: list[str] = []
     anchors = AnchorSet.load(train_anchors(cfg, tmp_path / "anchors", log=logs.append, together=together).root)
-    steps = {d.name: json.loads((d / "lerplm_training.json").read_text())["settings"]["max_steps"] for d in anchors.adapter_dirs()}
+    steps = {
+        d.name: json.loads((d / "lerplm_training.json").read_text())["settings"]["max_steps"]
+        for d in anchors.adapter_dirs()
+    }
     assert steps == {"sentiment.negative": 2, "sentiment.positive": 2, "politeness.impolite": 3, "politeness.polite": 3}
     done = {d.name: json.loads((d / "lerplm_training.json").read_text())["steps"] for d in anchors.adapter_dirs()}
     assert done == steps
@@ -230,11 +254,14 @@ def test_an_attribute_can_train_with_its_own_settings(tmp_path, base_dir, togeth
     assert capped.training_for("politeness").max_steps == 1 and capped.training_for("politeness").learning_rate == 1e-3
 
 
-@pytest.mark.parametrize("changes, message", [
-    ("text_format = 'chat'", "attribute 'politeness': training: text_format must be the same for every attribute"),
-    ("max_stesp = 3", "attribute 'politeness': training: unknown setting max_stesp"),
-    ("max_steps = 0", "attribute 'politeness': training.max_steps: Input should be greater than 0"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ("text_format = 'chat'", "attribute 'politeness': training: text_format must be the same for every attribute"),
+        ("max_stesp = 3", "attribute 'politeness': training: unknown setting max_stesp"),
+        ("max_steps = 0", "attribute 'politeness': training.max_steps: Input should be greater than 0"),
+    ],
+)
 def test_bad_attribute_settings_are_named(tmp_path, base_dir, changes, message):
     with pytest.raises(LerpError, match=message):
         load_config(write_config(tmp_path, base_dir, extra=POLITENESS + f"training = {{ {changes} }}\n"))

@@ -12,25 +12,39 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 
 from lerplm.config import StylesConfig
+from lerplm.data import IGNORE, Block
 from lerplm.runtime import LoraWeights, MixedRuntime
-from lerplm.train import IGNORE, Block
 from lerplm.train_mixed import _cycle, fresh_adapters, head_is_plain, save_adapter, token_losses, train_mixed
 
 
 def tiny_config(**training) -> StylesConfig:
-    return StylesConfig.model_validate({
-        "base_model": "x", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "training": {"batch_size": 2, "block_size": 12, "learning_rate": 5e-3, "max_steps": 4, "warmup_ratio": 0.25,
-                     "logging_steps": 1, **training},
-        "attributes": [{"name": "a", "negative": {"name": "n", "files": ["x"]}, "positive": {"name": "p", "files": ["y"]}}],
-    })
+    return StylesConfig.model_validate(
+        {
+            "base_model": "x",
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            "training": {
+                "batch_size": 2,
+                "block_size": 12,
+                "learning_rate": 5e-3,
+                "max_steps": 4,
+                "warmup_ratio": 0.25,
+                "logging_steps": 1,
+                **training,
+            },
+            "attributes": [
+                {"name": "a", "negative": {"name": "n", "files": ["x"]}, "positive": {"name": "p", "files": ["y"]}}
+            ],
+        }
+    )
 
 
 def alone(model, adapter: LoraWeights, blocks, cfg: StylesConfig, seed: int):
     """One adapter trained the ordinary way: PEFT, mean loss, clip_grad_norm_, AdamW, linear schedule."""
     t = cfg.training
-    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                                 target_modules=cfg.lora.target_modules))
+    peft_model = get_peft_model(
+        copy.deepcopy(model),
+        LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, target_modules=cfg.lora.target_modules),
+    )
     with torch.no_grad():
         for name, (a, _, _) in adapter.modules.items():
             peft_model.base_model.model.get_submodule(name).lora_A["default"].weight.copy_(a)
@@ -50,8 +64,13 @@ def alone(model, adapter: LoraWeights, blocks, cfg: StylesConfig, seed: int):
         sched.step()
         opt.zero_grad()
         losses.append(loss.item())
-    out = {n: (peft_model.base_model.model.get_submodule(n).lora_A["default"].weight.detach(),
-               peft_model.base_model.model.get_submodule(n).lora_B["default"].weight.detach()) for n in adapter.modules}
+    out = {
+        n: (
+            peft_model.base_model.model.get_submodule(n).lora_A["default"].weight.detach(),
+            peft_model.base_model.model.get_submodule(n).lora_B["default"].weight.detach(),
+        )
+        for n in adapter.modules
+    }
     return out, losses
 
 
@@ -62,8 +81,10 @@ def test_mixed_training_equals_training_each_anchor_alone(base_dir, tmp_path):
     vocab = model.config.vocab_size
     rand = lambda: torch.randint(0, vocab, (12,), generator=g).tolist()  # noqa: E731
     # anchor 1 takes loss on the last 8 tokens only (a chat-formatted prompt would be masked like this)
-    blocks = [[Block(ids, ids if k != 1 else [IGNORE] * 4 + ids[4:]) for ids in (rand() for _ in range(n))]
-              for k, n in enumerate((5, 7, 6))]
+    blocks = [
+        [Block(ids, ids if k != 1 else [IGNORE] * 4 + ids[4:]) for ids in (rand() for _ in range(n))]
+        for k, n in enumerate((5, 7, 6))
+    ]
     init = fresh_adapters(model, cfg, 3, cfg.training.seed)
     reference = copy.deepcopy(model)
     adapters, log = train_mixed(model, blocks, cfg, progress=False)

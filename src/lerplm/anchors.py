@@ -8,12 +8,11 @@ the order of ``Mix.coefficients``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LerpError
+from .files import atomic_file
 from .models import ModelRef, embedded_default, weights_hash
 
 MANIFEST = "anchors.json"
@@ -88,15 +87,11 @@ class AnchorSet:
 
     def save(self) -> None:
         """Write the manifest atomically (temp file + rename)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".anchors-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.to_json(), fh, indent=2)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.root / MANIFEST)
+        with atomic_file(self.root / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=2))
 
     @classmethod
-    def load(cls, root: str | Path) -> "AnchorSet":
+    def load(cls, root: str | Path) -> AnchorSet:
         root = Path(root)
         path = root / MANIFEST
         if not path.is_file():
@@ -108,7 +103,9 @@ class AnchorSet:
             base = embedded_default() if embedded else ModelRef.from_json(bm)
             attrs = []
             for a in d["attributes"]:
-                eps = [Endpoint(e["name"], e["adapter"], e.get("data", []), e.get("train_loss")) for e in a["endpoints"]]
+                eps = [
+                    Endpoint(e["name"], e["adapter"], e.get("data", []), e.get("train_loss")) for e in a["endpoints"]
+                ]
                 if len(eps) != 2:
                     raise LerpError(f"attribute {a['name']!r} in {path} must have exactly two endpoints")
                 attrs.append(Attribute(a["name"], eps[0], eps[1]))

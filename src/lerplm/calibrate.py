@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LerpError
-from .mix import EXTRAPOLATE_RANGE, Mix
+from .mix import EXTRAPOLATE_RANGE, Mix, anchor_coefficients
 
 FORMAT = "lerplm.calibration/1"
 CALIBRATION = "calibration.json"  # default place: inside the anchor set
@@ -34,11 +34,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def mix_features(attributes: Sequence[str], levels: Mapping[str, float], weights: Mapping[str, float]) -> np.ndarray:
     """The 2K adapter coefficients of a (levels, weights) pair whose weights already sum to 1."""
-    out = []
-    for a in attributes:
-        w, lvl = weights.get(a, 0.0), levels.get(a, 0.5)
-        out += [w * (1 - lvl), w * lvl]
-    return np.array(out)
+    return np.array(anchor_coefficients(attributes, levels, weights))
 
 
 def point_table(df, attributes: Sequence[str]):
@@ -58,7 +54,12 @@ def point_table(df, attributes: Sequence[str]):
         wt = {a: row[f"weight_{a}"] for a in attributes if f"weight_{a}" in row and not pd.isna(row[f"weight_{a}"])}
         total = sum(wt.values())
         X.append(mix_features(attributes, lv, {a: w / total for a, w in wt.items()}))
-    return np.array(X), means.loc[first.index].to_numpy(float), counts.loc[first.index].to_numpy(float), [s[len("score_"):] for s in scores]
+    return (
+        np.array(X),
+        means.loc[first.index].to_numpy(float),
+        counts.loc[first.index].to_numpy(float),
+        [s[len("score_") :] for s in scores],
+    )
 
 
 def _fit_one(X: np.ndarray, y: np.ndarray, n: np.ndarray, ridge: float) -> np.ndarray:
@@ -90,7 +91,7 @@ class ResponseModel:
     n_points: int
 
     @classmethod
-    def fit(cls, df, attributes: Sequence[str], ridge: float = 1e-6, folds: int = 5, seed: int = 0) -> "ResponseModel":
+    def fit(cls, df, attributes: Sequence[str], ridge: float = 1e-6, folds: int = 5, seed: int = 0) -> ResponseModel:
         X, Y, n, scored = point_table(df, attributes)
         if len(X) < 4:
             raise LerpError(f"calibration needs at least 4 grid points, the sweep has {len(X)}")
@@ -119,7 +120,7 @@ class ResponseModel:
     def predict_mix(self, mix: Mix, extrapolate: bool = False) -> dict[str, float]:
         return self.predict(*mix.resolve(self.attributes, extrapolate))
 
-    def shifted(self, offsets: Mapping[str, float]) -> "ResponseModel":
+    def shifted(self, offsets: Mapping[str, float]) -> ResponseModel:
         """The same model with each named attribute's logit moved by its offset."""
         self.check_scored(offsets)
         theta = self.theta.copy()
@@ -128,21 +129,33 @@ class ResponseModel:
         return replace(self, theta=theta)
 
     def save(self, path: str | Path, meta: dict | None = None) -> None:
-        Path(path).write_text(json.dumps({
-            "format": FORMAT, "attributes": self.attributes, "scored": self.scored, "theta": self.theta.tolist(),
-            "cv_mae": self.cv_mae, "n_points": self.n_points, **(meta or {}),
-        }, indent=2))
+        Path(path).write_text(
+            json.dumps(
+                {
+                    "format": FORMAT,
+                    "attributes": self.attributes,
+                    "scored": self.scored,
+                    "theta": self.theta.tolist(),
+                    "cv_mae": self.cv_mae,
+                    "n_points": self.n_points,
+                    **(meta or {}),
+                },
+                indent=2,
+            )
+        )
 
     @classmethod
-    def load_for(cls, anchors, path: str | Path | None = None) -> "ResponseModel":
+    def load_for(cls, anchors, path: str | Path | None = None) -> ResponseModel:
         """An anchor set's calibration (default: its calibration.json), checked to be fitted for its attributes."""
         model = cls.load(path or Path(anchors.root) / CALIBRATION)
         if list(model.attributes) != list(anchors.names):
-            raise LerpError(f"the calibration was fitted for attributes {model.attributes}, the anchors have {list(anchors.names)}")
+            raise LerpError(
+                f"the calibration was fitted for attributes {model.attributes}, the anchors have {list(anchors.names)}"
+            )
         return model
 
     @classmethod
-    def load(cls, path: str | Path) -> "ResponseModel":
+    def load(cls, path: str | Path) -> ResponseModel:
         path = Path(path)
         if not path.is_file():
             raise LerpError(f"no calibration at {path} (make one with 'lerplm calibrate RUN_DIR')")
@@ -213,8 +226,10 @@ def solve(
     for a, t in targets.items():
         if abs(predicted[a] - t) > tolerance:
             reach = [model.predict(dict(levels) | {a: x}, weights)[a] for x in np.linspace(lo, hi, 41)]
-            warnings.append(f"target {a}={t:g} is out of reach (predicted {predicted[a]:.2f}); with this mix {a} can reach "
-                            f"[{min(reach):.2f}, {max(reach):.2f}]" + ("" if free_weights else "; letting weights move may help"))
+            warnings.append(
+                f"target {a}={t:g} is out of reach (predicted {predicted[a]:.2f}); with this mix {a} can reach "
+                f"[{min(reach):.2f}, {max(reach):.2f}]" + ("" if free_weights else "; letting weights move may help")
+            )
     return Solution(mix, predicted, dict(targets), warnings)
 
 
@@ -223,7 +238,9 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def refine(model: ResponseModel, solution: Solution, achieved: Mapping[str, float], **solve_kwargs) -> tuple[Solution, ResponseModel]:
+def refine(
+    model: ResponseModel, solution: Solution, achieved: Mapping[str, float], **solve_kwargs
+) -> tuple[Solution, ResponseModel]:
     """Closed loop: after generating at ``solution.mix`` (solved with ``model``) and measuring the targeted
     attributes' mean scores, shift each one's curve by the logit gap between measured and predicted, so
     that the model passes through the measurement, and solve again. This removes an offset of the response
@@ -234,3 +251,46 @@ def refine(model: ResponseModel, solution: Solution, achieved: Mapping[str, floa
         raise LerpError(f"no measured score for targeted {missing}")
     shifted = model.shifted({a: _logit(achieved[a]) - _logit(solution.predicted[a]) for a in solution.targets})
     return solve(shifted, solution.targets, **solve_kwargs), shifted
+
+
+def calibrate_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> tuple[ResponseModel, Path]:
+    """Fit the response model on the pooled rows of sweeps of one anchor set and save it (default: inside the
+    anchor set). Returns the model and where it was written."""
+    import pandas as pd
+
+    from .anchors import AnchorSet
+    from .evaluate.sweep import read_run
+
+    frames, anchor_roots = [], set()
+    for run in run_dirs:
+        df, settings = read_run(run)
+        if "anchors" not in settings:
+            raise LerpError(
+                f"{run} has no sweep.json naming its anchor set; calibrate from a run that 'lerplm sweep' wrote"
+            )
+        frames.append(df)
+        anchor_roots.add(settings["anchors"])
+    if len(anchor_roots) != 1:
+        raise LerpError(f"the sweeps come from different anchor sets: {sorted(anchor_roots)}")
+    anchor_set = AnchorSet.load(anchor_roots.pop())
+    model = ResponseModel.fit(pd.concat(frames, ignore_index=True), anchor_set.names)
+    path = Path(out) if out else anchor_set.root / CALIBRATION
+    model.save(path, {"runs": [str(r) for r in run_dirs]})
+    return model, path
+
+
+def solve_target(
+    anchors: str | Path,
+    target: str,
+    calibration: str | Path | None = None,
+    free_weights: bool = False,
+    extrapolate: bool = False,
+) -> tuple[Solution, ResponseModel]:
+    """The mix an anchor set's calibration predicts for target scores written as "formality=0.8,sentiment=0.3"."""
+    from .anchors import AnchorSet
+    from .mix import parse_assignments
+
+    model = ResponseModel.load_for(AnchorSet.load(anchors), calibration)
+    targets = parse_assignments(target, "target")
+    model.check_scored(targets)
+    return solve(model, targets, free_weights=free_weights, extrapolate=extrapolate), model

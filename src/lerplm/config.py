@@ -38,7 +38,11 @@ class EndpointConfig(_Strict):
     def held_out_files(self) -> list[DataFile]:
         if self.test_files is not None:
             return [DataFile(path=f) if isinstance(f, str) else f for f in self.test_files]
-        return [f.model_copy(update={"path": f.path.replace(".train.", ".test.")}) for f in self.data_files() if ".train." in f.path]
+        return [
+            f.model_copy(update={"path": f.path.replace(".train.", ".test.")})
+            for f in self.data_files()
+            if ".train." in f.path
+        ]
 
 
 class AttributeConfig(_Strict):
@@ -100,19 +104,24 @@ class StylesConfig(_Strict):
     source: Path | None = Field(None, exclude=True)  # where it was read from
 
     @model_validator(mode="after")
-    def _check_overrides(self) -> "StylesConfig":
+    def _check_overrides(self) -> StylesConfig:
         for a in self.attributes:
             shared = sorted(set(a.training) & set(SHARED_TRAINING))
             unknown = sorted(set(a.training) - set(TrainSettings.model_fields))
             if shared or unknown:
-                what = f"{', '.join(shared)} must be the same for every attribute; set it in [training]" if shared \
+                what = (
+                    f"{', '.join(shared)} must be the same for every attribute; set it in [training]"
+                    if shared
                     else f"unknown setting {', '.join(unknown)}"
+                )
                 raise ValueError(f"attribute {a.name!r}: training: {what}")
             try:
                 self.training_for(a.name)
             except ValidationError as e:
                 err = e.errors()[0]
-                raise ValueError(f"attribute {a.name!r}: training.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+                raise ValueError(
+                    f"attribute {a.name!r}: training.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                ) from None
         return self
 
     def training_for(self, attribute: str) -> TrainSettings:
@@ -120,9 +129,18 @@ class StylesConfig(_Strict):
         changes = next(a.training for a in self.attributes if a.name == attribute)
         return TrainSettings.model_validate({**self.training.model_dump(), **changes}) if changes else self.training
 
-    def for_attribute(self, attribute: str) -> "StylesConfig":
+    def for_attribute(self, attribute: str) -> StylesConfig:
         """This config as it trains one attribute's anchors."""
         return self.model_copy(update={"training": self.training_for(attribute)})
+
+    def only(self, names: list[str] | None) -> StylesConfig:
+        """This config restricted to the named attributes (all when none are named)."""
+        if not names:
+            return self
+        unknown = sorted(set(names) - {a.name for a in self.attributes})
+        if unknown:
+            raise LerpError(f"--only names {unknown}, not in the config ({', '.join(a.name for a in self.attributes)})")
+        return self.model_copy(update={"attributes": [a for a in self.attributes if a.name in names]})
 
     def data_root(self) -> Path:
         root = Path(self.data_dir).expanduser()

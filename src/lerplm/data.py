@@ -9,11 +9,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import random
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
+from .config import EndpointConfig, StylesConfig
 from .errors import LerpError
+from .models import format_prompt, has_chat_template
+
+IGNORE = -100  # label of tokens that carry no loss (the ignore_index of transformers and F.cross_entropy)
 
 NORMALIZERS = ("detokenize", "truecase")
 
@@ -88,3 +94,85 @@ def read_texts(path: str | Path, column: str = "text") -> list[str]:
 
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def endpoint_texts(
+    cfg: StylesConfig, ep: EndpointConfig, held_out: bool = False, cap: int | None = None
+) -> tuple[list[str], list[dict]]:
+    """An endpoint's training (or held-out) texts after normalisation and a random cap, plus provenance."""
+    texts, provenance = [], []
+    files = ep.held_out_files() if held_out else ep.data_files()
+    if not files:
+        raise LerpError(f"endpoint {ep.name!r} has no held-out files; set test_files in the config")
+    for f in files:
+        path = Path(f.path).expanduser()
+        if not path.is_absolute():
+            path = cfg.data_root() / path
+        got = read_texts(path, f.column)
+        texts += got
+        provenance.append({"path": str(path), "sha256": file_sha256(path), "texts": len(got)})
+    texts = normalize(texts, ep.normalize)
+    if cap and len(texts) > cap:
+        texts = random.Random(cfg.training.seed).sample(texts, cap)
+    return texts, provenance
+
+
+class Block(NamedTuple):
+    """One fixed-size training row: token ids and labels (IGNORE where no loss is taken)."""
+
+    ids: list[int]
+    labels: list[int]
+
+
+def build_blocks(tokenizer, texts: list[str], block_size: int, chat_prompt: str | None = None) -> list[Block]:
+    """Concatenate texts and cut into fixed-size blocks, as run_clm does.
+
+    Plain: each text ended by EOS. ``chat_prompt``: each text is the assistant's answer to that user turn
+    in the model's chat template, the way generation prompts it, and only the answer carries loss."""
+    ids: list[int] = []
+    labels: list[int] = []
+    if chat_prompt is None:
+        eos = tokenizer.eos_token_id
+        for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            ids += enc + ([eos] if eos is not None else [])
+        labels = ids
+    else:
+        if not has_chat_template(tokenizer):
+            raise LerpError('text_format = "chat" needs a tokenizer with a chat template; this base model has none')
+        prefix = format_prompt(tokenizer, chat_prompt)
+        head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        answers = []
+        for text in texts:
+            full = tokenizer.apply_chat_template(
+                [{"role": "user", "content": chat_prompt}, {"role": "assistant", "content": text}], tokenize=False
+            )
+            if not full.startswith(prefix):
+                raise LerpError("this chat template renders an answer differently from a generation prompt")
+            answers.append(full[len(prefix) :])
+        for enc in tokenizer(answers, add_special_tokens=False)["input_ids"]:
+            ids += head + enc
+            labels += [IGNORE] * len(head) + enc
+    n = len(ids) // block_size
+    if n == 0:
+        raise LerpError(f"too little text for one block of {block_size} tokens ({len(ids)} tokens)")
+    cut = lambda xs, i: xs[i * block_size : (i + 1) * block_size]  # noqa: E731
+    return [Block(cut(ids, i), cut(labels, i)) for i in range(n)]
+
+
+def heldout_sample(cfg: StylesConfig, per_endpoint: int, seed: int = 0) -> list[str]:
+    """Up to ``per_endpoint`` held-out texts of every endpoint (a fixed random sample): the text a sweep's
+    held-out perplexity is measured on."""
+    texts = []
+    for a in cfg.attributes:
+        for ep in (a.negative, a.positive):
+            got, _ = endpoint_texts(cfg, ep, held_out=True)
+            texts += random.Random(seed).sample(got, min(per_endpoint, len(got)))
+    return texts
+
+
+def read_prompts(path: str | Path, skip: int = 0, count: int | None = None) -> list[str]:
+    """Prompts ``skip`` to ``skip + count`` of a file (one per line), e.g. to hold the first ones out."""
+    got = read_texts(path)[skip:][:count]
+    if not got:
+        raise LerpError(f"{path} has no prompts after skipping {skip}")
+    return got

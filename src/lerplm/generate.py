@@ -46,8 +46,15 @@ def to_mix(m: MixLike) -> Mix:
 class LerpModel:
     """A base model with an anchor set attached: ``generate(prompts, mixes)`` with a mix per prompt."""
 
-    def __init__(self, anchors: AnchorSet, model, tokenizer, runtime: MixedRuntime, adapters: Sequence[LoraWeights],
-                 quantize: str = "fp32") -> None:
+    def __init__(
+        self,
+        anchors: AnchorSet,
+        model,
+        tokenizer,
+        runtime: MixedRuntime,
+        adapters: Sequence[LoraWeights],
+        quantize: str = "fp32",
+    ) -> None:
         self.anchors = anchors
         self.model = model
         self.tokenizer = tokenizer
@@ -57,8 +64,9 @@ class LerpModel:
         self._step_model = None
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32,
-             quantize: str = "fp32") -> "LerpModel":
+    def load(
+        cls, path: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32, quantize: str = "fp32"
+    ) -> LerpModel:
         """``quantize`` ("fp32", "int8", "int4") sets the base weights of the generation step (CPU);
         likelihoods (``logits``, ``nll``) always use the exact model."""
         anchors = AnchorSet.load(path)
@@ -83,15 +91,18 @@ class LerpModel:
             else:
                 if self.quantize != "fp32":
                     raise LerpError(f"quantize={self.quantize} needs the fast decoder, which does not support {reason}")
-                warnings.warn(f"generation recomputes every step (slow): the fast decoder does not support {reason}",
-                              stacklevel=2)
+                warnings.warn(
+                    f"generation recomputes every step (slow): the fast decoder does not support {reason}", stacklevel=2
+                )
                 self._step_model = RecomputeStep(self.model, self.runtime)
         return self._step_model
 
     def engine(self, max_batch: int = 16, max_len: int | None = None, **kwargs) -> Engine:
         """A new engine over this model's step: ``max_batch`` slots of ``max_len`` positions."""
         limit = getattr(self.model.config, "max_position_embeddings", 2048)
-        return Engine(self.step_model, self.eos_ids(), max_batch=max_batch, max_len=min(max_len or limit, limit), **kwargs)
+        return Engine(
+            self.step_model, self.eos_ids(), max_batch=max_batch, max_len=min(max_len or limit, limit), **kwargs
+        )
 
     def solve_target(self, targets: Mapping[str, float], calibration: str | Path | None = None, **kwargs):
         """The mix whose calibrated predicted scores hit ``targets`` (see ``lerplm.calibrate.solve``)."""
@@ -111,7 +122,9 @@ class LerpModel:
     def encode(self, prompts: Sequence[str], chat: bool | None = None) -> dict[str, torch.Tensor]:
         """Left-padded ids and mask; prompts go through the chat template when the model has one."""
         use_chat = has_chat_template(self.tokenizer) if chat is None else chat
-        enc = self.tokenizer(self.chat_prefixes(prompts, use_chat), return_tensors="pt", padding=True, add_special_tokens=not use_chat)
+        enc = self.tokenizer(
+            self.chat_prefixes(prompts, use_chat), return_tensors="pt", padding=True, add_special_tokens=not use_chat
+        )
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def prompt_ids(self, prompts: Sequence[str], chat: bool | None = None) -> list[list[int]]:
@@ -121,7 +134,9 @@ class LerpModel:
         return [list(x) for x in ids]
 
     @torch.inference_mode()
-    def logits(self, input_ids: torch.Tensor, coeffs: torch.Tensor | None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self, input_ids: torch.Tensor, coeffs: torch.Tensor | None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Full-sequence logits under the given coefficients (None = base model)."""
         self.runtime.set_coefficients(coeffs)
         try:
@@ -130,7 +145,9 @@ class LerpModel:
             self.runtime.set_coefficients(None)
 
     @torch.inference_mode()
-    def nll(self, prefixes: Sequence[str], texts: Sequence[str], coeffs: torch.Tensor | None, batch_size: int = 16) -> list[float]:
+    def nll(
+        self, prefixes: Sequence[str], texts: Sequence[str], coeffs: torch.Tensor | None, batch_size: int = 16
+    ) -> list[float]:
         """Mean per-token negative log-likelihood of each text given its prefix (NaN for empty texts)."""
         tok = self.tokenizer
         out: list[float] = []
@@ -184,19 +201,32 @@ class LerpModel:
         if not prompts:
             return []
         ids = self.prompt_ids(prompts, chat)
-        seqs = [self.sequence(ids[i], mixes[i], params, row_seed(params.seed, p, j), extrapolate)
-                for i, p in enumerate(prompts) for j in range(n)]
+        seqs = [
+            self.sequence(ids[i], mixes[i], params, row_seed(params.seed, p, j), extrapolate)
+            for i, p in enumerate(prompts)
+            for j in range(n)
+        ]
         out = [self.text(s.tokens) for s in self._run(seqs)]
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def sequence(self, prompt_ids: list[int], mix: MixOrSchedule, params: SamplingParams, seed: int,
-                 extrapolate: bool = False, **kwargs) -> EngineSequence:
+    def sequence(
+        self,
+        prompt_ids: list[int],
+        mix: MixOrSchedule,
+        params: SamplingParams,
+        seed: int,
+        extrapolate: bool = False,
+        **kwargs,
+    ) -> EngineSequence:
         """An engine sequence under a mix or a schedule (validated against this anchor set)."""
         if isinstance(mix, Schedule):
             fn = mix.coefficient_fn(self.anchors.names, extrapolate)
-            return EngineSequence(prompt_ids, fn(0), params, seed, schedule=fn, restart_on_change=mix.interpolate == "step",
-                                  **kwargs)
-        return EngineSequence(prompt_ids, to_mix(mix).coefficients(self.anchors.names, extrapolate), params, seed, **kwargs)
+            return EngineSequence(
+                prompt_ids, fn(0), params, seed, schedule=fn, restart_on_change=mix.interpolate == "step", **kwargs
+            )
+        return EngineSequence(
+            prompt_ids, to_mix(mix).coefficients(self.anchors.names, extrapolate), params, seed, **kwargs
+        )
 
     def _run(self, seqs: list[EngineSequence]) -> list[EngineSequence]:
         """Run sequences to completion on an engine sized for them."""

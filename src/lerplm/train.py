@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 from .anchors import AnchorSet, Attribute, Endpoint
-from .config import EndpointConfig, StylesConfig
-from .data import file_sha256, normalize, read_texts
+from .config import StylesConfig
+from .data import build_blocks, endpoint_texts
 from .errors import LerpError
-from .models import DEFAULT_NAMES, ModelRef, format_prompt, has_chat_template, load_model, load_tokenizer, resolve, weights_hash
+from .models import (
+    DEFAULT_NAMES,
+    ModelRef,
+    load_model,
+    load_tokenizer,
+    resolve,
+    weights_hash,
+)
+
 
 def is_main_process() -> bool:
     """Rank 0 under torchrun / accelerate launch (or a plain single process): the one that writes."""
@@ -35,70 +41,6 @@ def barrier() -> None:
 
 SUMMARY = "lerplm_training.json"  # sidecar inside each adapter dir: settings, loss, data
 LOSS_LOG = "loss_log.jsonl"
-IGNORE = -100  # label of tokens that carry no loss (the ignore_index of transformers and F.cross_entropy)
-
-
-def endpoint_texts(
-    cfg: StylesConfig, ep: EndpointConfig, held_out: bool = False, cap: int | None = None
-) -> tuple[list[str], list[dict]]:
-    """An endpoint's training (or held-out) texts after normalisation and a random cap, plus provenance."""
-    texts, provenance = [], []
-    files = ep.held_out_files() if held_out else ep.data_files()
-    if not files:
-        raise LerpError(f"endpoint {ep.name!r} has no held-out files; set test_files in the config")
-    for f in files:
-        path = Path(f.path).expanduser()
-        if not path.is_absolute():
-            path = cfg.data_root() / path
-        got = read_texts(path, f.column)
-        texts += got
-        provenance.append({"path": str(path), "sha256": file_sha256(path), "texts": len(got)})
-    texts = normalize(texts, ep.normalize)
-    if cap and len(texts) > cap:
-        texts = random.Random(cfg.training.seed).sample(texts, cap)
-    return texts, provenance
-
-
-class Block(NamedTuple):
-    """One fixed-size training row: token ids and labels (IGNORE where no loss is taken)."""
-
-    ids: list[int]
-    labels: list[int]
-
-
-def build_blocks(tokenizer, texts: list[str], block_size: int, chat_prompt: str | None = None) -> list[Block]:
-    """Concatenate texts and cut into fixed-size blocks, as run_clm does.
-
-    Plain: each text ended by EOS. ``chat_prompt``: each text is the assistant's answer to that user turn
-    in the model's chat template, the way generation prompts it, and only the answer carries loss."""
-    ids: list[int] = []
-    labels: list[int] = []
-    if chat_prompt is None:
-        eos = tokenizer.eos_token_id
-        for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-            ids += enc + ([eos] if eos is not None else [])
-        labels = ids
-    else:
-        if not has_chat_template(tokenizer):
-            raise LerpError("text_format = \"chat\" needs a tokenizer with a chat template; this base model has none")
-        prefix = format_prompt(tokenizer, chat_prompt)
-        head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        answers = []
-        for text in texts:
-            full = tokenizer.apply_chat_template(
-                [{"role": "user", "content": chat_prompt}, {"role": "assistant", "content": text}], tokenize=False
-            )
-            if not full.startswith(prefix):
-                raise LerpError("this chat template renders an answer differently from a generation prompt")
-            answers.append(full[len(prefix):])
-        for enc in tokenizer(answers, add_special_tokens=False)["input_ids"]:
-            ids += head + enc
-            labels += [IGNORE] * len(head) + enc
-    n = len(ids) // block_size
-    if n == 0:
-        raise LerpError(f"too little text for one block of {block_size} tokens ({len(ids)} tokens)")
-    cut = lambda xs, i: xs[i * block_size : (i + 1) * block_size]  # noqa: E731
-    return [Block(cut(ids, i), cut(labels, i)) for i in range(n)]
 
 
 def _chat_prompt(cfg: StylesConfig) -> str | None:
@@ -137,8 +79,12 @@ def train_anchor(
     model = get_peft_model(
         model,
         LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=lora.target_modules, task_type="CAUSAL_LM", bias="none",
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+            bias="none",
         ),
     )
     t = cfg.training
@@ -161,11 +107,14 @@ def train_anchor(
         seed=t.seed,
         data_seed=t.seed,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory helps only a copy to a GPU
         disable_tqdm=False,
         run_name=label,
         **{f"{ckpt}_checkpointing": activation_checkpointing, f"{ckpt}_checkpointing_kwargs": {"use_reentrant": False}},
     )
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator, callbacks=callbacks)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=ds, data_collator=default_data_collator, callbacks=callbacks
+    )
     last = get_last_checkpoint(str(work)) if work.is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
     summary = {
@@ -208,8 +157,13 @@ def _mean_loss(run_loss: float, steps: int, history: list[dict], checkpoint: str
     return (total + run_loss * (steps - start)) / n if n else run_loss
 
 
-def train_together(base: ModelRef, todo: list[tuple[str, list[str]]], cfg: StylesConfig, out: Path,
-                   activation_checkpointing: bool = False) -> dict[str, dict]:
+def train_together(
+    base: ModelRef,
+    todo: list[tuple[str, list[str]]],
+    cfg: StylesConfig,
+    out: Path,
+    activation_checkpointing: bool = False,
+) -> dict[str, dict]:
     """Train the named anchors in one run (lerplm.train_mixed); each appears in ``out`` when all are done."""
     import torch
 
@@ -225,11 +179,21 @@ def train_together(base: ModelRef, todo: list[tuple[str, list[str]]], cfg: Style
         shutil.rmtree(work, ignore_errors=True)
         save_adapter(weights, cfg, base.describe(), work)
         losses = [rec["loss"][k] for rec in loss_log]
-        summary = {"settings": _settings(cfg), "train_loss": sum(losses) / len(losses), "steps": loss_log[-1]["step"],
-                   "blocks": len(blocks[k]), "texts": len(texts), "resumed_from": None, "trained_together": len(todo)}
+        summary = {
+            "settings": _settings(cfg),
+            "train_loss": sum(losses) / len(losses),
+            "steps": loss_log[-1]["step"],
+            "blocks": len(blocks[k]),
+            "texts": len(texts),
+            "resumed_from": None,
+            "trained_together": len(todo),
+        }
         with open(work / LOSS_LOG, "w") as fh:
             for rec in loss_log:
-                fh.write(json.dumps({"step": rec["step"], "loss": rec["loss"][k], "learning_rate": rec["learning_rate"]}) + "\n")
+                fh.write(
+                    json.dumps({"step": rec["step"], "loss": rec["loss"][k], "learning_rate": rec["learning_rate"]})
+                    + "\n"
+                )
         (work / SUMMARY).write_text(json.dumps(summary, indent=2))
         summaries[name] = summary
     for name, _ in todo:
@@ -274,7 +238,11 @@ def train_anchors(
             if summary.get("settings", want) != want:
                 raise LerpError(f"{target} was trained with other settings; use a new --out or delete that directory")
             done[target.name] = summary
-    todo = [(f"{attr.name}.{ep.name}", acfg, texts) for attr, ep, acfg, texts, _ in plan if f"{attr.name}.{ep.name}" not in done]
+    todo = [
+        (f"{attr.name}.{ep.name}", acfg, texts)
+        for attr, ep, acfg, texts, _ in plan
+        if f"{attr.name}.{ep.name}" not in done
+    ]
     together_now: dict[str, dict] = {}
     if together and todo:
         groups: dict[str, list] = {}  # one run per distinct set of settings (per-attribute changes split them)
@@ -282,7 +250,9 @@ def train_anchors(
             groups.setdefault(json.dumps(_settings(acfg), sort_keys=True), []).append((name, acfg, texts))
         for group in groups.values():
             log(f"training {len(group)} anchors together: {', '.join(n for n, _, _ in group)}")
-            trained = train_together(base_ref, [(n, t) for n, _, t in group], group[0][1], out, activation_checkpointing)
+            trained = train_together(
+                base_ref, [(n, t) for n, _, t in group], group[0][1], out, activation_checkpointing
+            )
             for name, summary in trained.items():
                 log(f"{name}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
             together_now.update(trained)
@@ -297,8 +267,9 @@ def train_anchors(
             log(f"{tag}: already trained, skipped")
         else:
             log(f"{tag}: training on {len(texts)} texts")
-            summary = train_anchor(base_ref, texts, acfg, out / name, out / ".work" / name, name, callbacks,
-                                   activation_checkpointing)
+            summary = train_anchor(
+                base_ref, texts, acfg, out / name, out / ".work" / name, name, callbacks, activation_checkpointing
+            )
             log(f"{tag}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
         endpoints[name] = Endpoint(ep.name, name, prov, summary.get("train_loss"))
     changes = {a.name: a.training for a in cfg.attributes if a.training}

@@ -23,17 +23,20 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import StylesConfig
+from .data import IGNORE, Block
 from .errors import LerpError
-from .runtime import LoraWeights, MixedRuntime
-from .train import IGNORE, Block
+from .runtime import PEFT_PREFIX, LoraWeights, MixedRuntime
 
 
 def fresh_adapters(model: nn.Module, cfg: StylesConfig, k: int, seed: int) -> list[LoraWeights]:
     """K adapters initialised as PEFT does (A Kaiming-uniform, B zero), scaling 1: the LoRA scaling
     travels as the group scale, so B trains in PEFT's parametrisation."""
     lora = cfg.lora
-    names = [n for n, m in model.named_modules()  # PEFT's rule for a list of targets: the name or a dotted suffix
-             if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in lora.target_modules)]
+    names = [
+        n
+        for n, m in model.named_modules()  # PEFT's rule for a list of targets: the name or a dotted suffix
+        if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in lora.target_modules)
+    ]
     if not names:
         raise LerpError(f"the base model has no linear layer named {lora.target_modules}")
     gen = torch.Generator().manual_seed(seed)
@@ -63,7 +66,8 @@ def head_is_plain(model: nn.Module, ids: torch.Tensor) -> bool:
     with torch.no_grad():
         logits = model(input_ids=ids).logits
         return logits.shape[-1] == head.out_features and torch.allclose(
-            head(decoder(input_ids=ids).last_hidden_state), logits, atol=1e-4, rtol=1e-4)
+            head(decoder(input_ids=ids).last_hidden_state), logits, atol=1e-4, rtol=1e-4
+        )
 
 
 def token_losses(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, chunked: bool) -> torch.Tensor:
@@ -74,7 +78,9 @@ def token_losses(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, chun
     once; without it they do (K·b·T·vocab floats: 2 GB for ten anchors on the embedded model)."""
     if not chunked:
         logits = model(input_ids=ids).logits[:, :-1]
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none").view(labels.shape)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none"
+        ).view(labels.shape)
     head = model.get_output_embeddings()
     hidden = model.get_decoder()(input_ids=ids).last_hidden_state[:, :-1].flatten(0, 1)
     y = labels.flatten()
@@ -82,8 +88,10 @@ def token_losses(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, chun
     def part(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(head(h).float(), t, ignore_index=IGNORE, reduction="none")
 
-    parts = [checkpoint(part, hidden[i : i + LOSS_CHUNK_TOKENS], y[i : i + LOSS_CHUNK_TOKENS], use_reentrant=False)
-             for i in range(0, len(y), LOSS_CHUNK_TOKENS)]
+    parts = [
+        checkpoint(part, hidden[i : i + LOSS_CHUNK_TOKENS], y[i : i + LOSS_CHUNK_TOKENS], use_reentrant=False)
+        for i in range(0, len(y), LOSS_CHUNK_TOKENS)
+    ]
     return torch.cat(parts).view(labels.shape)
 
 
@@ -192,10 +200,17 @@ def save_adapter(weights: LoraWeights, cfg: StylesConfig, base_name: str, out: P
 
     lora = cfg.lora
     out.mkdir(parents=True, exist_ok=True)
-    LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-               task_type="CAUSAL_LM", bias="none", base_model_name_or_path=base_name).save_pretrained(str(out))
+    LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+        bias="none",
+        base_model_name_or_path=base_name,
+    ).save_pretrained(str(out))
     state = {}
     for name, (a, b, _) in weights.modules.items():
-        state[f"base_model.model.{name}.lora_A.weight"] = a.contiguous()
-        state[f"base_model.model.{name}.lora_B.weight"] = b.contiguous()
+        state[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a.contiguous()
+        state[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b.contiguous()
     save_file(state, str(out / "adapter_model.safetensors"))

@@ -4,5 +4,13 @@ step that takes a mix per token, and batched sampling with a random stream per r
 from .decoder import FastDecoder, StepPlan, unsupported_reason
 from .scheduler import Engine, EngineStats, QueueFull, SamplingParams, Sequence
 
-__all__ = ["Engine", "EngineStats", "FastDecoder", "QueueFull", "SamplingParams", "Sequence", "StepPlan",
-           "unsupported_reason"]
+__all__ = [
+    "Engine",
+    "EngineStats",
+    "FastDecoder",
+    "QueueFull",
+    "SamplingParams",
+    "Sequence",
+    "StepPlan",
+    "unsupported_reason",
+]

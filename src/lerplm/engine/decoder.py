@@ -30,7 +30,12 @@ from .quant import Int8Linear, quantized_linear
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
+GROUPS = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o": ("o_proj",),
+    "gate_up": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
 PART = {n: "self_attn" if g in ("qkv", "o") else "mlp" for g, names in GROUPS.items() for n in names}  # owner of each
 
 
@@ -79,8 +84,9 @@ class StepPlan:
 class FusedMixedLinear(nn.Module):
     """Base linears sharing one input, fused into one matmul, plus every adapter's LoRA on them."""
 
-    def __init__(self, bases: Sequence[nn.Linear], loras: Sequence[Sequence[tuple] | None], scheme: str,
-                 segs: dict) -> None:
+    def __init__(
+        self, bases: Sequence[nn.Linear], loras: Sequence[Sequence[tuple] | None], scheme: str, segs: dict
+    ) -> None:
         super().__init__()
         w = bases[0].weight.detach() if len(bases) == 1 else torch.cat([b.weight.detach() for b in bases])
         bias = None
@@ -146,8 +152,9 @@ class FusedMixedLinear(nn.Module):
 class FastDecoder(nn.Module):
     """The step of a Llama-family model with stacked adapters; weights copied out of the HF model."""
 
-    def __init__(self, model: nn.Module, adapters: Sequence[LoraWeights], scheme: str = "fp32",
-                 head_scheme: str | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, adapters: Sequence[LoraWeights], scheme: str = "fp32", head_scheme: str | None = None
+    ) -> None:
         super().__init__()
         reason = unsupported_reason(model, adapters)
         if reason:
@@ -171,7 +178,9 @@ class FastDecoder(nn.Module):
                 loras = []
                 for n in names:
                     key = f"model.layers.{i}.{PART[n]}.{n}"
-                    loras.append([ad.modules[key] for ad in adapters] if adapters and key in adapters[0].modules else None)
+                    loras.append(
+                        [ad.modules[key] for ad in adapters] if adapters and key in adapters[0].modules else None
+                    )
                 setattr(block, group, FusedMixedLinear([mods[n] for n in names], loras, scheme, segs))
             block.register_buffer("ln1", layer.input_layernorm.weight.detach(), persistent=False)
             block.register_buffer("ln2", layer.post_attention_layernorm.weight.detach(), persistent=False)
@@ -180,8 +189,9 @@ class FastDecoder(nn.Module):
         head = model.lm_head
         # the output head is the largest matrix and the most sensitive: int8 under int4 (as in GGUF Q4 files)
         # and without its fp32 weight: it only sees the rows that need logits, where int8 stays faster
-        self.lm_head = quantized_linear(head.weight.detach(), head.bias, head_scheme or ("int8" if scheme == "int4" else scheme),
-                                        keep_dense=False)
+        self.lm_head = quantized_linear(
+            head.weight.detach(), head.bias, head_scheme or ("int8" if scheme == "int4" else scheme), keep_dense=False
+        )
         pos = torch.arange(self.max_positions)
         with torch.no_grad():
             cos, sin = inner.rotary_emb(self.embed[:1], pos[None])
@@ -270,7 +280,9 @@ class FastDecoder(nn.Module):
             qp = q[offset : offset + length].transpose(0, 1)[None]
             end = start + length
             keys, values = kv[0, slot : slot + 1, :, :end], kv[1, slot : slot + 1, :, :end]
-            o = F.scaled_dot_product_attention(qp, keys, values, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+            o = F.scaled_dot_product_attention(
+                qp, keys, values, attn_mask=mask, is_causal=mask is None, enable_gqa=True
+            )
             outs.append(o[0].transpose(0, 1))
             offset += length
         att = outs[0] if len(outs) == 1 else torch.cat(outs)

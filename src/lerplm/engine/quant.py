@@ -65,7 +65,9 @@ class Int4Linear(nn.Module):
         scale = ((hi - lo) / 15).clamp(min=1e-12)
         q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15)
         zero = lo + 8 * scale  # (q - 8) * scale + zero == lo + q * scale
-        self.register_buffer("qweight", torch._convert_weight_to_int4pack_for_cpu(q.reshape(out_f, in_f).to(torch.int32), 1))
+        self.register_buffer(
+            "qweight", torch._convert_weight_to_int4pack_for_cpu(q.reshape(out_f, in_f).to(torch.int32), 1)
+        )
         sz = torch.stack([scale, zero], -1).transpose(0, 1).contiguous()  # (in/GROUP, out, 2)
         self.register_buffer("scales_zeros", sz.to(torch.bfloat16))
         self.register_buffer("bias", None if bias is None else bias.detach().float())
@@ -91,7 +93,9 @@ def _forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y if layer.bias is None else y + layer.bias
 
 
-def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, scheme: str, keep_dense: bool = True) -> nn.Module:
+def quantized_linear(
+    weight: torch.Tensor, bias: torch.Tensor | None, scheme: str, keep_dense: bool = True
+) -> nn.Module:
     """A linear layer for ``scheme``: an fp32 nn.Linear (the reference), Int8Linear or Int4Linear
     (int8 for the rare layer whose shape the int4 kernel cannot tile)."""
     if scheme not in SCHEMES:

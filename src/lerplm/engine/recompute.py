@@ -43,8 +43,11 @@ class RecomputeStep:
             per_token[r, width - n :] = torch.tensor(cache[s][1])
         self.runtime.set_coefficients(per_token.to(self.device))
         try:
-            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                             position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device))
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
+            )
         finally:
             self.runtime.set_coefficients(None)
         return out.logits[:, -1].float()

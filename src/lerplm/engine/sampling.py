@@ -56,18 +56,34 @@ class BatchParams:
     max_top_k: int = -1  # -1: not given, read from top_k
 
     @classmethod
-    def from_lists(cls, temperature: list[float], top_p: list[float], top_k: list[int], seeds: list[int],
-                   steps: list[int], device=None) -> "BatchParams":
+    def from_lists(
+        cls,
+        temperature: list[float],
+        top_p: list[float],
+        top_k: list[int],
+        seeds: list[int],
+        steps: list[int],
+        device=None,
+    ) -> BatchParams:
         """From Python lists: the batch summary is computed here, so sampling reads nothing back from the device."""
         sampled = [i for i, t in enumerate(temperature) if t > 0]
         filtered = [top_k[i] > 0 or top_p[i] < 1 for i in sampled]
-        return cls(torch.tensor(temperature, device=device), torch.tensor(top_p, device=device),
-                   torch.tensor(top_k, device=device), torch.tensor(seeds, dtype=torch.long, device=device),
-                   torch.tensor(steps, dtype=torch.long, device=device), all_greedy=not sampled,
-                   any_full=not all(filtered), any_filtered=any(filtered), max_top_k=max(top_k, default=0))
+        return cls(
+            torch.tensor(temperature, device=device),
+            torch.tensor(top_p, device=device),
+            torch.tensor(top_k, device=device),
+            torch.tensor(seeds, dtype=torch.long, device=device),
+            torch.tensor(steps, dtype=torch.long, device=device),
+            all_greedy=not sampled,
+            any_full=not all(filtered),
+            any_filtered=any(filtered),
+            max_top_k=max(top_k, default=0),
+        )
 
 
-def sample(logits: torch.Tensor, p: BatchParams, want_logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def sample(
+    logits: torch.Tensor, p: BatchParams, want_logprobs: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Tokens (B,) from logits (B, V), and optionally the log-probabilities (B, V) of the model's
     unfiltered, untempered distribution (what OpenAI's ``logprobs`` report)."""
     logits = logits.float()

@@ -110,8 +110,15 @@ class EngineStats:
 class Engine:
     """Continuous batching over ``max_batch`` slots of ``max_len`` positions on a model step."""
 
-    def __init__(self, step_model, eos_ids: Iterable[int], max_batch: int = 16, max_len: int = 1024,
-                 prefill_chunk: int = 256, max_queue: int = 1 << 30) -> None:
+    def __init__(
+        self,
+        step_model,
+        eos_ids: Iterable[int],
+        max_batch: int = 16,
+        max_len: int = 1024,
+        prefill_chunk: int = 256,
+        max_queue: int = 1 << 30,
+    ) -> None:
         self.model = step_model
         self.eos = set(eos_ids)
         self.max_batch, self.max_len, self.prefill_chunk, self.max_queue = max_batch, max_len, prefill_chunk, max_queue
@@ -133,8 +140,10 @@ class Engine:
             raise LerpError("the prompt is empty")
         need = len(seq.prompt_ids) + seq.params.max_new_tokens
         if need > self.max_len:
-            raise LerpError(f"prompt ({len(seq.prompt_ids)} tokens) plus max_new_tokens ({seq.params.max_new_tokens}) "
-                            f"is {need} positions; this engine holds {self.max_len}")
+            raise LerpError(
+                f"prompt ({len(seq.prompt_ids)} tokens) plus max_new_tokens ({seq.params.max_new_tokens}) "
+                f"is {need} positions; this engine holds {self.max_len}"
+            )
 
     def submit(self, seq: Sequence) -> None:
         self.check(seq)
@@ -161,7 +170,7 @@ class Engine:
             self.step()
         return list(seqs)
 
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         """Run ``loop`` on a new thread."""
         self.thread = threading.Thread(target=self.loop, name="lerplm-engine", daemon=True)
         self.thread.start()
@@ -247,11 +256,15 @@ class Engine:
         if nonzero:
             coeff_t = torch.tensor(coeffs, dtype=torch.float32, device=dev)[torch.tensor(rows, device=dev)]
         plan = StepPlan(
-            tokens=torch.tensor(tokens, device=dev), positions=torch.tensor(positions, device=dev),
-            slots=torch.tensor(slots, device=dev), coeffs=coeff_t,
+            tokens=torch.tensor(tokens, device=dev),
+            positions=torch.tensor(positions, device=dev),
+            slots=torch.tensor(slots, device=dev),
+            coeffs=coeff_t,
             active=(nonzero[0], nonzero[-1] + 1) if nonzero else None,
-            decode_slots=[s.slot for s in decode], decode_len=max(positions[: len(decode)], default=-1) + 1,
-            prefill=prefill, logit_index=torch.tensor(logit_index, dtype=torch.long, device=dev),
+            decode_slots=[s.slot for s in decode],
+            decode_len=max(positions[: len(decode)], default=-1) + 1,
+            prefill=prefill,
+            logit_index=torch.tensor(logit_index, dtype=torch.long, device=dev),
         )
         return plan, sampled
 
@@ -260,8 +273,14 @@ class Engine:
         if not rows:
             return
         dev = logits.device
-        p = BatchParams.from_lists([s.params.temperature for s in rows], [s.params.top_p for s in rows],
-                                   [s.params.top_k for s in rows], [s.seed for s in rows], [len(s.tokens) for s in rows], dev)
+        p = BatchParams.from_lists(
+            [s.params.temperature for s in rows],
+            [s.params.top_p for s in rows],
+            [s.params.top_k for s in rows],
+            [s.seed for s in rows],
+            [len(s.tokens) for s in rows],
+            dev,
+        )
         early = [i for i, s in enumerate(rows) if len(s.tokens) < s.params.min_new_tokens]
         if early and self.eos:
             logits[torch.tensor(early, device=dev)[:, None], torch.tensor(sorted(self.eos), device=dev)] = float("-inf")

@@ -30,17 +30,25 @@ def levels_between(n: int) -> list[float]:
 def single(attribute: str, n_levels: int = 11) -> list[GridPoint]:
     """The varied attribute alone (weight 1), its level over 0..1."""
     return [
-        GridPoint(f"single-{attribute}-{lvl:g}", {attribute: lvl}, {attribute: 1.0},
-                  {"grid": "single", "varied": attribute, "level": lvl})
+        GridPoint(
+            f"single-{attribute}-{lvl:g}",
+            {attribute: lvl},
+            {attribute: 1.0},
+            {"grid": "single", "varied": attribute, "level": lvl},
+        )
         for lvl in levels_between(n_levels)
     ]
 
 
-def five_attribute(
-    attributes: Sequence[str], b_values: Sequence[float] = (0.05, 0.15, 0.2), n_levels: int = 11, others_level: float = 0.5
+def focus(
+    attributes: Sequence[str],
+    b_values: Sequence[float] = (0.05, 0.15, 0.2),
+    n_levels: int = 11,
+    others_level: float = 0.5,
 ) -> list[GridPoint]:
-    """The paper's design: one attribute's level varies with weight 1 - (n-1) b, every other attribute
-    has weight b at a fixed level (``others_level``)."""
+    """The paper's multi-attribute design (its "five-attribute" grid, for any number of attributes): each
+    attribute in turn has the focus, its level varied with weight 1 - (n-1) b, while every other attribute
+    keeps weight b at a fixed level (``others_level``)."""
     n = len(attributes)
     points = []
     for b in b_values:
@@ -51,8 +59,14 @@ def five_attribute(
             for lvl in levels_between(n_levels):
                 levels = {a: (lvl if a == varied else others_level) for a in attributes}
                 weights = {a: (main if a == varied else b) for a in attributes}
-                points.append(GridPoint(f"five-b{b:g}-{varied}-{lvl:g}", levels, weights,
-                                        {"grid": "five", "varied": varied, "level": lvl, "b": b}))
+                points.append(
+                    GridPoint(
+                        f"focus-b{b:g}-{varied}-{lvl:g}",
+                        levels,
+                        weights,
+                        {"grid": "focus", "varied": varied, "level": lvl, "b": b},
+                    )
+                )
     return points
 
 
@@ -67,37 +81,54 @@ def simplex(attributes: Sequence[str], steps: int = 5, level: float = 1.0) -> li
             continue
         w = dict(zip(attributes, (i / steps, j / steps, k / steps)))
         used = {a: x for a, x in w.items() if x > 0}
-        points.append(GridPoint(
-            "simplex-" + "-".join(f"{a}{x:g}" for a, x in w.items()), {a: level for a in used}, used,
-            {"grid": "simplex", **{f"w_{a}": x for a, x in w.items()}},
-        ))
+        points.append(
+            GridPoint(
+                "simplex-" + "-".join(f"{a}{x:g}" for a, x in w.items()),
+                {a: level for a in used},
+                used,
+                {"grid": "simplex", **{f"w_{a}": x for a, x in w.items()}},
+            )
+        )
     return points
 
 
+def _names(text: str, attributes: Sequence[str]) -> list[str]:
+    got = list(attributes) if text in ("", "all") else [x.strip() for x in text.split(",") if x.strip()]
+    for a in got:
+        if a not in attributes:
+            raise LerpError(f"unknown attribute {a!r} in grid; choose from: {', '.join(attributes)}")
+    return got
+
+
+def _single(rest: str, attributes: Sequence[str], n_levels: int) -> list[GridPoint]:
+    return [p for a in _names(rest, attributes) for p in single(a, n_levels)]
+
+
+def _focus(rest: str, attributes: Sequence[str], n_levels: int) -> list[GridPoint]:
+    b = [0.05, 0.15, 0.2]
+    if rest:
+        if not rest.startswith("b="):
+            raise LerpError("write the focus grid as focus or focus:b=0.05,0.15,0.2")
+        try:
+            b = [float(x) for x in rest[2:].split(",")]
+        except ValueError:
+            raise LerpError(f"bad b values in {rest!r}") from None
+    return focus(list(attributes), b, n_levels)
+
+
+def _simplex(rest: str, attributes: Sequence[str], n_levels: int) -> list[GridPoint]:
+    attrs_text, _, steps = rest.partition(":")
+    return simplex(_names(attrs_text, attributes), int(steps) if steps.isdigit() else 5)
+
+
+GRIDS = {"single": _single, "focus": _focus, "simplex": _simplex}
+ALIASES = {"five": "focus"}  # the paper's name for the focus grid
+
+
 def parse_grid(spec: str, attributes: Sequence[str], n_levels: int = 11) -> list[GridPoint]:
-    """CLI grids: ``single:ATTR[,ATTR..]`` or ``single:all``, ``five[:b=0.05,0.15]``, ``simplex:A,B,C[:steps]``."""
+    """CLI grids: ``single:ATTR[,ATTR..]`` or ``single:all``, ``focus[:b=0.05,0.15]``, ``simplex:A,B,C[:steps]``."""
     kind, _, rest = spec.partition(":")
-
-    def names(text: str) -> list[str]:
-        got = list(attributes) if text in ("", "all") else [x.strip() for x in text.split(",") if x.strip()]
-        for a in got:
-            if a not in attributes:
-                raise LerpError(f"unknown attribute {a!r} in grid; choose from: {', '.join(attributes)}")
-        return got
-
-    if kind == "single":
-        return [p for a in names(rest) for p in single(a, n_levels)]
-    if kind == "five":
-        b = [0.05, 0.15, 0.2]
-        if rest:
-            if not rest.startswith("b="):
-                raise LerpError("write the five-attribute grid as five or five:b=0.05,0.15,0.2")
-            try:
-                b = [float(x) for x in rest[2:].split(",")]
-            except ValueError:
-                raise LerpError(f"bad b values in {spec!r}") from None
-        return five_attribute(list(attributes), b, n_levels)
-    if kind == "simplex":
-        attrs_text, _, steps = rest.partition(":")
-        return simplex(names(attrs_text), int(steps) if steps.isdigit() else 5)
-    raise LerpError(f"unknown grid {spec!r}; use single:ATTR|all, five[:b=...], or simplex:A,B,C[:steps]")
+    kind = ALIASES.get(kind, kind)
+    if kind not in GRIDS:
+        raise LerpError(f"unknown grid {spec!r}; use single:ATTR|all, focus[:b=...], or simplex:A,B,C[:steps]")
+    return GRIDS[kind](rest, attributes, n_levels)

@@ -10,6 +10,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+Z95 = 1.96  # two-sided 95% quantile of the standard normal
+
+
+def ci95(values) -> float:
+    """Half-width of the 95% interval of a mean (normal approximation); NaN for fewer than two values."""
+    x = np.asarray(values, dtype=float)
+    return Z95 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else math.nan
+
 
 def _varied_rows(df: pd.DataFrame, grid: str, b: float | None = None) -> pd.DataFrame:
     sel = df[df["meta_grid"] == grid]
@@ -18,7 +26,9 @@ def _varied_rows(df: pd.DataFrame, grid: str, b: float | None = None) -> pd.Data
     return sel
 
 
-def control_curves(df: pd.DataFrame, attributes: Sequence[str], grid: str = "single", b: float | None = None) -> pd.DataFrame:
+def control_curves(
+    df: pd.DataFrame, attributes: Sequence[str], grid: str = "single", b: float | None = None
+) -> pd.DataFrame:
     """Per varied attribute and level: mean own score, 95% interval (normal approx.), n, fluency."""
     sel = _varied_rows(df, grid, b)
     recs = []
@@ -26,12 +36,19 @@ def control_curves(df: pd.DataFrame, attributes: Sequence[str], grid: str = "sin
         if attr not in attributes:
             continue
         s = g[f"score_{attr}"].to_numpy(float)
-        half = 1.96 * s.std(ddof=1) / math.sqrt(len(s)) if len(s) > 1 else math.nan
-        recs.append({
-            "attribute": attr, "level": float(level), "mean": s.mean(), "ci95": half, "n": len(s),
-            "base_ppl_median": g["base_ppl"].median(), "distinct2": g["distinct2"].mean(),
-            "heldout_ppl": g["heldout_ppl"].mean(),
-        })
+        half = ci95(s)
+        recs.append(
+            {
+                "attribute": attr,
+                "level": float(level),
+                "mean": s.mean(),
+                "ci95": half,
+                "n": len(s),
+                "base_ppl_median": g["base_ppl"].median(),
+                "distinct2": g["distinct2"].mean(),
+                "heldout_ppl": g["heldout_ppl"].mean(),
+            }
+        )
     return pd.DataFrame(recs).sort_values(["attribute", "level"]).reset_index(drop=True) if recs else pd.DataFrame()
 
 
@@ -42,7 +59,7 @@ def _range_ci95(rows: pd.DataFrame, attr: str) -> float:
     lo, hi = rows[levels == levels.min()], rows[levels == levels.max()]
     pairs = lo.merge(hi, on=["prompt_id", "sample"], suffixes=("_lo", "_hi"))
     d = (pairs[f"score_{attr}_hi"] - pairs[f"score_{attr}_lo"]).to_numpy(float)
-    return 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+    return ci95(d)
 
 
 def _fitted_range(rows: pd.DataFrame, attr: str) -> tuple[float, float]:
@@ -58,10 +75,12 @@ def _fitted_range(rows: pd.DataFrame, attr: str) -> tuple[float, float]:
     if sxx == 0 or dof < 1:
         return math.nan, math.nan
     slope = float((x * y).sum()) / sxx
-    return slope, 1.96 * math.sqrt(float(((y - slope * x) ** 2).sum()) / dof / sxx)
+    return slope, Z95 * math.sqrt(float(((y - slope * x) ** 2).sum()) / dof / sxx)
 
 
-def control_summary(curves: pd.DataFrame, df: pd.DataFrame | None = None, grid: str = "single", b: float | None = None) -> dict:
+def control_summary(
+    curves: pd.DataFrame, df: pd.DataFrame | None = None, grid: str = "single", b: float | None = None
+) -> dict:
     """Per attribute: Spearman ρ of mean score against level, score range (level 1 minus level 0),
     and, given the rows, ρ over individual generations (noisier), the range's 95% interval and the range
     fitted through every level (tighter where there are more than two levels)."""
@@ -69,7 +88,12 @@ def control_summary(curves: pd.DataFrame, df: pd.DataFrame | None = None, grid: 
     for attr, c in curves.groupby("attribute"):
         rho = spearmanr(c["level"], c["mean"]).statistic if len(c) > 2 else math.nan
         lo, hi = c.loc[c["level"].idxmin(), "mean"], c.loc[c["level"].idxmax(), "mean"]
-        entry = {"spearman_rho": float(rho), "score_range": float(hi - lo), "score_at_0": float(lo), "score_at_1": float(hi)}
+        entry = {
+            "spearman_rho": float(rho),
+            "score_range": float(hi - lo),
+            "score_at_0": float(lo),
+            "score_at_1": float(hi),
+        }
         if df is not None:
             rows = _varied_rows(df, grid, b)
             rows = rows[rows["meta_varied"] == attr]
@@ -80,7 +104,9 @@ def control_summary(curves: pd.DataFrame, df: pd.DataFrame | None = None, grid: 
     return out
 
 
-def entanglement(df: pd.DataFrame, attributes: Sequence[str], grid: str = "single", b: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def entanglement(
+    df: pd.DataFrame, attributes: Sequence[str], grid: str = "single", b: float | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Slopes d(score_j)/d(level_i) by least squares over the rows that vary i, and the same matrix
     with each row divided by its diagonal (1 on the diagonal; |E_ij| = how much j moves per unit of i's control)."""
     sel = _varied_rows(df, grid, b)

@@ -14,10 +14,12 @@ from .sweep import read_run
 
 
 def _attributes(df: pd.DataFrame) -> list[str]:
-    return [c[len("score_"):] for c in df.columns if c.startswith("score_")]
+    return [c[len("score_") :] for c in df.columns if c.startswith("score_")]
 
 
-def _plot_curves(curves_by_label: dict[str, pd.DataFrame], attrs: list[str], path: Path, column: str = "mean", ylabel: str = "score") -> None:
+def _plot_curves(
+    curves_by_label: dict[str, pd.DataFrame], attrs: list[str], path: Path, column: str = "mean", ylabel: str = "score"
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +76,7 @@ def _plot_simplex(df: pd.DataFrame, attrs: list[str], path: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     wcols = [c for c in df.columns if c.startswith("meta_w_")]
-    corners = [c[len("meta_w_"):] for c in wcols]
+    corners = [c[len("meta_w_") :] for c in wcols]
     g = df.groupby(wcols)[[f"score_{a}" for a in attrs]].mean().reset_index()
     w = g[wcols].to_numpy(float)
     xy = w @ np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
@@ -96,7 +98,12 @@ def _table(df: pd.DataFrame, fmt: str = "{:.3f}") -> list[str]:
     cols = [""] + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for idx, row in df.iterrows():
-        cells = [fmt.format(v) if isinstance(v, (float, np.floating)) and not math.isnan(v) else ("" if isinstance(v, float) else str(v)) for v in row]
+        cells = [
+            fmt.format(v)
+            if isinstance(v, (float, np.floating)) and not math.isnan(v)
+            else ("" if isinstance(v, float) else str(v))
+            for v in row
+        ]
         lines.append(f"| {idx} | " + " | ".join(cells) + " |")
     return lines
 
@@ -110,8 +117,13 @@ def _scorer_gaps(settings: dict) -> dict[str, float]:
         path = Path(root or "") / "scorers.json"
         if path.is_file():
             entries = json.loads(path.read_text()).get("attributes", {})
-            gaps.update({a: e["score_gap"] for a, e in entries.items()
-                         if "score_gap" in e and (not scored_by or scored_by.get(a) == root)})
+            gaps.update(
+                {
+                    a: e["score_gap"]
+                    for a, e in entries.items()
+                    if "score_gap" in e and (not scored_by or scored_by.get(a) == root)
+                }
+            )
     return gaps
 
 
@@ -127,62 +139,126 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
         p = settings.get("params", {})
         scored_by = settings.get("scored_by")
         scorers = ", ".join(f"{a} `{r}`" for a, r in scored_by.items()) if scored_by else f"`{settings.get('scorers')}`"
-        lines += [f"Anchors `{settings.get('anchors')}`, scorers {scorers}; {len(settings.get('prompts', []))} prompts x "
-                  f"{settings.get('n')} samples per grid point; {p.get('max_new_tokens')} new tokens, temperature {p.get('temperature')}, "
-                  f"top-p {p.get('top_p')}, seed {p.get('seed')}.", ""]
+        lines += [
+            f"Anchors `{settings.get('anchors')}`, scorers {scorers}; {len(settings.get('prompts', []))} prompts x "
+            f"{settings.get('n')} samples per grid point; {p.get('max_new_tokens')} new tokens, temperature {p.get('temperature')}, "
+            f"top-p {p.get('top_p')}, seed {p.get('seed')}.",
+            "",
+        ]
 
     gaps = _scorer_gaps(settings)
     if gaps:
-        lines += ["The scorer's test gap is its mean score on the positive endpoint's held-out texts minus the negative's: "
-                  "about the widest range a sweep can show with that scorer.", ""]
+        lines += [
+            "The scorer's test gap is its mean score on the positive endpoint's held-out texts minus the negative's: "
+            "about the widest range a sweep can show with that scorer.",
+            "",
+        ]
     designs = [("single", None)] if "single" in grids else []
-    if "five" in grids:
-        designs += [("five", float(b)) for b in sorted(df.loc[df["meta_grid"] == "five", "meta_b"].unique())]
+    if "focus" in grids:
+        designs += [("focus", float(b)) for b in sorted(df.loc[df["meta_grid"] == "focus", "meta_b"].unique())]
     curves_by = {}
     for grid, b in designs:
-        label = "single attribute" if grid == "single" else f"five-attribute, b={b:g}"
+        label = "single attribute" if grid == "single" else f"focus grid, b={b:g}"
         curves = control_curves(df, attrs, grid, b)
         curves_by[label] = curves
         s = control_summary(curves, df, grid, b)
         slopes, ent = entanglement(df, attrs, grid, b)
-        key = grid if b is None else f"five_b{b:g}"
-        summary[key] = {"control": s, "slopes": slopes.to_dict(), "entanglement": ent.to_dict(), "curves": curves.to_dict("records")}
-        lines += [f"## {label}", "", "| attribute | Spearman ρ (level means) | ρ (all generations) | score at 0 | score at 1 | range ± 95% (paired by prompt) | fitted range ± 95% |"
-                  + (" scorer's test gap | range / gap |" if gaps else ""), "|---|---|---|---|---|---|---|" + ("---|---|" if gaps else "")]
+        key = grid if b is None else f"focus_b{b:g}"
+        summary[key] = {
+            "control": s,
+            "slopes": slopes.to_dict(),
+            "entanglement": ent.to_dict(),
+            "curves": curves.to_dict("records"),
+        }
+        lines += [
+            f"## {label}",
+            "",
+            "| attribute | Spearman ρ (level means) | ρ (all generations) | score at 0 | score at 1 | range ± 95% (paired by prompt) | fitted range ± 95% |"
+            + (" scorer's test gap | range / gap |" if gaps else ""),
+            "|---|---|---|---|---|---|---|" + ("---|---|" if gaps else ""),
+        ]
         for a, e in s.items():
             gap = gaps.get(a, math.nan)
             e["range_over_gap"] = e["score_range"] / gap if gap else math.nan
-            lines.append(f"| {a} | {e['spearman_rho']:.3f} | {e['spearman_rho_rows']:.3f} | {e['score_at_0']:.3f} | {e['score_at_1']:.3f} | {e['score_range']:.3f} ± {e['range_ci95']:.3f} | {e['fitted_range']:.3f} ± {e['fitted_range_ci95']:.3f} |"
-                         + ((f" {gap:.3f} | {e['range_over_gap']:.2f} |" if a in gaps else " not recorded | |") if gaps else ""))
+            lines.append(
+                f"| {a} | {e['spearman_rho']:.3f} | {e['spearman_rho_rows']:.3f} | {e['score_at_0']:.3f} | {e['score_at_1']:.3f} | {e['score_range']:.3f} ± {e['range_ci95']:.3f} | {e['fitted_range']:.3f} ± {e['fitted_range_ci95']:.3f} |"
+                + ((f" {gap:.3f} | {e['range_over_gap']:.2f} |" if a in gaps else " not recorded | |") if gaps else "")
+            )
         png = f"entanglement_{key}.png"
         _plot_heatmap(ent, run / png, f"entanglement ({label})")
-        lines += ["", f"Entanglement: slope of score j against level i, each row divided by its diagonal ({label}).", "",
-                  *_table(ent), "", f"![entanglement]({png})", ""]
+        lines += [
+            "",
+            f"Entanglement: slope of score j against level i, each row divided by its diagonal ({label}).",
+            "",
+            *_table(ent),
+            "",
+            f"![entanglement]({png})",
+            "",
+        ]
     if curves_by:
         _plot_curves(curves_by, attrs, run / "control_curves.png")
         _plot_curves(curves_by, attrs, run / "fluency_base_ppl.png", "base_ppl_median", "median ppl under base")
-        lines += ["## Control curves", "", "Mean score of the varied attribute at each level, with 95% intervals.", "", "![control curves](control_curves.png)", ""]
+        lines += [
+            "## Control curves",
+            "",
+            "Mean score of the varied attribute at each level, with 95% intervals.",
+            "",
+            "![control curves](control_curves.png)",
+            "",
+        ]
         first = next(iter(curves_by.values()))
         fl = first.pivot(index="level", columns="attribute", values="base_ppl_median")
-        lines += ["## Fluency", "", "Median perplexity of the generations under the base model (conditioned on the prompt), by level:", "",
-                  *_table(fl, "{:.1f}"), "", "![fluency](fluency_base_ppl.png)", ""]
+        lines += [
+            "## Fluency",
+            "",
+            "Median perplexity of the generations under the base model (conditioned on the prompt), by level:",
+            "",
+            *_table(fl, "{:.1f}"),
+            "",
+            "![fluency](fluency_base_ppl.png)",
+            "",
+        ]
         if first["heldout_ppl"].notna().any():
             hp = first.pivot(index="level", columns="attribute", values="heldout_ppl")
-            lines += ["The interpolated model's own perplexity on held-out corpus text (the paper's WikiText-2 check), by level:", "", *_table(hp, "{:.1f}"), ""]
+            lines += [
+                "The interpolated model's own perplexity on held-out corpus text (the paper's WikiText-2 check), by level:",
+                "",
+                *_table(hp, "{:.1f}"),
+                "",
+            ]
         d2 = first.pivot(index="level", columns="attribute", values="distinct2")
         lines += ["Distinct-2 (unique word bigrams per generation), by level:", "", *_table(d2), ""]
     if "simplex" in grids:
         corners = _plot_simplex(df[df["meta_grid"] == "simplex"], attrs, run / "simplex.png")
-        lines += ["## Simplex of weights", "", f"Weights over {', '.join(corners)} (levels fixed); colour = mean score.", "", "![simplex](simplex.png)", ""]
+        lines += [
+            "## Simplex of weights",
+            "",
+            f"Weights over {', '.join(corners)} (levels fixed); colour = mean score.",
+            "",
+            "![simplex](simplex.png)",
+            "",
+        ]
     if "single" in grids:
         lines += ["## Sample generations", ""]
         single = df[df["meta_grid"] == "single"]
         for a in attrs:
-            rows = single[(single["meta_varied"] == a) & single["meta_level"].isin([0.0, 0.5, 1.0]) & (single["prompt_id"] == 0) & (single["sample"] < samples_per_level)]
+            rows = single[
+                (single["meta_varied"] == a)
+                & single["meta_level"].isin([0.0, 0.5, 1.0])
+                & (single["prompt_id"] == 0)
+                & (single["sample"] < samples_per_level)
+            ]
             if len(rows):
-                lines += [f"**{a}** (prompt: {settings.get('prompts', ['?'])[0]!r})", "", "| level | score | text |", "|---|---|---|"]
+                lines += [
+                    f"**{a}** (prompt: {settings.get('prompts', ['?'])[0]!r})",
+                    "",
+                    "| level | score | text |",
+                    "|---|---|---|",
+                ]
                 for _, r in rows.sort_values("meta_level").iterrows():
-                    lines.append(f"| {r['meta_level']:g} | {r[f'score_{a}']:.2f} | {str(r['text']).replace('|', '/')} |")
+                    lines.append(
+                        f"| {r['meta_level']:g} | {r[f'score_{a}']:.2f} | {str(r['text']).replace('|', '/')} |"
+                    )
                 lines.append("")
     (run / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (run / "report.md").write_text("\n".join(lines) + "\n")

@@ -12,21 +12,40 @@ transformers sequence-classification model can be named instead (``kind = "hf"``
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shutil
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..config import StylesConfig
+from ..data import endpoint_texts
 from ..errors import LerpError
+from ..files import atomic_dir
 
 MANIFEST = "scorers.json"
-TRAINED_KINDS = ("tfidf", "hidden", "finetune")  # kinds that lerplm trains (an "hf" classifier is only named)
+
+
+@dataclass
+class KindOptions:
+    """What a scorer kind may need to train or load: the feature or base model, its layer, the seed, and
+    models built once and shared by every attribute of a scorer set."""
+
+    model: str = "default"
+    layer: int = -1
+    seed: int = 0
+    shared: dict = field(default_factory=dict)
+
+
+def _pickle(obj, path: Path) -> None:
+    with open(path, "wb") as fh:
+        pickle.dump(obj, fh)
+
+
+def _unpickle(path: Path):
+    with open(path, "rb") as fh:
+        return pickle.load(fh)  # written by lerplm itself; never load untrusted files
 
 
 class TfidfScorer:
@@ -37,13 +56,20 @@ class TfidfScorer:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import FeatureUnion, make_pipeline
 
-        features = FeatureUnion([
-            ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=max_features)),
-            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=2, sublinear_tf=True, max_features=max_features)),
-        ])
+        features = FeatureUnion(
+            [
+                ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=max_features)),
+                (
+                    "char",
+                    TfidfVectorizer(
+                        analyzer="char_wb", ngram_range=(3, 5), min_df=2, sublinear_tf=True, max_features=max_features
+                    ),
+                ),
+            ]
+        )
         self.pipeline = make_pipeline(features, LogisticRegression(C=c, max_iter=2000, random_state=seed))
 
-    def fit(self, negative: Sequence[str], positive: Sequence[str]) -> "TfidfScorer":
+    def fit(self, negative: Sequence[str], positive: Sequence[str]) -> TfidfScorer:
         self.pipeline.fit(list(negative) + list(positive), [0] * len(negative) + [1] * len(positive))
         return self
 
@@ -51,6 +77,16 @@ class TfidfScorer:
         if not len(texts):
             return np.zeros(0)
         return self.pipeline.predict_proba(list(texts))[:, 1]
+
+    @classmethod
+    def train(cls, negative, positive, out: Path, name: str, opts: KindOptions) -> tuple[TfidfScorer, dict]:
+        scorer = cls(seed=opts.seed).fit(negative, positive)
+        _pickle(scorer, out / f"{name}.pkl")
+        return scorer, {"file": f"{name}.pkl"}
+
+    @classmethod
+    def load(cls, root: Path, entry: dict, opts: KindOptions) -> TfidfScorer:
+        return _unpickle(root / entry["file"])
 
 
 class HFScorer:
@@ -72,9 +108,19 @@ class HFScorer:
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
-                enc = self.tok(list(texts[i : i + self.batch_size]), return_tensors="pt", padding=True, truncation=True).to(self.device)
+                enc = self.tok(
+                    list(texts[i : i + self.batch_size]), return_tensors="pt", padding=True, truncation=True
+                ).to(self.device)
                 out.append(torch.softmax(self.model(**enc).logits.float(), -1)[:, self.positive_label].cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
+
+    @classmethod
+    def train(cls, negative, positive, out: Path, name: str, opts: KindOptions):
+        raise LerpError("an hf classifier is not trained by lerplm: name it in scorers.json (kind, path)")
+
+    @classmethod
+    def load(cls, root: Path, entry: dict, opts: KindOptions) -> HFScorer:
+        return cls(entry["path"], entry.get("positive_label", 1))
 
 
 class HiddenStates:
@@ -105,7 +151,9 @@ class HiddenStates:
         order = np.argsort([len(x) for x in ids], kind="stable")  # batches of similar length: little padding
         feats = np.zeros((len(key), self.model.config.hidden_size), dtype=np.float32)
         with torch.inference_mode():
-            for i in tqdm(range(0, len(key), self.batch_size), desc="hidden states", disable=len(key) < 1024, leave=False):
+            for i in tqdm(
+                range(0, len(key), self.batch_size), desc="hidden states", disable=len(key) < 1024, leave=False
+            ):
                 rows = [j for j in order[i : i + self.batch_size] if ids[j]]  # an empty text keeps zero features
                 if not rows:
                     continue
@@ -130,7 +178,7 @@ class HiddenScorer:
         self.features = features
         self.head = head or make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000, random_state=seed))
 
-    def fit(self, negative: Sequence[str], positive: Sequence[str]) -> "HiddenScorer":
+    def fit(self, negative: Sequence[str], positive: Sequence[str]) -> HiddenScorer:
         self.head.fit(self.features(list(negative) + list(positive)), [0] * len(negative) + [1] * len(positive))
         return self
 
@@ -138,6 +186,28 @@ class HiddenScorer:
         if not len(texts):
             return np.zeros(0)
         return self.head.predict_proba(self.features(texts))[:, 1]
+
+    @staticmethod
+    def _features(model: str, layer: int, opts: KindOptions) -> HiddenStates:
+        key = ("hidden", model, layer)
+        if key not in opts.shared:
+            features = HiddenStates(model, layer)
+            if not -features.layers - 1 <= layer <= features.layers:
+                raise LerpError(
+                    f"layer {layer} does not exist: {model} has {features.layers} layers (0 = embeddings, -1 = last)"
+                )
+            opts.shared[key] = features
+        return opts.shared[key]
+
+    @classmethod
+    def train(cls, negative, positive, out: Path, name: str, opts: KindOptions) -> tuple[HiddenScorer, dict]:
+        scorer = cls(cls._features(opts.model, opts.layer, opts), seed=opts.seed).fit(negative, positive)
+        _pickle(scorer.head, out / f"{name}.pkl")
+        return scorer, {"file": f"{name}.pkl", "model": opts.model, "layer": opts.layer}
+
+    @classmethod
+    def load(cls, root: Path, entry: dict, opts: KindOptions) -> HiddenScorer:
+        return cls(cls._features(entry["model"], entry["layer"], opts), head=_unpickle(root / entry["file"]))
 
 
 def _batches(rows: np.ndarray, lengths: np.ndarray, size: int, rng: np.random.Generator):
@@ -162,9 +232,18 @@ class FinetunedScorer:
     Only the top ``top_layers`` layers are adapted: backward stops there, which halves a step's cost on CPU.
     Saved as the PEFT adapter (with the head) plus the temperature: a few MB."""
 
-    def __init__(self, model: str = "default", r: int = 16, epochs: float = 2.0, learning_rate: float = 3e-4,
-                 batch_size: int = 16, max_tokens: int = 64, top_layers: int | None = 8, seed: int = 0,
-                 temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: str = "default",
+        r: int = 16,
+        epochs: float = 2.0,
+        learning_rate: float = 3e-4,
+        batch_size: int = 16,
+        max_tokens: int = 64,
+        top_layers: int | None = 8,
+        seed: int = 0,
+        temperature: float = 1.0,
+    ) -> None:
         self.model_name, self.r, self.epochs, self.learning_rate = model, r, epochs, learning_rate
         self.batch_size, self.max_tokens, self.top_layers = batch_size, max_tokens, top_layers
         self.seed, self.temperature = seed, temperature
@@ -178,7 +257,9 @@ class FinetunedScorer:
 
         ref = resolve(self.model_name)
         self.tok = load_tokenizer(ref)
-        net = AutoModelForSequenceClassification.from_pretrained(materialize(ref).name_or_path, num_labels=2, dtype=torch.float32)
+        net = AutoModelForSequenceClassification.from_pretrained(
+            materialize(ref).name_or_path, num_labels=2, dtype=torch.float32
+        )
         net.config.pad_token_id = self.tok.pad_token_id  # the head reads each row's last non-pad token
         return net
 
@@ -200,7 +281,7 @@ class FinetunedScorer:
                 out[rows] = (logits[:, 1] - logits[:, 0]).numpy()
         return out
 
-    def fit(self, negative: Sequence[str], positive: Sequence[str]) -> "FinetunedScorer":
+    def fit(self, negative: Sequence[str], positive: Sequence[str]) -> FinetunedScorer:
         import torch
         from peft import LoraConfig, get_peft_model
         from tqdm.auto import tqdm
@@ -211,20 +292,32 @@ class FinetunedScorer:
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(texts))
         held = order[: max(2, len(texts) // 10)]  # for the temperature only
-        train = order[len(held):]
+        train = order[len(held) :]
         torch.manual_seed(self.seed)
         base = self._base()
         n = base.config.num_hidden_layers
         top = list(range(max(0, n - self.top_layers), n)) if self.top_layers else None
-        self.net = get_peft_model(base, LoraConfig(
-            task_type="SEQ_CLS", r=self.r, lora_alpha=2 * self.r, lora_dropout=0.05,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], layers_to_transform=top))
+        self.net = get_peft_model(
+            base,
+            LoraConfig(
+                task_type="SEQ_CLS",
+                r=self.r,
+                lora_alpha=2 * self.r,
+                lora_dropout=0.05,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                layers_to_transform=top,
+            ),
+        )
         lengths = np.array([len(x) for x in self.tok(texts, truncation=True, max_length=self.max_tokens)["input_ids"]])
         steps = max(1, round(self.epochs * len(train) / self.batch_size))
-        opt = torch.optim.AdamW([p for p in self.net.parameters() if p.requires_grad], lr=self.learning_rate, weight_decay=0.0)
+        opt = torch.optim.AdamW(
+            [p for p in self.net.parameters() if p.requires_grad], lr=self.learning_rate, weight_decay=0.0
+        )
         sched = get_linear_schedule_with_warmup(opt, max(1, steps // 20), steps)
         self.net.train()
-        for _, rows in zip(tqdm(range(steps), desc="fine-tuning", leave=False), _batches(train, lengths, self.batch_size, rng)):
+        for _, rows in zip(
+            tqdm(range(steps), desc="fine-tuning", leave=False), _batches(train, lengths, self.batch_size, rng)
+        ):
             enc = self._encode([texts[j] for j in rows])
             loss = torch.nn.functional.cross_entropy(self.net(**enc).logits, torch.as_tensor(labels[rows]))
             loss.backward()
@@ -245,10 +338,20 @@ class FinetunedScorer:
 
     def save(self, path: Path) -> dict:
         self.net.save_pretrained(str(path))
-        return {"dir": path.name, "model": self.model_name, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {
+            "dir": path.name,
+            "model": self.model_name,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
 
     @classmethod
-    def load(cls, root: Path, entry: dict) -> "FinetunedScorer":
+    def train(cls, negative, positive, out: Path, name: str, opts: KindOptions) -> tuple[FinetunedScorer, dict]:
+        scorer = cls(opts.model, seed=opts.seed).fit(negative, positive)
+        return scorer, scorer.save(out / f"{name}.finetune")
+
+    @classmethod
+    def load(cls, root: Path, entry: dict, opts: KindOptions) -> FinetunedScorer:
         from peft import PeftModel
 
         s = cls(entry["model"], max_tokens=entry["max_tokens"], temperature=entry["temperature"])
@@ -272,31 +375,18 @@ class ScorerSet:
         return {name: s.score(texts) for name, s in self.scorers.items()}
 
     @classmethod
-    def load(cls, root: str | Path) -> "ScorerSet":
+    def load(cls, root: str | Path) -> ScorerSet:
         root = Path(root)
         if not (root / MANIFEST).is_file():
             raise LerpError(f"no scorers at {root}: {MANIFEST} not found (train them with 'lerplm scorers train')")
         info = json.loads((root / MANIFEST).read_text())
+        opts = KindOptions()
         scorers: dict[str, object] = {}
-        features: dict[tuple, HiddenStates] = {}  # one feature model per (model, layer), shared
         for name, entry in info["attributes"].items():
-            kind = entry["kind"]
-            if kind == "hf":
-                scorers[name] = HFScorer(entry["path"], entry.get("positive_label", 1))
-                continue
-            if kind not in TRAINED_KINDS:
-                raise LerpError(f"{root / MANIFEST}: unknown scorer kind {kind!r} (tfidf, hidden, finetune or hf)")
-            if kind == "finetune":
-                scorers[name] = FinetunedScorer.load(root, entry)
-                continue
-            with open(root / entry["file"], "rb") as fh:
-                scorer = pickle.load(fh)  # written by lerplm itself; never load untrusted files
-            if kind == "hidden":
-                key = (entry["model"], entry["layer"])
-                if key not in features:
-                    features[key] = HiddenStates(*key)
-                scorer = HiddenScorer(features[key], head=scorer)
-            scorers[name] = scorer
+            kind = KINDS.get(entry["kind"])
+            if kind is None:
+                raise LerpError(f"{root / MANIFEST}: unknown scorer kind {entry['kind']!r} ({', '.join(KINDS)})")
+            scorers[name] = kind.load(root, entry, opts)
         return cls(root, scorers, info)
 
 
@@ -308,8 +398,12 @@ def evaluate(scorer, negative: Sequence[str], positive: Sequence[str]) -> dict:
     y = np.array([0] * len(negative) + [1] * len(positive))
     # the mean score gap between real texts of the two endpoints: the widest range a sweep can be
     # expected to show with this scorer, unless generations are more extreme than the corpora
-    return {"accuracy": float(((p >= 0.5) == y).mean()), "auc": float(roc_auc_score(y, p)),
-            "score_gap": float(pos.mean() - neg.mean()), "n_test": int(len(y))}
+    return {
+        "accuracy": float(((p >= 0.5) == y).mean()),
+        "auc": float(roc_auc_score(y, p)),
+        "score_gap": float(pos.mean() - neg.mean()),
+        "n_test": int(len(y)),
+    }
 
 
 def train_scorers(
@@ -324,43 +418,34 @@ def train_scorers(
     """Train one scorer per attribute (``kind`` tfidf, hidden on ``model``'s layer ``layer``, or finetune of
     ``model``); report held-out accuracy and AUC; write atomically."""
     if kind not in TRAINED_KINDS:
-        raise LerpError(f"unknown scorer kind {kind!r}: tfidf, hidden or finetune (an hf classifier is named in scorers.json)")
-    from ..train import endpoint_texts
-
-    out = Path(out)
-    if out.exists():
-        raise LerpError(f"{out} already exists; choose another --out or delete it")
-    features = HiddenStates(model, layer) if kind == "hidden" else None
-    if features is not None and not -features.layers - 1 <= layer <= features.layers:
-        raise LerpError(f"layer {layer} does not exist: {model} has {features.layers} layers (0 = embeddings, -1 = last)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+        raise LerpError(
+            f"unknown scorer kind {kind!r}: {', '.join(TRAINED_KINDS)} (an hf classifier is named in scorers.json)"
+        )
+    opts = KindOptions(model, layer, cfg.training.seed)
     info = {"format": "lerplm.scorers/1", "attributes": {}}
-    seed = cfg.training.seed
-    try:
+    with atomic_dir(out) as tmp:
         for attr in cfg.attributes:
             neg, _ = endpoint_texts(cfg, attr.negative, cap=max_train)
             pos, _ = endpoint_texts(cfg, attr.positive, cap=max_train)
-            if kind == "finetune":
-                scorer = FinetunedScorer(model, seed=seed).fit(neg, pos)
-                saved = scorer.save(tmp / f"{attr.name}.finetune")
-            else:
-                scorer = (HiddenScorer(features, seed=seed) if features else TfidfScorer(seed=seed)).fit(neg, pos)
-                with open(tmp / f"{attr.name}.pkl", "wb") as fh:
-                    pickle.dump(scorer.head if features else scorer, fh)
-                saved = {"file": f"{attr.name}.pkl", **({"model": model, "layer": layer} if features else {})}
+            scorer, saved = KINDS[kind].train(neg, pos, tmp, attr.name, opts)
             neg_t, _ = endpoint_texts(cfg, attr.negative, held_out=True)
             pos_t, _ = endpoint_texts(cfg, attr.positive, held_out=True)
             metrics = evaluate(scorer, neg_t, pos_t)
             info["attributes"][attr.name] = {
-                "kind": kind, **saved, "negative": attr.negative.name, "positive": attr.positive.name,
-                "n_train": len(neg) + len(pos), **metrics,
+                "kind": kind,
+                **saved,
+                "negative": attr.negative.name,
+                "positive": attr.positive.name,
+                "n_train": len(neg) + len(pos),
+                **metrics,
             }
-            log(f"{attr.name}: held-out accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f}, "
-                f"score gap {metrics['score_gap']:.3f} ({metrics['n_test']} test texts)")
+            log(
+                f"{attr.name}: held-out accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f}, "
+                f"score gap {metrics['score_gap']:.3f} ({metrics['n_test']} test texts)"
+            )
         (tmp / MANIFEST).write_text(json.dumps(info, indent=2))
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ScorerSet.load(out)
+
+
+KINDS = {"tfidf": TfidfScorer, "hidden": HiddenScorer, "finetune": FinetunedScorer, "hf": HFScorer}
+TRAINED_KINDS = ("tfidf", "hidden", "finetune")  # an "hf" classifier is only named in scorers.json

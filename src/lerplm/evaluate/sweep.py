@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -15,8 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import LerpError
+from ..files import atomic_file
 from ..generate import SEEDING, LerpModel, SamplingParams
-from .grids import GridPoint
+from .grids import ALIASES, GridPoint
 from .scorers import ScorerSet
 
 POINTS_DIR = "points"
@@ -32,14 +32,16 @@ def distinct_n(text: str, n: int = 2) -> float:
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    """Rows as written: an empty generation stays an empty string, not NaN."""
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    """Rows as written: an empty generation stays an empty string, not NaN; grids by their current names."""
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if "meta_grid" in df:
+        df["meta_grid"] = df["meta_grid"].replace(ALIASES)
+    return df
 
 
 def read_run(run: str | Path) -> tuple[pd.DataFrame, dict]:
@@ -82,10 +84,18 @@ def run_sweep(
     ids = [p.id for p in points]
     if len(set(ids)) != len(ids):
         raise LerpError("the grid has duplicate points")
-    _check_settings(out, {
-        "anchors": str(lm.anchors.root), "scorers": str(scorers.root), "prompts": list(prompts), "n": n,
-        "params": asdict(params), "heldout_texts": len(heldout), "seeding": SEEDING,
-    })
+    _check_settings(
+        out,
+        {
+            "anchors": str(lm.anchors.root),
+            "scorers": str(scorers.root),
+            "prompts": list(prompts),
+            "n": n,
+            "params": asdict(params),
+            "heldout_texts": len(heldout),
+            "seeding": SEEDING,
+        },
+    )
     (out / POINTS_DIR).mkdir(exist_ok=True)
     todo = [p for p in points if not (out / POINTS_DIR / f"{p.id}.csv").is_file()]
     per_chunk = max(1, batch_rows // (len(prompts) * n))
@@ -104,14 +114,22 @@ def run_sweep(
             for idx, (q, k, prompt, j, text) in enumerate(flat):
                 if q is not p:
                     continue
-                recs.append({
-                    "point": p.id, **{f"meta_{m}": v for m, v in p.meta.items()},
-                    **{f"level_{a}": v for a, v in p.levels.items()}, **{f"weight_{a}": v for a, v in p.weights.items()},
-                    "prompt_id": k, "sample": j, "seed": params.seed, "text": text,
-                    **{f"score_{a}": float(s[idx]) for a, s in scores.items()},
-                    "base_ppl": math.exp(fluency[idx]) if not math.isnan(fluency[idx]) else math.nan,
-                    "distinct2": distinct_n(text), "heldout_ppl": held.get(p.id, math.nan),
-                })
+                recs.append(
+                    {
+                        "point": p.id,
+                        **{f"meta_{m}": v for m, v in p.meta.items()},
+                        **{f"level_{a}": v for a, v in p.levels.items()},
+                        **{f"weight_{a}": v for a, v in p.weights.items()},
+                        "prompt_id": k,
+                        "sample": j,
+                        "seed": params.seed,
+                        "text": text,
+                        **{f"score_{a}": float(s[idx]) for a, s in scores.items()},
+                        "base_ppl": math.exp(fluency[idx]) if not math.isnan(fluency[idx]) else math.nan,
+                        "distinct2": distinct_n(text),
+                        "heldout_ppl": held.get(p.id, math.nan),
+                    }
+                )
             _write_csv(pd.DataFrame(recs), out / POINTS_DIR / f"{p.id}.csv")
         bar.update(len(chunk))
     bar.close()
@@ -139,9 +157,15 @@ def rescore(run: str | Path, scorers: ScorerSet, out: str | Path) -> pd.DataFram
             df.insert(last + 1, col, 0.0)
         df[col] = s.astype(float)
     out.mkdir(parents=True)
-    scored_by = {**{c.removeprefix("score_"): settings.get("scorers") for c in kept}, **{a: str(scorers.root) for a in scores}}
-    (out / SETTINGS).write_text(json.dumps({**settings, "scorers": str(scorers.root), "scored_by": scored_by,
-                                            "rescored_from": str(run)}, indent=2))
+    scored_by = {
+        **{c.removeprefix("score_"): settings.get("scorers") for c in kept},
+        **{a: str(scorers.root) for a in scores},
+    }
+    (out / SETTINGS).write_text(
+        json.dumps(
+            {**settings, "scorers": str(scorers.root), "scored_by": scored_by, "rescored_from": str(run)}, indent=2
+        )
+    )
     _write_csv(df, out / RESULTS)
     return df
 
@@ -156,3 +180,31 @@ def _heldout_nll(lm: LerpModel, points: Sequence[GridPoint], texts: Sequence[str
         nll = torch.tensor(lm.nll([""] * len(texts), texts, coeffs))
         out[p.id] = math.exp(nll.nanmean().item())
     return out
+
+
+def sweep(
+    anchors: str | Path,
+    scorers: str | Path,
+    grids: Sequence[str],
+    prompts: Sequence[str],
+    out: str | Path,
+    n: int = 1,
+    levels: int = 11,
+    params: SamplingParams | None = None,
+    batch_rows: int = 64,
+    config: str | Path | None = None,
+    heldout_per_endpoint: int = 10,
+) -> tuple[pd.DataFrame, int]:
+    """run_sweep from paths and grid specs (e.g. "single:all"); held-out perplexity on ``config``'s test files.
+    Returns the rows and the number of grid points."""
+    from ..anchors import AnchorSet
+    from ..config import load_config
+    from ..data import heldout_sample
+    from .grids import parse_grid
+
+    names = AnchorSet.load(anchors).names
+    points = [p for g in grids for p in parse_grid(g, names, levels)]
+    scorer_set = ScorerSet.load(scorers)
+    heldout = heldout_sample(load_config(config), heldout_per_endpoint) if config else []
+    df = run_sweep(LerpModel.load(anchors), scorer_set, points, prompts, out, n, params, batch_rows, heldout)
+    return df, len(points)

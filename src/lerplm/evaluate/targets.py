@@ -12,7 +12,6 @@ these prompts shift the response model (calibrate.refine) and the solved mix is 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pandas as pd
 from ..calibrate import ResponseModel, Solution, refine, solve
 from ..errors import LerpError
 from .grids import GridPoint
+from .metrics import ci95
 
 SUMMARY = "targets.json"
 METHODS = ("calibrated", "naive", "refined")
@@ -57,8 +57,14 @@ def _slug(targets: dict[str, float]) -> str:
 
 
 def _point(method: str, t: dict[str, float], sol: Solution, levels: dict, weights: dict) -> GridPoint:
-    meta = {"grid": "target", "targets": _slug(t), "n_targets": len(t), "reachable": int(not sol.warnings), "method": method,
-            **{f"predicted_{a}": round(v, 4) for a, v in sol.predicted.items() if a in t}}
+    meta = {
+        "grid": "target",
+        "targets": _slug(t),
+        "n_targets": len(t),
+        "reachable": int(not sol.warnings),
+        "method": method,
+        **{f"predicted_{a}": round(v, 4) for a, v in sol.predicted.items() if a in t},
+    }
     return GridPoint(f"target-{method}-{_slug(t)}", dict(levels), dict(weights), meta)
 
 
@@ -86,9 +92,19 @@ def refined_points(model: ResponseModel, targets: Sequence[dict[str, float]], df
     return points
 
 
-def closed_loop(lm, scorers, model: ResponseModel, prompts: Sequence[str], targets: dict[str, float], rounds: int = 1,
-                n: int = 1, params=None, free_weights: bool = False, extrapolate: bool = False,
-                log: Callable[[str], None] = print) -> tuple[list[list[str]], Solution, dict[str, float]]:
+def closed_loop(
+    lm,
+    scorers,
+    model: ResponseModel,
+    prompts: Sequence[str],
+    targets: dict[str, float],
+    rounds: int = 1,
+    n: int = 1,
+    params=None,
+    free_weights: bool = False,
+    extrapolate: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[list[list[str]], Solution, dict[str, float]]:
     """Generate at the solved mix, measure the targeted attributes' mean scores over these prompts, refine
     the mix with them (calibrate.refine), and generate again, ``rounds`` times. Returns the last round's
     texts, its solution and its measured means: the batch the user asked for, steered by its own scores."""
@@ -101,7 +117,10 @@ def closed_loop(lm, scorers, model: ResponseModel, prompts: Sequence[str], targe
         texts = lm.generate(prompts, sol.mix, n=n, params=params, extrapolate=extrapolate)
         scores = scorers.score([t for ts in texts for t in ts])
         achieved = {a: float(scores[a].mean()) for a in targets}
-        log(f"round {k}: {sol.mix.describe()} -> mean " + ", ".join(f"{a} {achieved[a]:.3f} (target {t:g})" for a, t in targets.items()))
+        log(
+            f"round {k}: {sol.mix.describe()} -> mean "
+            + ", ".join(f"{a} {achieved[a]:.3f} (target {t:g})" for a, t in targets.items())
+        )
         if k < rounds:
             sol, model = refine(model, sol, achieved, free_weights=free_weights, extrapolate=extrapolate)
     return texts, sol, achieved
@@ -118,13 +137,21 @@ def target_errors(df: pd.DataFrame) -> pd.DataFrame:
             a, _, t = pair.partition("=")
             s = g[f"score_{a}"].to_numpy(float)
             mean = float(s.mean())
-            recs.append({
-                "point": pid, "method": g["meta_method"].iloc[0], "targets": g["meta_targets"].iloc[0],
-                "n_targets": int(g["meta_n_targets"].iloc[0]), "attribute": a, "target": float(t), "achieved": mean,
-                "reachable": bool(g["meta_reachable"].iloc[0]) if "meta_reachable" in g else True,
-                "ci95": 1.96 * s.std(ddof=1) / math.sqrt(len(s)) if len(s) > 1 else math.nan,
-                "abs_error": abs(mean - float(t)), "n": len(s),
-            })
+            recs.append(
+                {
+                    "point": pid,
+                    "method": g["meta_method"].iloc[0],
+                    "targets": g["meta_targets"].iloc[0],
+                    "n_targets": int(g["meta_n_targets"].iloc[0]),
+                    "attribute": a,
+                    "target": float(t),
+                    "achieved": mean,
+                    "reachable": bool(g["meta_reachable"].iloc[0]) if "meta_reachable" in g else True,
+                    "ci95": ci95(s),
+                    "abs_error": abs(mean - float(t)),
+                    "n": len(s),
+                }
+            )
     out = pd.DataFrame(recs)
     # reachability belongs to the target (the solver's verdict), so both methods' rows take the calibrated one's
     verdict = out[out["method"] == "calibrated"].groupby("targets")["reachable"].all()
@@ -133,7 +160,9 @@ def target_errors(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _mae(errors: pd.DataFrame) -> dict[str, float]:
-    return {m: float(errors[errors["method"] == m]["abs_error"].mean()) for m in METHODS if errors["method"].eq(m).any()}
+    return {
+        m: float(errors[errors["method"] == m]["abs_error"].mean()) for m in METHODS if errors["method"].eq(m).any()
+    }
 
 
 def summarize(errors: pd.DataFrame) -> dict:
@@ -141,8 +170,12 @@ def summarize(errors: pd.DataFrame) -> dict:
     one, two = errors[errors["n_targets"] == 1], errors[errors["n_targets"] == 2]
     out: dict = {
         "single": {a: _mae(g) for a, g in one.groupby("attribute", sort=False)},
-        "pairs": {key: _mae(g) for key, g in two.groupby(
-            two["targets"].map(lambda s: "+".join(p.split("=")[0] for p in s.split(","))), sort=False)},
+        "pairs": {
+            key: _mae(g)
+            for key, g in two.groupby(
+                two["targets"].map(lambda s: "+".join(p.split("=")[0] for p in s.split(","))), sort=False
+            )
+        },
     }
     for part, sub in (("single", one), ("pairs", two)):
         if len(sub):
@@ -191,11 +224,16 @@ def write_report(df: pd.DataFrame, out: str | Path, ranges: dict[str, float], me
     errors.to_csv(out / "targets.csv", index=False)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2))
     _plot(errors, out / "targets.png")
-    lines = ["# Target control: calibrated against naive", "",
-             f"Mean absolute error between target and achieved mean score ({meta.get('prompts', '?')} held-out prompts per point; "
-             f"median 95% half-width of an achieved mean: {summary['median_ci95']:.3f}).", "",
-             "| targets | attribute(s) | calibrated MAE | naive MAE | calibrated / naive |" + (" refined once (closed loop) MAE |" if refined else ""),
-             "|---|---|---|---|---|" + ("---|" if refined else "")]
+    lines = [
+        "# Target control: calibrated against naive",
+        "",
+        f"Mean absolute error between target and achieved mean score ({meta.get('prompts', '?')} held-out prompts per point; "
+        f"median 95% half-width of an achieved mean: {summary['median_ci95']:.3f}).",
+        "",
+        "| targets | attribute(s) | calibrated MAE | naive MAE | calibrated / naive |"
+        + (" refined once (closed loop) MAE |" if refined else ""),
+        "|---|---|---|---|---|" + ("---|" if refined else ""),
+    ]
 
     def row(label: str, name: str, v: dict, bold: bool = False) -> str:
         b = "**" if bold else ""
@@ -211,15 +249,31 @@ def write_report(df: pd.DataFrame, out: str | Path, ranges: dict[str, float], me
             lines.append(row(label, "**all the solver called reachable**", summary[f"{part}_reachable"], bold=True))
     skipped = [f"{a} ({r:.3f})" for a, r in ranges.items() if r < MIN_RANGE]
     if skipped:
-        lines += ["", "Left out (predicted score range over levels 0.1-0.9 too small to set targets in): " + ", ".join(skipped) + "."]
+        lines += [
+            "",
+            "Left out (predicted score range over levels 0.1-0.9 too small to set targets in): "
+            + ", ".join(skipped)
+            + ".",
+        ]
     for part in ("single", "pairs"):
         if f"{part}_unreachable_targets" in summary:
-            lines += ["", "The solver warned that these targets are out of reach under this calibration: "
-                      + "; ".join(summary[f"{part}_unreachable_targets"]) + "."]
-    lines += ["", "![target vs achieved](targets.png)", "", "| point | attribute | target | achieved | ±95% | solver: reachable |",
-              "|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "The solver warned that these targets are out of reach under this calibration: "
+                + "; ".join(summary[f"{part}_unreachable_targets"])
+                + ".",
+            ]
+    lines += [
+        "",
+        "![target vs achieved](targets.png)",
+        "",
+        "| point | attribute | target | achieved | ±95% | solver: reachable |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in errors.itertuples():
-        lines.append(f"| {r.point} | {r.attribute} | {r.target:.3f} | {r.achieved:.3f} | {r.ci95:.3f} | {'yes' if r.reachable else 'no'} |")
+        lines.append(
+            f"| {r.point} | {r.attribute} | {r.target:.3f} | {r.achieved:.3f} | {r.ci95:.3f} | {'yes' if r.reachable else 'no'} |"
+        )
     (out / "targets.md").write_text("\n".join(lines) + "\n")
     return summary
 
@@ -236,3 +290,86 @@ def parse_pairs(specs: Sequence[str], attributes: Sequence[str]) -> list[tuple[s
             raise LerpError(f"--pair takes two different attributes as A,B (from {', '.join(attributes)}), got {s!r}")
         pairs.append((parts[0], parts[1]))
     return pairs
+
+
+def evaluate_targets(
+    anchors: str | Path,
+    scorers: str | Path,
+    prompts: Sequence[str],
+    out: str | Path,
+    calibration: str | Path | None = None,
+    attributes: Sequence[str] | None = None,
+    pairs: Sequence[str] = (),
+    targets: Sequence[str] = (),
+    max_new_tokens: int = 32,
+    seed: int = 1,
+    batch_rows: int = 64,
+    closed: bool = False,
+    meta: dict | None = None,
+) -> dict:
+    """Generate at the calibrated and the naive mix of each target (a grid inside the reachable range, or
+    explicit ``targets`` such as "sentiment=0.4"), and with ``closed`` once more refined by the measured
+    scores; score, and write the report into ``out`` (resumable). Returns the summary."""
+    from ..anchors import AnchorSet
+    from ..calibrate import CALIBRATION
+    from ..generate import LerpModel, SamplingParams
+    from ..mix import parse_assignments
+    from .scorers import ScorerSet
+    from .sweep import run_sweep
+
+    anchor_set = AnchorSet.load(anchors)
+    calibration = calibration or anchor_set.root / CALIBRATION
+    model = ResponseModel.load_for(anchor_set, calibration)
+    chosen, ranges = target_sets(model, attributes or list(model.scored), parse_pairs(pairs, model.scored))
+    if targets:
+        chosen = [parse_assignments(t, "target") for t in targets]
+    if not chosen:
+        raise LerpError("no reachable targets: the calibration predicts almost no control for these attributes")
+    scorer_set = ScorerSet.load(scorers)
+    lm = LerpModel.load(anchors)
+    params = SamplingParams(max_new_tokens, 0.8, 0.95, 0, seed)
+    points = target_points(model, chosen)
+    df = run_sweep(lm, scorer_set, points, prompts, out, 1, params, batch_rows)
+    if closed:
+        df = run_sweep(lm, scorer_set, points + refined_points(model, chosen, df), prompts, out, 1, params, batch_rows)
+    return write_report(df, out, ranges, {"prompts": len(prompts), "calibration": str(calibration), **(meta or {})})
+
+
+def steer(
+    anchors: str | Path,
+    scorers: str | Path,
+    prompts: Sequence[str],
+    target: str,
+    rounds: int,
+    n: int = 1,
+    params=None,
+    calibration: str | Path | None = None,
+    free_weights: bool = False,
+    extrapolate: bool = False,
+    quantize: str = "fp32",
+    log: Callable[[str], None] = print,
+):
+    """``generate --target --refine``: solve the target's mix, then ``rounds`` of closed-loop correction on these
+    prompts (closed_loop). Returns the last round's solution, its texts and the loaded model."""
+    from ..calibrate import solve_target
+    from ..generate import LerpModel
+    from ..mix import parse_assignments
+    from .scorers import ScorerSet
+
+    _, model = solve_target(anchors, target, calibration, free_weights, extrapolate)
+    scorer_set = ScorerSet.load(scorers)
+    lm = LerpModel.load(anchors, quantize=quantize)
+    texts, sol, _ = closed_loop(
+        lm,
+        scorer_set,
+        model,
+        prompts,
+        parse_assignments(target, "target"),
+        rounds,
+        n,
+        params,
+        free_weights,
+        extrapolate,
+        log=log,
+    )
+    return sol, texts, lm

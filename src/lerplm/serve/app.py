@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import LerpError
 from ..engine import QueueFull, SamplingParams, Sequence
+from ..errors import LerpError
 from ..generate import LerpModel
 from ..mix import Mix, Schedule
 
@@ -28,7 +28,9 @@ STATIC = Path(__file__).with_name("static")
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, headers=None):
+    def __init__(
+        self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, headers=None
+    ):
         self.status, self.message, self.type, self.param, self.headers = status, message, type_, param, headers
 
 
@@ -73,15 +75,28 @@ class ChatBody(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
-ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-    "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
-    "code": {"type": ["string", "null"]}}}}}
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
 
 
 class LiveMix(BaseModel):
     mix: dict[str, Any]
     index: int = 0  # which choice, for n > 1
-    reencode: bool = False  # also re-read the text so far under the new mix (one prefill) instead of from the next token only
+    reencode: bool = (
+        False  # also re-read the text so far under the new mix (one prefill) instead of from the next token only
+    )
 
 
 class Metrics:
@@ -91,13 +106,22 @@ class Metrics:
         self.tokens = Counter("lerplm_generated_tokens_total", "Generated tokens", registry=self.registry)
         self.queue = Gauge("lerplm_queue_depth", "Requests waiting for a batch slot", registry=self.registry)
         self.batch = Gauge("lerplm_batch_size", "Rows in the running batch", registry=self.registry)
-        self.latency = Histogram("lerplm_request_latency_seconds", "Time from request to last token", ["route"], registry=self.registry)
+        self.latency = Histogram(
+            "lerplm_request_latency_seconds", "Time from request to last token", ["route"], registry=self.registry
+        )
 
 
 def create_app(
-    lm: LerpModel, api_key: str | None = None, max_batch: int = 16, max_queue: int = 64,
-    max_tokens_limit: int = 512, max_prompt_tokens: int = 1024, default_max_tokens: int = 64,
-    engine_thread: bool = True, default_mix: Mix | None = None, presets: dict[str, Mix] | None = None,
+    lm: LerpModel,
+    api_key: str | None = None,
+    max_batch: int = 16,
+    max_queue: int = 64,
+    max_tokens_limit: int = 512,
+    max_prompt_tokens: int = 1024,
+    default_max_tokens: int = 64,
+    engine_thread: bool = True,
+    default_mix: Mix | None = None,
+    presets: dict[str, Mix] | None = None,
 ) -> FastAPI:
     """The FastAPI app. With ``engine_thread`` the engine runs on a thread that starts and stops with
     the app; without, the caller runs ``app.state.engine.loop()`` (``lerplm serve`` does, on the main
@@ -116,8 +140,12 @@ def create_app(
     base_mixes |= {name: m.coefficients(names) for name, m in (presets or {}).items()}
 
     # -- errors, OpenAI style -------------------------------------------------------------------
-    def error(status: int, message: str, type_: str = "invalid_request_error", param=None, headers=None) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": None}}, status, headers=headers)
+    def error(
+        status: int, message: str, type_: str = "invalid_request_error", param=None, headers=None
+    ) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": message, "type": type_, "param": param, "code": None}}, status, headers=headers
+        )
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
@@ -132,13 +160,17 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
-        return error(e.status_code, str(e.detail), "not_found_error" if e.status_code == 404 else "invalid_request_error")
+        return error(
+            e.status_code, str(e.detail), "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        )
 
     @app.middleware("http")
     async def _auth_and_count(request: Request, call_next):
         path = request.url.path
         if api_key and path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {api_key}":
-            response = error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error")
+            response = error(
+                401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error"
+            )
         else:
             response = await call_next(request)
         metrics.requests.labels(path, str(response.status_code)).inc()
@@ -149,14 +181,22 @@ def create_app(
 
     def parse_mix(body: _Common) -> tuple[list[float] | Schedule, dict | None]:
         if body.model is not None and body.model not in base_mixes:
-            raise APIError(404, f"the model {body.model!r} does not exist; available: {', '.join(base_mixes)}",
-                           "not_found_error", param="model")
+            raise APIError(
+                404,
+                f"the model {body.model!r} does not exist; available: {', '.join(base_mixes)}",
+                "not_found_error",
+                param="model",
+            )
         if body.target is not None:
             if body.mix is not None:
                 raise APIError(400, "give either 'mix' or 'target', not both", param="target")
             try:
                 sol = lm.solve_target(body.target, free_weights=body.free_weights)
-                return sol.mix.coefficients(names), {**sol.mix.to_json(names), "predicted": sol.predicted, "warnings": sol.warnings}
+                return sol.mix.coefficients(names), {
+                    **sol.mix.to_json(names),
+                    "predicted": sol.predicted,
+                    "warnings": sol.warnings,
+                }
             except LerpError as e:
                 raise APIError(400, str(e), param="target") from None
         if body.mix is None:
@@ -213,7 +253,9 @@ def create_app(
             raise APIError(400, "logprobs must be an integer in [0, 5]", param="logprobs")
         return body.logprobs
 
-    def submit(prompt_ids: list[int], mix: list[float] | Schedule, params: SamplingParams, logprobs: int | None) -> Sequence:
+    def submit(
+        prompt_ids: list[int], mix: list[float] | Schedule, params: SamplingParams, logprobs: int | None
+    ) -> Sequence:
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
         def on_event(seq: Sequence, token: int | None, finish: str | None) -> None:  # on the engine thread
@@ -227,7 +269,9 @@ def create_app(
         try:
             engine.submit(seq)
         except QueueFull:
-            raise APIError(503, "the server is at capacity; retry shortly", "server_busy", headers={"Retry-After": "1"}) from None
+            raise APIError(
+                503, "the server is at capacity; retry shortly", "server_busy", headers={"Retry-After": "1"}
+            ) from None
         except LerpError as e:  # the prompt and max_tokens do not fit the engine
             raise APIError(400, str(e)) from None
         metrics.queue.set(engine.queue_depth)
@@ -244,9 +288,14 @@ def create_app(
     def logprob_entry(kind: str, token: int, lp: float, alts: list[tuple[int, float]]) -> dict:
         text = token_text(token)
         if kind == "chat":
-            return {"token": text, "logprob": lp, "bytes": list(text.encode()),
-                    "top_logprobs": [{"token": token_text(t), "logprob": v, "bytes": list(token_text(t).encode())}
-                                     for t, v in alts]}
+            return {
+                "token": text,
+                "logprob": lp,
+                "bytes": list(text.encode()),
+                "top_logprobs": [
+                    {"token": token_text(t), "logprob": v, "bytes": list(token_text(t).encode())} for t, v in alts
+                ],
+            }
         return {"token": text, "logprob": lp, "top": {token_text(t): v for t, v in alts}}
 
     def logprobs_field(kind: str, entries: list[dict], offset: int = 0) -> dict | None:
@@ -256,8 +305,12 @@ def create_app(
         for e in entries:
             offsets.append(pos)
             pos += len(e["token"])
-        return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
-                "top_logprobs": [e["top"] for e in entries], "text_offset": offsets}
+        return {
+            "tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [e["top"] for e in entries],
+            "text_offset": offsets,
+        }
 
     async def run(kind: str, prompt_ids: list[list[int]], body: _Common, route: str):
         coeffs, solved = parse_mix(body)
@@ -280,7 +333,9 @@ def create_app(
                 token, finish = await req.events.get()
                 if token is None:
                     if finish and finish.startswith("error"):
-                        raise APIError(500, f"generation failed ({finish[7:]}); other requests are unaffected", "server_error")
+                        raise APIError(
+                            500, f"generation failed ({finish[7:]}); other requests are unaffected", "server_error"
+                        )
                     req.used = len(req.tokens)
                     yield text[sent:], finish, pending
                     return
@@ -292,7 +347,7 @@ def create_app(
                 now = lm.tokenizer.decode(ids[prefix:], skip_special_tokens=True)
                 if len(now) <= len(before) or now.endswith("\ufffd"):
                     continue
-                text += now[len(before):]
+                text += now[len(before) :]
                 prefix, read = read, len(ids)
                 hit = min((i for i in (text.find(x, max(0, sent - hold)) for x in stop) if i >= 0), default=-1)
                 if hit >= 0:
@@ -304,25 +359,43 @@ def create_app(
                     yield text[sent:safe], None, pending
                     sent, pending = safe, []
 
-        def choice(i: int, delta: str, finish: str | None, entries: list[dict] | None, offset: int = 0,
-                   first: bool = False, whole: bool = False) -> dict:
+        def choice(
+            i: int,
+            delta: str,
+            finish: str | None,
+            entries: list[dict] | None,
+            offset: int = 0,
+            first: bool = False,
+            whole: bool = False,
+        ) -> dict:
             lp = logprobs_field(kind, entries, offset) if n_alts is not None and entries is not None else None
             if kind == "chat":
                 if whole:
-                    return {"index": i, "message": {"role": "assistant", "content": delta}, "finish_reason": finish, "logprobs": lp}
+                    return {
+                        "index": i,
+                        "message": {"role": "assistant", "content": delta},
+                        "finish_reason": finish,
+                        "logprobs": lp,
+                    }
                 d = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta else {})
                 return {"index": i, "delta": d, "finish_reason": finish, "logprobs": lp}
             return {"index": i, "text": delta, "finish_reason": finish, "logprobs": lp}
 
         def chunk(i: int, delta: str, finish: str | None, entries=None, offset: int = 0, first: bool = False) -> dict:
             obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-            out = {"id": rid, "object": obj, "created": created, "model": body.model or model_id,
-                   "choices": [choice(i, delta, finish, entries, offset, first)]} | extra
+            out = {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": body.model or model_id,
+                "choices": [choice(i, delta, finish, entries, offset, first)],
+            } | extra
             if finish:
                 out["mix_log"] = mix_log(reqs[i])
             return out
 
         if body.stream:
+
             async def events():
                 queue: asyncio.Queue = asyncio.Queue()
 
@@ -376,18 +449,38 @@ def create_app(
             for r in reqs:
                 r.cancelled = True
         metrics.latency.labels(route).observe(time.monotonic() - start)
-        usage = {"prompt_tokens": usage_prompt, "completion_tokens": completion_tokens, "total_tokens": usage_prompt + completion_tokens}
+        usage = {
+            "prompt_tokens": usage_prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": usage_prompt + completion_tokens,
+        }
         obj = "chat.completion" if kind == "chat" else "text_completion"
-        return {"id": rid, "object": obj, "created": created, "model": body.model or model_id, "choices": choices,
-                "usage": usage} | extra
+        return {
+            "id": rid,
+            "object": obj,
+            "created": created,
+            "model": body.model or model_id,
+            "choices": choices,
+            "usage": usage,
+        } | extra
 
     # -- routes ---------------------------------------------------------------------------------
-    errors = {code: {"description": what, "content": {"application/json": {"schema": ERROR_SCHEMA}}} for code, what in (
-        (400, "Bad request: the message names the field"), (401, "Missing or wrong API key"),
-        (404, "Unknown model id (the message lists the ids)"), (500, "Generation failed"),
-        (503, "At capacity: retry after the Retry-After header's seconds"))}
-    generation = {200: {"description": "A completion, or with stream=true server-sent events",
-                        "content": {"application/json": {}, "text/event-stream": {}}}} | errors
+    errors = {
+        code: {"description": what, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+        for code, what in (
+            (400, "Bad request: the message names the field"),
+            (401, "Missing or wrong API key"),
+            (404, "Unknown model id (the message lists the ids)"),
+            (500, "Generation failed"),
+            (503, "At capacity: retry after the Retry-After header's seconds"),
+        )
+    }
+    generation = {
+        200: {
+            "description": "A completion, or with stream=true server-sent events",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        }
+    } | errors
 
     @app.post("/v1/completions", responses=generation)
     async def completions(body: CompletionBody):
@@ -426,13 +519,26 @@ def create_app(
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "lerplm"} for m in base_mixes]}
+        return {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": 0, "owned_by": "lerplm"} for m in base_mixes],
+        }
 
     @app.get("/v1/attributes")
     async def attributes():
-        return {"attributes": [{"name": a.name, "negative": a.negative.name, "positive": a.positive.name,
-                                "default_level": 0.5, "default_weight": 1.0} for a in lm.anchors.attributes],
-                "limits": {"max_tokens": max_tokens_limit, "max_prompt_tokens": max_prompt_tokens}}
+        return {
+            "attributes": [
+                {
+                    "name": a.name,
+                    "negative": a.negative.name,
+                    "positive": a.positive.name,
+                    "default_level": 0.5,
+                    "default_weight": 1.0,
+                }
+                for a in lm.anchors.attributes
+            ],
+            "limits": {"max_tokens": max_tokens_limit, "max_prompt_tokens": max_prompt_tokens},
+        }
 
     @app.get("/health")
     async def health():
