@@ -182,16 +182,17 @@ def main() -> None:
     for b, row in results["step_s"].items():
         results["ratio_to_base"][b] = {n: v / row["base"] for n, v in row.items()}
     print(
-        f"\ndecode step time relative to the base model alone ({args.shape}, {args.dtype}, {dev}; prompt {args.prompt}):"
+        f"\ndecode step time relative to the base model alone ({args.shape}, {args.dtype}, {dev}; "
+        f"prompt {args.prompt}):"
     )
     cols = list(next(iter(results["step_s"].values())))
     print("batch | " + " | ".join(cols))
     for b, r in results["ratio_to_base"].items():
         print(f"{b:>5} | " + " | ".join(f"{r.get(c, float('nan')):.2f}x" for c in cols))
     nm = results["new_mix_s"]
+    new, same = nm["lerplm_new_mix_first_token"], nm["lerplm_same_mix_first_token"]
     print(
-        f"new mix -> first token: lerplm {nm['lerplm_new_mix_first_token'] * 1e3:.1f} ms vs same mix "
-        f"{nm['lerplm_same_mix_first_token'] * 1e3:.1f} ms (ratio {nm['lerplm_new_mix_first_token'] / nm['lerplm_same_mix_first_token']:.3f})"
+        f"new mix -> first token: lerplm {new * 1e3:.1f} ms vs same mix {same * 1e3:.1f} ms (ratio {new / same:.3f})"
         + (
             f"; PEFT add_weighted_adapter(cat)+set_adapter: {nm['peft_add_weighted_adapter_cat']:.3f} s"
             if "peft_add_weighted_adapter_cat" in nm

@@ -161,7 +161,8 @@ def main() -> None:
     )
     print(f"  one after another (PEFT): {seq:.2f} s/step per anchor, {res['sequential_tokens_per_s']:.0f} tokens/s")
     print(
-        f"  all together (lerplm):    {mixed:.2f} s/step for all {args.anchors}, {res['mixed_tokens_per_s']:.0f} tokens/s"
+        f"  all together (lerplm):    {mixed:.2f} s/step for all {args.anchors}, "
+        f"{res['mixed_tokens_per_s']:.0f} tokens/s"
     )
     print(
         f"  peak memory: {res['peak_memory_gb']:.1f} GiB ({'full logits' if args.full_logits else 'chunked loss'}"
@@ -169,7 +170,8 @@ def main() -> None:
     )
     print(
         f"  speed-up of training together: {res['speedup']:.2f}x"
-        f" ({args.anchors} anchors x 60 steps: {args.anchors * seq:.1f} min one after another vs {mixed:.1f} min together)"
+        f" ({args.anchors} anchors x 60 steps: {args.anchors * seq:.1f} min one after another"
+        f" vs {mixed:.1f} min together)"
     )
     print(f"wrote {save(f'train-{args.shape}-{args.dtype}-{args.device}', res)}")
 

@@ -89,7 +89,7 @@ def test_moving_a_slider_mid_stream_bends_the_running_text(anchor_dir):
             assert sum(1 for _, kind, _ in engine.stats.events if kind == "join") == joins + 1  # no restart
             assert "mix changes" in page.locator("#mixlog").inner_text()
             levels = page.evaluate("""[...document.querySelectorAll('#chart polyline[data-attr=sentiment]')]
-                                      .map(p => p.getAttribute('points').split(' ').map(xy => Number(xy.split(',')[1])))[0]""")
+                .map(p => p.getAttribute('points').split(' ').map(xy => Number(xy.split(',')[1])))[0]""")
             assert len(levels) > 10 and len(set(levels)) >= 2  # the chart shows the level moving during the text
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "live_slider.png"), full_page=True)

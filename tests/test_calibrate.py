@@ -32,7 +32,7 @@ def rows_from_truth(points, per_point=30, noise=0.03, seed=0):
     for p in points:
         total = sum(p.weights.values())
         s = true_scores(p.levels, {k: v / total for k, v in p.weights.items()})
-        for k in range(per_point):
+        for _k in range(per_point):
             rows.append(
                 {
                     "point": p.id,

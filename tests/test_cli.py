@@ -16,6 +16,14 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def assert_user_error(r, message: str) -> None:
+    """Exit code 2 with one line naming the problem; no exception escaped the command (CliRunner keeps an
+    escaped exception in r.exception, never in the output, so the output alone cannot show a traceback)."""
+    assert r.exit_code == 2, r.output
+    assert isinstance(r.exception, SystemExit), r.exception
+    assert message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
 @pytest.mark.parametrize(
     "mix_args, message",
     [
@@ -31,20 +39,17 @@ def run(*args):
 )
 def test_bad_mixes_exit_2_with_one_line(anchor_dir, mix_args, message):
     for cmd in (["generate", "--prompt", "hi"], ["export", "--out", anchor_dir.parent / "never"]):
-        r = run(*cmd, "--anchors", anchor_dir, *mix_args)
-        assert r.exit_code == 2, r.output
-        assert message in r.output
-        assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+        assert_user_error(run(*cmd, "--anchors", anchor_dir, *mix_args), message)
     assert not (anchor_dir.parent / "never").exists()
 
 
 def test_missing_anchor_set_and_prompt(anchor_dir, tmp_path):
     r = run("generate", "--anchors", tmp_path, "--mix", "sentiment=1", "--prompt", "hi")
-    assert r.exit_code == 2 and "anchors.json not found" in r.output
+    assert_user_error(r, "anchors.json not found")
     r = run("generate", "--anchors", anchor_dir, "--mix", "sentiment=1")
-    assert r.exit_code == 2 and "give a --prompt" in r.output
+    assert_user_error(r, "give a --prompt")
     r = run("train", "--config", tmp_path / "none.toml", "--out", tmp_path / "o")
-    assert r.exit_code == 2 and "config file not found" in r.output
+    assert_user_error(r, "config file not found")
 
 
 def test_extrapolate_flag_allows_levels_beyond_the_hull(anchor_dir):
@@ -103,7 +108,7 @@ def test_info_and_export(anchor_dir, tmp_path):
     r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0.3", "--out", tmp_path / "e", "--format", "peft")
     assert r.exit_code == 0 and (tmp_path / "e" / "adapter_model.safetensors").is_file()
     r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0.3", "--out", tmp_path / "m", "--format", "onnx")
-    assert r.exit_code == 2 and "choose from: peft, merged" in r.output
+    assert_user_error(r, "choose from: peft, merged")
 
 
 def test_export_grid_and_rank_from_the_cli(anchor_dir, tmp_path):
@@ -127,7 +132,7 @@ def test_export_grid_and_rank_from_the_cli(anchor_dir, tmp_path):
         "--out",
         tmp_path / "x",
     )
-    assert r.exit_code == 2 and "--rank applies to --format peft only" in r.output
+    assert_user_error(r, "--rank applies to --format peft only")
     r = run(
         "export",
         "--anchors",
@@ -141,7 +146,7 @@ def test_export_grid_and_rank_from_the_cli(anchor_dir, tmp_path):
         "--out",
         tmp_path / "y",
     )
-    assert r.exit_code == 2 and "several mixes" in r.output
+    assert_user_error(r, "several mixes")
 
 
 def test_scorers_train_only_and_rescore_errors(tmp_path):
@@ -149,10 +154,88 @@ def test_scorers_train_only_and_rescore_errors(tmp_path):
 
     tiny_scorer_config(tmp_path)
     r = run("scorers", "train", "--config", tmp_path / "c.toml", "--out", tmp_path / "s", "--only", "humor")
-    assert r.exit_code == 2 and "--only names ['humor'], not in the config (sentiment)" in r.output
+    assert_user_error(r, "--only names ['humor'], not in the config (sentiment)")
     assert not (tmp_path / "s").exists()
     r = run("scorers", "train", "--config", tmp_path / "c.toml", "--out", tmp_path / "s", "--only", "sentiment")
     assert r.exit_code == 0, r.output
     assert list(json.loads((tmp_path / "s" / "scorers.json").read_text())["attributes"]) == ["sentiment"]
     r = run("rescore", tmp_path, "--scorers", tmp_path / "s", "--out", tmp_path / "re")
-    assert r.exit_code == 2 and "no sweep results" in r.output and "Traceback" not in r.output
+    assert_user_error(r, "no sweep results")
+
+
+def test_sweep_report_rescore_and_calibrate_from_the_cli(anchor_dir, tmp_path):
+    from .test_evaluate import tiny_scorer_config
+
+    tiny_scorer_config(tmp_path)
+    assert run("scorers", "train", "--config", tmp_path / "c.toml", "--out", tmp_path / "s").exit_code == 0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("held out\nthe food\ncould you\nwe will\n")
+    sweep = ["sweep", "--anchors", anchor_dir, "--scorers", tmp_path / "s", "--prompts", prompts, "--skip-prompts", 1]
+    sweep += ["--grid", "single:all", "--grid", "focus:b=0.2", "--levels", 3, "--max-new-tokens", 3]
+    r = run(*sweep, "--out", tmp_path / "run", "--config", tmp_path / "c.toml", "--heldout-per-endpoint", 2)
+    assert r.exit_code == 0, r.output
+    assert "wrote 36 rows for 12 grid points" in r.output  # (2 single + 2 focus) x 3 levels x 3 prompts
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "run" / "results.csv")
+    settings = json.loads((tmp_path / "run" / "sweep.json").read_text())
+    assert settings["prompts"] == ["the food", "could you", "we will"]  # the first prompt was skipped
+    assert rows["score_sentiment"].between(0, 1).all() and rows["heldout_ppl"].gt(0).all()
+    r = run(*sweep, "--out", tmp_path / "run", "--max-new-tokens", 4)
+    assert_user_error(r, "holds a sweep with other settings")
+
+    r = run("report", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## single attribute" in report and "## focus grid, b=0.2" in report
+    assert (tmp_path / "run" / "control_curves.png").is_file()
+    generations = pd.read_csv(tmp_path / "run" / "generations.csv.gz")  # what others rescore with their judges
+    assert len(generations) == 36 and set(generations["prompt"]) == set(settings["prompts"])
+    assert {"point", "text", "score_sentiment", "level_sentiment", "weight_formality"} <= set(generations.columns)
+
+    r = run("rescore", tmp_path / "run", "--scorers", tmp_path / "s", "--out", tmp_path / "again")
+    assert r.exit_code == 0, r.output
+    again = pd.read_csv(tmp_path / "again" / "results.csv")
+    pd.testing.assert_series_equal(again["score_sentiment"], rows["score_sentiment"])  # same scorer, same scores
+
+    r = run("calibrate", tmp_path / "run", "--out", tmp_path / "cal.json")
+    assert r.exit_code == 0, r.output
+    assert "sentiment: cross-validated MAE" in r.output and "12 grid points" in r.output
+    assert json.loads((tmp_path / "cal.json").read_text())["scored"] == ["sentiment"]
+    assert_user_error(run("calibrate", tmp_path / "nothing"), "no sweep results")
+
+
+def test_serve_command_serves_presets_and_stops_on_ctrl_c(anchor_dir, tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "lerplm", "serve", "--anchors", anchor_dir, "--port", str(port)]
+    proc = subprocess.Popen(cmd + ["--preset", "warm=sentiment=1"], stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        for _ in range(300):
+            try:
+                models = httpx.get(f"{url}/models").json()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.2)
+        assert "warm" in [m["id"] for m in models["data"]]
+        body = {"model": "warm", "prompt": "the food", "max_tokens": 3, "temperature": 0}
+        done = httpx.post(f"{url}/completions", json=body, timeout=60).json()
+        assert done["usage"]["completion_tokens"] <= 3 and isinstance(done["choices"][0]["text"], str)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=30)
+    err = proc.stderr.read()
+    assert rc == 0 and f"serving {anchor_dir} on http://127.0.0.1:{port}/" in err and "Traceback" not in err
+    assert_user_error(run("serve", "--anchors", anchor_dir, "--preset", "nameonly"), "bad --preset")
+    assert_user_error(run("serve", "--anchors", anchor_dir, "--default-mix", "tone=1"), "unknown attribute 'tone'")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from .conftest import STYLES
@@ -35,15 +36,21 @@ def run_train(config: Path, out: Path, seen: Path, nproc: int) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-def test_two_process_training_matches_single_process_shapes_on_different_shards(tmp_path, base_dir):
-    config = write_config(tmp_path, base_dir, max_examples=64, max_steps=3)
-    run_train(config, tmp_path / "single", tmp_path / "seen1", 1)
-    run_train(config, tmp_path / "ddp", tmp_path / "seen2", 2)
+def test_two_process_training_equals_one_process_with_the_same_global_batch(tmp_path, base_dir):
+    """Two ranks of batch 2 see different shards, and after the gradient all-reduce they take the step one
+    process takes on the batch of 4 that joins them: the same weights. Without the all-reduce each rank would
+    follow its own half."""
+    single = write_config(tmp_path / "one", base_dir, dropout=0.0, max_examples=64, max_steps=3, batch_size=4)
+    double = write_config(tmp_path / "two", base_dir, dropout=0.0, max_examples=64, max_steps=3, batch_size=2)
+    run_train(single, tmp_path / "single", tmp_path / "seen1", 1)
+    run_train(double, tmp_path / "ddp", tmp_path / "seen2", 2)
 
     for ep in ("sentiment.negative", "sentiment.positive"):
         one = load_file(tmp_path / "single" / ep / "adapter_model.safetensors")
         two = load_file(tmp_path / "ddp" / ep / "adapter_model.safetensors")
-        assert {k: v.shape for k, v in one.items()} == {k: v.shape for k, v in two.items()}
+        assert one.keys() == two.keys()
+        for k in one:
+            torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6)
     manifest = json.loads((tmp_path / "ddp" / "anchors.json").read_text())
     assert [e["adapter"] for a in manifest["attributes"] for e in a["endpoints"]] == [
         "sentiment.negative",
@@ -55,3 +62,5 @@ def test_two_process_training_matches_single_process_shapes_on_different_shards(
     rank1 = json.loads((tmp_path / "seen2" / "rank1.json").read_text())
     assert rank0 and rank1
     assert not set(rank0) & set(rank1)  # each process trained on its own shard
+    seen1 = json.loads((tmp_path / "seen1" / "rank0.json").read_text())
+    assert sorted(rank0 + rank1) == sorted(seen1)  # together, the blocks the single process saw

@@ -175,15 +175,29 @@ def test_metrics_recover_known_answers():
     curves = control_curves(df, ["a", "b"])
     a = curves[curves["attribute"] == "a"]
     assert a["mean"].to_numpy() == pytest.approx(0.2 + 0.6 * np.linspace(0, 1, 11), abs=0.03)
-    assert a["ci95"].to_numpy() == pytest.approx(1.96 * 0.05 / math.sqrt(40), rel=0.35)
+    rows_a = df[df["meta_varied"] == "a"]
+    by_level = rows_a.groupby("meta_level")["score_a"]
+    # each level's half-width is 1.96 s / sqrt(n) of its own rows, exactly
+    assert a["ci95"].to_numpy() == pytest.approx((1.96 * by_level.std(ddof=1) / np.sqrt(by_level.size())).to_numpy())
+    assert a["ci95"].to_numpy() == pytest.approx(1.96 * 0.05 / math.sqrt(40), rel=0.35)  # and near the true noise
     s = control_summary(curves, df)
     assert s["b"]["spearman_rho"] == pytest.approx(1.0) and s["b"]["score_range"] == pytest.approx(0.8)
     assert s["a"]["score_range"] == pytest.approx(0.6, abs=0.05)
     # independent noise at both ends: the range's half-width is 1.96 sd sqrt(2) / sqrt(n); none for b's exact rows
+    lo = rows_a[rows_a["meta_level"] == 0].set_index("prompt_id")["score_a"]
+    hi = rows_a[rows_a["meta_level"] == 1].set_index("prompt_id")["score_a"]
+    d = (hi - lo).to_numpy()  # paired by prompt
+    assert s["a"]["range_ci95"] == pytest.approx(1.96 * d.std(ddof=1) / math.sqrt(len(d)))
     assert s["a"]["range_ci95"] == pytest.approx(1.96 * 0.05 * math.sqrt(2) / math.sqrt(40), rel=0.35)
     assert s["b"]["range_ci95"] == pytest.approx(0.0, abs=1e-12)
     # the line through all 11 levels: slope 0.6 with half-width 1.96 sd / sqrt(40 sum (l - 0.5)^2) = 0.0148
     assert s["a"]["fitted_range"] == pytest.approx(0.6, abs=0.03)
+    # ordinary least squares with one intercept per prompt, solved independently: slope and its standard error
+    X = np.column_stack([rows_a["meta_level"], pd.get_dummies(rows_a["prompt_id"]).to_numpy(float)])
+    y = rows_a["score_a"].to_numpy()
+    beta, rss, *_ = np.linalg.lstsq(X, y, rcond=None)
+    se = math.sqrt(rss[0] / (len(y) - X.shape[1]) * np.linalg.inv(X.T @ X)[0, 0])
+    assert s["a"]["fitted_range"] == pytest.approx(beta[0]) and s["a"]["fitted_range_ci95"] == pytest.approx(1.96 * se)
     assert s["a"]["fitted_range_ci95"] == pytest.approx(1.96 * 0.05 / math.sqrt(40 * 1.1), rel=0.35)
     assert s["b"]["fitted_range"] == pytest.approx(0.8) and s["b"]["fitted_range_ci95"] == pytest.approx(0.0, abs=1e-9)
     slopes, ent = entanglement(df, ["a", "b"])

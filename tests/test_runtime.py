@@ -74,11 +74,11 @@ def test_per_token_coefficients_equal_per_row(lm):
 
 
 def test_switching_mixes_copies_no_weights(lm):
-    before = {n: (l.a_cat.data_ptr(), l.b_cat.data_ptr()) for n, l in lm.runtime.layers.items()}
+    before = {n: (layer.a_cat.data_ptr(), layer.b_cat.data_ptr()) for n, layer in lm.runtime.layers.items()}
     enc = encode(lm)
     lm.logits(enc["input_ids"], lm.coefficients([{"sentiment": 0.0}] * 3), enc["attention_mask"])
     lm.logits(enc["input_ids"], lm.coefficients([{"sentiment": 1.0}] * 3), enc["attention_mask"])
-    assert before == {n: (l.a_cat.data_ptr(), l.b_cat.data_ptr()) for n, l in lm.runtime.layers.items()}
+    assert before == {n: (layer.a_cat.data_ptr(), layer.b_cat.data_ptr()) for n, layer in lm.runtime.layers.items()}
 
 
 def test_all_weight_on_one_endpoint_equals_that_adapter_in_plain_peft(lm, anchor_dir, base_dir):

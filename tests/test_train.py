@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from lerplm import LerpError
@@ -20,7 +22,7 @@ from .conftest import STYLES
 pytestmark = pytest.mark.skipif(not STYLES.is_dir(), reason="needs ../shared/data/styles")
 
 
-def write_config(tmp_path: Path, base_dir: Path, extra: str = "", **training) -> Path:
+def write_config(tmp_path: Path, base_dir: Path, extra: str = "", dropout: float = 0.1, **training) -> Path:
     settings = {
         "max_examples": 24,
         "max_steps": 2,
@@ -36,6 +38,7 @@ def write_config(tmp_path: Path, base_dir: Path, extra: str = "", **training) ->
         "[lora]",
         "r = 4",
         "alpha = 8",
+        f"dropout = {dropout}",
         'target_modules = ["q_proj", "v_proj"]',
         "[training]",
     ]
@@ -43,9 +46,12 @@ def write_config(tmp_path: Path, base_dir: Path, extra: str = "", **training) ->
     lines += [
         "[[attributes]]",
         'name = "sentiment"',
-        'negative = { name = "negative", files = ["sentiment/negative.train.txt"], normalize = ["detokenize", "truecase"] }',
-        'positive = { name = "positive", files = ["sentiment/positive.train.txt"], normalize = ["detokenize", "truecase"] }',
+        'negative = { name = "negative", files = ["sentiment/negative.train.txt"], '
+        'normalize = ["detokenize", "truecase"] }',
+        'positive = { name = "positive", files = ["sentiment/positive.train.txt"], '
+        'normalize = ["detokenize", "truecase"] }',
     ]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "styles.toml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
@@ -89,6 +95,15 @@ def test_training_resumes_after_an_interruption(tmp_path, base_dir):
     assert len(logged) == 2  # one per step, the one before the interruption restored from the checkpoint
     assert summary["train_loss"] == pytest.approx(sum(logged) / 2, abs=1e-3)  # both steps, not the resumed one alone
     assert not (out / ".work").exists()
+
+    straight = tmp_path / "straight"  # the same training, never interrupted
+    train_anchors(cfg, straight, log=lambda s: None)
+    for ep in ("sentiment.negative", "sentiment.positive"):
+        resumed = load_file(out / ep / "adapter_model.safetensors")
+        whole = load_file(straight / ep / "adapter_model.safetensors")
+        assert resumed.keys() == whole.keys()
+        for k in whole:
+            torch.testing.assert_close(resumed[k], whole[k], rtol=0, atol=1e-7)
 
     loaded = AnchorSet.load(out)
     assert loaded.names == ["sentiment"] and loaded.base_sha256

@@ -49,7 +49,7 @@ def point_table(df, attributes: Sequence[str]):
     means = g[scores].mean()
     counts = g.size()
     X = []
-    for pid, row in first.iterrows():
+    for _pid, row in first.iterrows():
         lv = {a: row[f"level_{a}"] for a in attributes if f"level_{a}" in row and not pd.isna(row[f"level_{a}"])}
         wt = {a: row[f"weight_{a}"] for a in attributes if f"weight_{a}" in row and not pd.isna(row[f"weight_{a}"])}
         total = sum(wt.values())
@@ -251,32 +251,6 @@ def refine(
         raise LerpError(f"no measured score for targeted {missing}")
     shifted = model.shifted({a: _logit(achieved[a]) - _logit(solution.predicted[a]) for a in solution.targets})
     return solve(shifted, solution.targets, **solve_kwargs), shifted
-
-
-def calibrate_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> tuple[ResponseModel, Path]:
-    """Fit the response model on the pooled rows of sweeps of one anchor set and save it (default: inside the
-    anchor set). Returns the model and where it was written."""
-    import pandas as pd
-
-    from .anchors import AnchorSet
-    from .evaluate.sweep import read_run
-
-    frames, anchor_roots = [], set()
-    for run in run_dirs:
-        df, settings = read_run(run)
-        if "anchors" not in settings:
-            raise LerpError(
-                f"{run} has no sweep.json naming its anchor set; calibrate from a run that 'lerplm sweep' wrote"
-            )
-        frames.append(df)
-        anchor_roots.add(settings["anchors"])
-    if len(anchor_roots) != 1:
-        raise LerpError(f"the sweeps come from different anchor sets: {sorted(anchor_roots)}")
-    anchor_set = AnchorSet.load(anchor_roots.pop())
-    model = ResponseModel.fit(pd.concat(frames, ignore_index=True), anchor_set.names)
-    path = Path(out) if out else anchor_set.root / CALIBRATION
-    model.save(path, {"runs": [str(r) for r in run_dirs]})
-    return model, path
 
 
 def solve_target(

@@ -10,7 +10,6 @@ import typer
 
 from .errors import LerpError
 
-
 opt = typer.Option  # a short name: the commands declare many options
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import re
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -15,24 +16,20 @@ from importlib import metadata
 from .errors import LerpError
 from .models import EMBEDDED_GGUF, EMBEDDED_PACKAGE, cache_dir
 
-CORE = [
-    "torch",
-    "transformers",
-    "peft",
-    "accelerate",
-    "safetensors",
-    "gguf",
-    "datasets",
-    "typer",
-    "rich",
-    "tqdm",
-    "pydantic",
-]
-EXTRAS = {
-    "eval": ["scikit-learn", "scipy", "pandas", "matplotlib"],
-    "serve": ["fastapi", "uvicorn", "prometheus-client"],
-    "dev": ["pytest"],
-}
+USER_EXTRAS = ("eval", "serve")  # the optional groups a user may want; dev is for working on lerplm
+
+
+def _declared() -> dict[str, list[str]]:
+    """The installed lerplm's requirements (pyproject.toml's lists, one definition): "core" and each extra."""
+    groups: dict[str, list[str]] = {"core": []}
+    for req in metadata.requires("lerplm") or []:
+        name = re.split(r"[ ;<>=!~\[]", req, maxsplit=1)[0]
+        marker = req.partition(";")[2]
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)", marker)
+        if name == "lerplm" or ("python_version" in marker and not extra):
+            continue  # the dev extra names lerplm itself; tomli is for old Pythons only
+        groups.setdefault(extra.group(1) if extra else "core", []).append(name)
+    return groups
 
 
 @dataclass
@@ -53,14 +50,15 @@ def _version(dist: str) -> str | None:
 
 def require(extra: str, purpose: str) -> None:
     """A clear error naming the install command when an optional group of dependencies is missing."""
-    missing = [d for d in EXTRAS[extra] if _version(d) is None]
+    missing = [d for d in _declared()[extra] if _version(d) is None]
     if missing:
         raise LerpError(f"{purpose} needs {', '.join(missing)}: pip install 'lerplm[{extra}]'")
 
 
 def checks() -> list[Check]:
     out = [Check("python", sys.version_info >= (3, 10), platform.python_version(), "use Python 3.10 or newer")]
-    for dist in CORE:
+    declared = _declared()
+    for dist in declared["core"]:
         v = _version(dist)
         fix = (
             "pip install torch==2.13.0  # the CPU wheel; pick the CUDA build on a GPU machine"
@@ -68,8 +66,8 @@ def checks() -> list[Check]:
             else "pip install lerplm"
         )
         out.append(Check(dist, v is not None, v or "missing", fix))
-    for extra, dists in EXTRAS.items():
-        for dist in dists:
+    for extra in USER_EXTRAS:
+        for dist in declared.get(extra, []):
             v = _version(dist)
             out.append(Check(dist, v is not None, v or "missing", f"pip install 'lerplm[{extra}]'", required=False))
     if _version("torch"):
@@ -114,9 +112,9 @@ def report() -> tuple[str, bool]:
     lines, ok = [], True
     for c in checks():
         mark = "ok " if c.ok else ("MISSING" if c.required else "missing")
-        lines.append(f"{mark:<8} {c.name:<15} {c.detail}")
+        lines.append(f"{mark:<8} {c.name:<18} {c.detail}")
         if not c.ok:
-            lines.append(f"{'':<8} {'':<15} fix: {c.fix}")
+            lines.append(f"{'':<8} {'':<18} fix: {c.fix}")
             ok = ok and not c.required
     lines.append("all required parts present" if ok else "required parts missing: see the fixes above")
     return "\n".join(lines), ok

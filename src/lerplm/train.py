@@ -68,7 +68,7 @@ def train_anchor(
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     tok = load_tokenizer(base)
@@ -76,6 +76,7 @@ def train_anchor(
     ds = Dataset.from_dict({"input_ids": [b.ids for b in blocks], "labels": [b.labels for b in blocks]})
     model = load_model(base, dtype=torch.float32)
     lora = cfg.lora
+    set_seed(cfg.training.seed)  # the adapter's initial A: the same in every process and every run
     model = get_peft_model(
         model,
         LoraConfig(

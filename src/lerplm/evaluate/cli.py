@@ -135,7 +135,7 @@ def calibrate(
 ) -> None:
     """Fit the response model (mix -> expected scores) from sweeps; report its cross-validated error."""
     _require_eval()
-    from ..calibrate import calibrate_runs
+    from .targets import calibrate_runs
 
     model, path = calibrate_runs(run_dirs, out)
     for a, e in model.cv_mae.items():

@@ -127,6 +127,20 @@ def _scorer_gaps(settings: dict) -> dict[str, float]:
     return gaps
 
 
+GENERATIONS = "generations.csv.gz"  # committed beside a report: anyone can rescore them with their own judges
+
+
+def _write_generations(df: pd.DataFrame, settings: dict, path: Path) -> None:
+    """Prompt, mix, sample, text and scores of every generation, one row each (gzip-compressed CSV)."""
+    prompts = settings.get("prompts")
+    out = df.copy()
+    if prompts and "prompt_id" in out:
+        out.insert(0, "prompt", out["prompt_id"].map(lambda i: prompts[int(i)]))
+    keep = ["prompt", "point", "sample", "seed", "text"]
+    keep += [c for c in out.columns if c.startswith(("level_", "weight_", "score_"))] + ["base_ppl", "distinct2"]
+    out[[c for c in keep if c in out.columns]].to_csv(path, index=False, compression="gzip")
+
+
 def build_report(run_dir: str | Path, title: str = "lerplm control report", samples_per_level: int = 1) -> Path:
     """Compute metrics from ``run_dir/results.csv``; write summary.json, PNGs and report.md there."""
     run = Path(run_dir)
@@ -141,7 +155,8 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
         scorers = ", ".join(f"{a} `{r}`" for a, r in scored_by.items()) if scored_by else f"`{settings.get('scorers')}`"
         lines += [
             f"Anchors `{settings.get('anchors')}`, scorers {scorers}; {len(settings.get('prompts', []))} prompts x "
-            f"{settings.get('n')} samples per grid point; {p.get('max_new_tokens')} new tokens, temperature {p.get('temperature')}, "
+            f"{settings.get('n')} samples per grid point; {p.get('max_new_tokens')} new tokens, "
+            f"temperature {p.get('temperature')}, "
             f"top-p {p.get('top_p')}, seed {p.get('seed')}.",
             "",
         ]
@@ -173,17 +188,22 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
         lines += [
             f"## {label}",
             "",
-            "| attribute | Spearman ρ (level means) | ρ (all generations) | score at 0 | score at 1 | range ± 95% (paired by prompt) | fitted range ± 95% |"
+            "| attribute | Spearman ρ (level means) | ρ (all generations) | score at 0 | score at 1 "
+            "| range ± 95% (paired by prompt) | fitted range ± 95% |"
             + (" scorer's test gap | range / gap |" if gaps else ""),
             "|---|---|---|---|---|---|---|" + ("---|---|" if gaps else ""),
         ]
         for a, e in s.items():
             gap = gaps.get(a, math.nan)
             e["range_over_gap"] = e["score_range"] / gap if gap else math.nan
-            lines.append(
-                f"| {a} | {e['spearman_rho']:.3f} | {e['spearman_rho_rows']:.3f} | {e['score_at_0']:.3f} | {e['score_at_1']:.3f} | {e['score_range']:.3f} ± {e['range_ci95']:.3f} | {e['fitted_range']:.3f} ± {e['fitted_range_ci95']:.3f} |"
-                + ((f" {gap:.3f} | {e['range_over_gap']:.2f} |" if a in gaps else " not recorded | |") if gaps else "")
-            )
+            cells = [f"{e[k]:.3f}" for k in ("spearman_rho", "spearman_rho_rows", "score_at_0", "score_at_1")]
+            cells += [
+                f"{e['score_range']:.3f} ± {e['range_ci95']:.3f}",
+                f"{e['fitted_range']:.3f} ± {e['fitted_range_ci95']:.3f}",
+            ]
+            if gaps:
+                cells += [f"{gap:.3f}", f"{e['range_over_gap']:.2f}"] if a in gaps else ["not recorded", ""]
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
         png = f"entanglement_{key}.png"
         _plot_heatmap(ent, run / png, f"entanglement ({label})")
         lines += [
@@ -221,7 +241,8 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
         if first["heldout_ppl"].notna().any():
             hp = first.pivot(index="level", columns="attribute", values="heldout_ppl")
             lines += [
-                "The interpolated model's own perplexity on held-out corpus text (the paper's WikiText-2 check), by level:",
+                "The interpolated model's own perplexity on held-out corpus text (the paper's WikiText-2 check), "
+                "by level:",
                 "",
                 *_table(hp, "{:.1f}"),
                 "",
@@ -260,6 +281,7 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
                         f"| {r['meta_level']:g} | {r[f'score_{a}']:.2f} | {str(r['text']).replace('|', '/')} |"
                     )
                 lines.append("")
+    _write_generations(df, settings, run / GENERATIONS)
     (run / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (run / "report.md").write_text("\n".join(lines) + "\n")
     return run / "report.md"

@@ -111,7 +111,7 @@ def run_sweep(
         held = _heldout_nll(lm, chunk, heldout)
         for p in chunk:
             recs = []
-            for idx, (q, k, prompt, j, text) in enumerate(flat):
+            for idx, (q, k, _prompt, j, text) in enumerate(flat):
                 if q is not p:
                     continue
                 recs.append(

@@ -227,7 +227,8 @@ def write_report(df: pd.DataFrame, out: str | Path, ranges: dict[str, float], me
     lines = [
         "# Target control: calibrated against naive",
         "",
-        f"Mean absolute error between target and achieved mean score ({meta.get('prompts', '?')} held-out prompts per point; "
+        "Mean absolute error between target and achieved mean score "
+        f"({meta.get('prompts', '?')} held-out prompts per point; "
         f"median 95% half-width of an achieved mean: {summary['median_ci95']:.3f}).",
         "",
         "| targets | attribute(s) | calibrated MAE | naive MAE | calibrated / naive |"
@@ -271,9 +272,8 @@ def write_report(df: pd.DataFrame, out: str | Path, ranges: dict[str, float], me
         "|---|---|---|---|---|---|",
     ]
     for r in errors.itertuples():
-        lines.append(
-            f"| {r.point} | {r.attribute} | {r.target:.3f} | {r.achieved:.3f} | {r.ci95:.3f} | {'yes' if r.reachable else 'no'} |"
-        )
+        cells = [r.point, r.attribute, f"{r.target:.3f}", f"{r.achieved:.3f}", f"{r.ci95:.3f}"]
+        lines.append("| " + " | ".join(cells + ["yes" if r.reachable else "no"]) + " |")
     (out / "targets.md").write_text("\n".join(lines) + "\n")
     return summary
 
@@ -373,3 +373,30 @@ def steer(
         log=log,
     )
     return sol, texts, lm
+
+
+def calibrate_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> tuple[ResponseModel, Path]:
+    """Fit the response model on the pooled rows of sweeps of one anchor set and save it (default: inside the
+    anchor set). Returns the model and where it was written."""
+    import pandas as pd
+
+    from ..anchors import AnchorSet
+    from ..calibrate import CALIBRATION
+    from .sweep import read_run
+
+    frames, anchor_roots = [], set()
+    for run in run_dirs:
+        df, settings = read_run(run)
+        if "anchors" not in settings:
+            raise LerpError(
+                f"{run} has no sweep.json naming its anchor set; calibrate from a run that 'lerplm sweep' wrote"
+            )
+        frames.append(df)
+        anchor_roots.add(settings["anchors"])
+    if len(anchor_roots) != 1:
+        raise LerpError(f"the sweeps come from different anchor sets: {sorted(anchor_roots)}")
+    anchor_set = AnchorSet.load(anchor_roots.pop())
+    model = ResponseModel.fit(pd.concat(frames, ignore_index=True), anchor_set.names)
+    path = Path(out) if out else anchor_set.root / CALIBRATION
+    model.save(path, {"runs": [str(r) for r in run_dirs]})
+    return model, path
