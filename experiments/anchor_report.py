@@ -72,8 +72,10 @@ def main() -> None:
     lines = [
         "# The ten bundled anchors on the embedded default model",
         "",
-        f"Base model: SmolLM2-135M-Instruct (embedded GGUF, sha256 `{(s.base_sha256 or '')[:16]}…`), dequantized to fp32.",
-        f"Config: `examples/styles.toml` (LoRA r={t['lora']['r']}, alpha={t['lora']['alpha']}, dropout={t['lora']['dropout']}, "
+        f"Base model: SmolLM2-135M-Instruct (embedded GGUF, sha256 `{(s.base_sha256 or '')[:16]}…`), "
+        "dequantized to fp32.",
+        f"Config: `examples/styles.toml` (LoRA r={t['lora']['r']}, alpha={t['lora']['alpha']}, "
+        f"dropout={t['lora']['dropout']}, "
         f"targets {', '.join(t['lora']['target_modules'])}; block {t['block_size']}, batch {t['batch_size']}, "
         f"lr {t['learning_rate']}, at most {t['max_examples']} texts and {t['max_steps']} steps per anchor, "
         f"text format {t.get('text_format', 'plain')})"

@@ -14,6 +14,8 @@ import json
 import math
 from pathlib import Path
 
+from lerplm.evaluate.metrics import Z95
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,11 +31,11 @@ def main() -> None:
         print("\n| attribute | " + " | ".join(f"{r}: {label} ± 95%" for r in args.runs) + " | pooled ± 95% |")
         print("|---|" + "---|" * (len(args.runs) + 1))
         for a in shared:
-            est = [(c[a][key], c[a][ci] / 1.96) for c in controls]
+            est = [(c[a][key], c[a][ci] / Z95) for c in controls]
             w = [1 / se**2 for _, se in est]
             pooled = sum(wi * x for wi, (x, _) in zip(w, est)) / sum(w)
-            cells = [f"{x:.3f} ± {1.96 * se:.3f}" for x, se in est]
-            print(f"| {a} | " + " | ".join(cells) + f" | {pooled:.3f} ± {1.96 / math.sqrt(sum(w)):.3f} |")
+            cells = [f"{x:.3f} ± {Z95 * se:.3f}" for x, se in est]
+            print(f"| {a} | " + " | ".join(cells) + f" | {pooled:.3f} ± {Z95 / math.sqrt(sum(w)):.3f} |")
 
 
 if __name__ == "__main__":

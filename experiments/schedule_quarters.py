@@ -1,22 +1,22 @@
-"""Does a schedule steer the text as it is written? Sentiment 0 -> 1 over 64 new tokens (linear, and in
-four steps), and 0 then 1 from token 32 (step), against flat sentiment 0.5 (control) and flat 1, on held-out writing prompts: the sentiment scorer's score of
-each quarter of the text (16 tokens each), mean and 95% interval over prompts. Writes
-docs/results/schedule/README.md and results.json.
+"""Does a schedule steer the text as it is written? Sentiment 0 -> 1 over 64 new tokens (linear, and in four
+steps), and 0 then 1 from token 32 (step), against flat sentiment 0.5 (control) and flat 1, on held-out
+writing prompts: the sentiment scorer's score of each quarter of the text (16 tokens each), mean and 95%
+interval over prompts. Writes docs/results/schedule/README.md and results.json.
 
-lerplm scorers train --config examples/quickstart.toml --out scorers/quickstart --kind tfidf
-python experiments/schedule_quarters.py --anchors anchors/quickstart --scorers scorers/quickstart
+    lerplm scorers train --config examples/quickstart.toml --out scorers/quickstart --kind tfidf
+    python experiments/schedule_quarters.py --anchors anchors/quickstart --scorers scorers/quickstart
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
 
 import lerplm
 from lerplm.engine import SamplingParams
+from lerplm.evaluate.metrics import ci95
 from lerplm.evaluate.scorers import ScorerSet
 from lerplm.generate import row_seed
 from lerplm.mix import Mix, Schedule
@@ -27,7 +27,7 @@ TOKENS, QUARTERS = 64, 4
 
 
 def interval(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), 1.96 * statistics.stdev(xs) / math.sqrt(len(xs))
+    return statistics.fmean(xs), ci95(xs)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Print eval-targets' --target options for targets drawn from a calibration (target_sets), one per line:
 
-    mapfile -t TARGETS < <(python experiments/target_args.py CALIB.json --levels 0.15 0.5 0.85 --pair sentiment,formality)
+    mapfile -t TARGETS < <(python experiments/target_args.py CALIB.json --levels 0.15 0.5 0.85 \
+        --pair sentiment,formality)
     lerplm eval-targets ... "${TARGETS[@]}"
 
 Used when the targets must come from another calibration than the one evaluated (to compare two calibrations

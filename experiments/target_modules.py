@@ -107,9 +107,8 @@ def main() -> None:
     for label, per_attr in results.items():
         for a, eps in per_attr.items():
             for ep, r in eps.items():
-                lines.append(
-                    f"| {label} | {a} | {ep} | {r['margin']:.3f} | {r['acc']:.2f} | {r['own_nll']:.3f} | {r['base_nll']:.3f} |"
-                )
+                cells = [f"{r['margin']:.3f}", f"{r['acc']:.2f}", f"{r['own_nll']:.3f}", f"{r['base_nll']:.3f}"]
+                lines.append(f"| {label} | {a} | {ep} | " + " | ".join(cells) + " |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

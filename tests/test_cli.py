@@ -239,3 +239,28 @@ def test_serve_command_serves_presets_and_stops_on_ctrl_c(anchor_dir, tmp_path):
     assert rc == 0 and f"serving {anchor_dir} on http://127.0.0.1:{port}/" in err and "Traceback" not in err
     assert_user_error(run("serve", "--anchors", anchor_dir, "--preset", "nameonly"), "bad --preset")
     assert_user_error(run("serve", "--anchors", anchor_dir, "--default-mix", "tone=1"), "unknown attribute 'tone'")
+
+
+def test_train_and_generate_print_no_library_noise(base_dir, tmp_path):
+    """What a user sees: our progress and results, no library warnings or log dicts."""
+    import subprocess
+    import sys
+
+    from .conftest import STYLES
+    from .test_train import write_config
+
+    if not STYLES.is_dir():
+        pytest.skip("needs ../shared/data/styles")
+    lerplm = [sys.executable, "-m", "lerplm"]
+    config = write_config(tmp_path, base_dir, max_steps=2)
+    train = subprocess.run(
+        [*lerplm, "train", "--config", config, "--out", tmp_path / "a"], capture_output=True, text=True
+    )
+    assert train.returncode == 0, train.stderr
+    gen = [*lerplm, "generate", "--anchors", tmp_path / "a", "--mix", "sentiment=1", "--prompt", "hi"]
+    out = subprocess.run([*gen, "--max-new-tokens", "4"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for r in (train, out):
+        text = (r.stdout + r.stderr).lower()
+        assert "warning" not in text and "deprecat" not in text, r.stderr
+    assert "train_runtime" not in train.stdout and train.stdout.startswith("anchor set")

@@ -13,6 +13,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from transformers.trainer_callback import ProgressCallback
+
 from .anchors import AnchorSet, Attribute, Endpoint
 from .config import StylesConfig
 from .data import build_blocks, endpoint_texts
@@ -52,6 +54,13 @@ def _settings(cfg: StylesConfig) -> dict:
     anchors trained before they existed still match."""
     skip = {"save_steps", "logging_steps"} | ({"text_format", "chat_prompt"} if _chat_prompt(cfg) is None else set())
     return {"lora": cfg.lora.model_dump(), **cfg.training.model_dump(exclude=skip)}
+
+
+class QuietProgress(ProgressCallback):
+    """The Trainer's progress bar without the log dicts it prints (the loss log keeps them)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
 
 
 def train_anchor(
@@ -116,6 +125,8 @@ def train_anchor(
     trainer = Trainer(
         model=model, args=args, train_dataset=ds, data_collator=default_data_collator, callbacks=callbacks
     )
+    trainer.remove_callback(ProgressCallback)  # its bar prints every log dict on the terminal; the loss log keeps them
+    trainer.add_callback(QuietProgress())
     last = get_last_checkpoint(str(work)) if work.is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
     summary = {
