@@ -40,6 +40,9 @@ lerplm sweep "${SWEEP[@]}" --grid simplex:sentiment,formality,humor:5 --skip-pro
   --out runs/simplex
 publish simplex "Simplex of sentiment, formality and humor weights (32 prompts)"
 
+# a schedule over the text: sentiment 0 -> 1 over 64 tokens, per 16-token quarter (64 prompts from line 336)
+python experiments/schedule_quarters.py --anchors "$SET" --scorers "$SCORERS" --prompts 64 --skip 336
+
 # entanglement in the corpora themselves, beside the generations' (single sweeps)
 python experiments/corpus_entanglement.py --config examples/styles.toml --scorers "$SCORERS" \
   --compare runs/single/summary.json --out docs/results/corpus_entanglement.json

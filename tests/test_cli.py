@@ -171,16 +171,18 @@ def test_sweep_report_rescore_and_calibrate_from_the_cli(anchor_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("held out\nthe food\ncould you\nwe will\n")
     sweep = ["sweep", "--anchors", anchor_dir, "--scorers", tmp_path / "s", "--prompts", prompts, "--skip-prompts", 1]
-    sweep += ["--grid", "single:all", "--grid", "focus:b=0.2", "--levels", 3, "--max-new-tokens", 3]
+    sweep += ["--grid", "single:all", "--grid", "focus:b=0.2", "--grid", "base", "--levels", 3, "--max-new-tokens", 3]
     r = run(*sweep, "--out", tmp_path / "run", "--config", tmp_path / "c.toml", "--heldout-per-endpoint", 2)
     assert r.exit_code == 0, r.output
-    assert "wrote 36 rows for 12 grid points" in r.output  # (2 single + 2 focus) x 3 levels x 3 prompts
+    assert "wrote 39 rows for 13 grid points" in r.output  # ((2 single + 2 focus) x 3 levels + base) x 3 prompts
     import pandas as pd
 
     rows = pd.read_csv(tmp_path / "run" / "results.csv")
     settings = json.loads((tmp_path / "run" / "sweep.json").read_text())
     assert settings["prompts"] == ["the food", "could you", "we will"]  # the first prompt was skipped
     assert rows["score_sentiment"].between(0, 1).all() and rows["heldout_ppl"].gt(0).all()
+    assert (rows["words"] == rows["text"].fillna("").str.split().str.len()).all()
+    assert rows["prompt_fit"].notna().all()  # the prompt-swap test: own prompt against the next one
     r = run(*sweep, "--out", tmp_path / "run", "--max-new-tokens", 4)
     assert_user_error(r, "holds a sweep with other settings")
 
@@ -188,9 +190,10 @@ def test_sweep_report_rescore_and_calibrate_from_the_cli(anchor_dir, tmp_path):
     assert r.exit_code == 0, r.output
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## single attribute" in report and "## focus grid, b=0.2" in report
+    assert "## Answers" in report and "| base model |" in report  # the base model alone, the reference row
     assert (tmp_path / "run" / "control_curves.png").is_file()
     generations = pd.read_csv(tmp_path / "run" / "generations.csv.gz")  # what others rescore with their judges
-    assert len(generations) == 36 and set(generations["prompt"]) == set(settings["prompts"])
+    assert len(generations) == 39 and set(generations["prompt"]) == set(settings["prompts"])
     assert {"point", "text", "score_sentiment", "level_sentiment", "weight_formality"} <= set(generations.columns)
 
     r = run("rescore", tmp_path / "run", "--scorers", tmp_path / "s", "--out", tmp_path / "again")

@@ -62,6 +62,16 @@ def test_greedy_decode_with_kv_cache_matches_transformers_generate(lm, base_dir)
             assert text == want
 
 
+def test_no_mix_is_the_base_model_alone(lm, base_dir):
+    ref = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    ours = lm.generate(PROMPTS, None, max_new_tokens=10, temperature=0, chat=False)
+    assert ours != lm.generate(PROMPTS, {"sentiment": 1.0}, max_new_tokens=10, temperature=0, chat=False)
+    for prompt, (text,) in zip(PROMPTS, ours):
+        ids = lm.tokenizer(prompt, return_tensors="pt")
+        out = ref.generate(**ids, max_new_tokens=10, do_sample=False, eos_token_id=lm.eos_ids(), pad_token_id=0)
+        assert text == lm.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
 def test_bad_generation_arguments(lm):
     with pytest.raises(LerpError, match="one mix per prompt"):
         lm.generate(PROMPTS, MIXES[:1] * 3)

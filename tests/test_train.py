@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from lerplm import LerpError
 from lerplm.anchors import AnchorSet
 from lerplm.config import load_config
-from lerplm.data import detokenize, read_texts, truecase
+from lerplm.data import detokenize, join_answers, read_texts, truecase
 from lerplm.runtime import LoraWeights
 from lerplm.train import _mean_loss, train_anchors
 
@@ -234,6 +234,26 @@ def test_chat_format_training_records_its_format(tmp_path, base_dir, together):
         train_anchors(plain, tmp_path / "anchors", log=lambda s: None)
 
 
+def test_join_answers_makes_answers_of_at_least_the_given_words():
+    texts = ["one two three", "four five", "six seven eight nine", "ten"]
+    assert join_answers(texts, None) == texts
+    got = join_answers(texts, 4)
+    assert got == ["one two three four five", "six seven eight nine", "ten"]  # in order, nothing lost
+    assert all(len(a.split()) >= 4 for a in got[:-1])
+
+
+def test_answer_words_trains_on_joined_answers_and_is_a_setting(tmp_path, base_dir):
+    cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", answer_words=40))
+    train_anchors(cfg, tmp_path / "anchors", log=lambda s: None)
+    summary = json.loads((tmp_path / "anchors" / "sentiment.positive" / "lerplm_training.json").read_text())
+    texts = read_texts(STYLES / "sentiment" / "positive.train.txt")
+    assert summary["settings"]["answer_words"] == 40
+    assert 1 < summary["texts"] < 24 <= len(texts)  # 24 one-line texts joined into fewer answers
+    one_per_answer = load_config(write_config(tmp_path, base_dir, text_format="chat"))
+    with pytest.raises(LerpError, match="other settings"):
+        train_anchors(one_per_answer, tmp_path / "anchors", log=lambda s: None)
+
+
 POLITENESS = """[[attributes]]
 name = "politeness"
 negative = { name = "impolite", files = ["politeness/impolite.train.txt"] }
@@ -288,3 +308,38 @@ def test_mean_loss_across_a_resume_weights_each_logged_window_by_its_steps():
     assert _mean_loss(1.0, 40, history, "work/checkpoint-20") == pytest.approx(2.25)
     assert _mean_loss(1.5, 40, history, None) == 1.5  # not resumed: transformers' mean covers every step
     assert _mean_loss(0.0, 5, [], "work/checkpoint-5") == 0.0  # resumed at the last step, nothing logged
+
+
+REPLAY = '[training.replay]\nprompts = "prompts/writing_prompts.txt"\nfirst = 4\ntokens = 6\n'
+
+
+def test_replay_mixes_the_base_models_own_answers_into_training(tmp_path, base_dir):
+    from transformers import AutoModelForCausalLM
+
+    from lerplm.data import build_blocks
+    from lerplm.models import ModelRef, format_prompt, load_tokenizer
+    from lerplm.train import base_answers, training_blocks
+
+    cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", extra=REPLAY))
+    base, tok = ModelRef(str(base_dir)), load_tokenizer(ModelRef(str(base_dir)))
+    texts = read_texts(STYLES / "sentiment" / "positive.train.txt")[:24]
+    style = build_blocks(tok, texts, 16, cfg.training.chat_prompt)
+    blocks, replayed = training_blocks(base, tok, texts, cfg)
+    assert replayed == len(style) and blocks[: len(style)] == style  # share 0.5: as many replayed as style blocks
+    prompts = read_texts(STYLES / "prompts" / "writing_prompts.txt")[:4]
+    answers = base_answers(base, tuple(prompts), 6, cfg.training.seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    tok.padding_side = "left"
+    enc = tok([format_prompt(tok, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(cfg.training.seed)  # the same draws: the base model's own sampled answers
+    sampled = model.generate(
+        **enc, max_new_tokens=6, do_sample=True, temperature=0.8, top_p=0.95, top_k=0, pad_token_id=tok.pad_token_id
+    )
+    want = tok.batch_decode(sampled[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert list(answers) == [t.strip() for t in want]
+    rep = build_blocks(tok, list(answers), 16, prompts=prompts)  # each answer under its own prompt, cycled
+    assert blocks[len(style) :] == [rep[i % len(rep)] for i in range(replayed)]
+
+    train_anchors(cfg, tmp_path / "anchors", log=lambda s: None)
+    summary = json.loads((tmp_path / "anchors" / "sentiment.negative" / "lerplm_training.json").read_text())
+    assert summary["settings"]["replay"]["first"] == 4 and summary["replayed_blocks"] > 0

@@ -38,8 +38,12 @@ def mix_features(attributes: Sequence[str], levels: Mapping[str, float], weights
 
 
 def point_table(df, attributes: Sequence[str]):
-    """Grid-point means from sweep rows: features X (P, 2K), mean scores Y (P, J), counts n (P,)."""
+    """Grid-point means from sweep rows: features X (P, 2K), mean scores Y (P, J), counts n (P,). Rows of the
+    base model alone are left out: the response model describes mixes, whose weights sum to 1."""
     import pandas as pd
+
+    if "meta_grid" in df:
+        df = df[df["meta_grid"] != "base"]
 
     level_cols = [f"level_{a}" for a in attributes if f"level_{a}" in df]
     weight_cols = [f"weight_{a}" for a in attributes if f"weight_{a}" in df]

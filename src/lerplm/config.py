@@ -70,6 +70,16 @@ class LoraSettings(_Strict):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
+class ReplaySettings(_Strict):
+    """The base model's own answers to instructions, mixed into an anchor's training: the anchor learns the
+    style from the corpus and keeps answering instructions as the base model does."""
+
+    prompts: str  # a file of instructions, one per line, relative to data_dir
+    first: int = Field(80, gt=0)  # its first N lines (the rest stay held out for evaluation)
+    share: float = Field(0.5, gt=0, lt=1)  # share of the training blocks that are replayed answers
+    tokens: int = Field(128, gt=0)  # new tokens per base answer (sampled at temperature 0.8, top-p 0.95)
+
+
 class TrainSettings(_Strict):
     epochs: float = Field(1.0, gt=0)
     block_size: int = Field(128, gt=8)
@@ -86,6 +96,10 @@ class TrainSettings(_Strict):
     # in the model's chat template, as generation prompts it (loss on the answer only).
     text_format: Literal["plain", "chat"] = "plain"
     chat_prompt: str = Field("Write a short text.", min_length=1)
+    # consecutive texts joined into one answer of at least this many words: anchors learn the answer length
+    # they see, so one-line texts (most style corpora) teach one-line answers; None keeps one text per answer
+    answer_words: int | None = Field(None, gt=0)
+    replay: ReplaySettings | None = None
 
 
 # settings every anchor of a set shares: generation prompts all anchors one way, and checkpoints/logs

@@ -117,6 +117,21 @@ def endpoint_texts(
     return texts, provenance
 
 
+def join_answers(texts: list[str], words: int | None) -> list[str]:
+    """Consecutive texts joined (with a space) into answers of at least ``words`` words; the last answer may be
+    shorter. ``None``: each text stays an answer of its own."""
+    if not words:
+        return texts
+    out, cur, n = [], [], 0
+    for t in texts:
+        cur.append(t)
+        n += len(t.split())
+        if n >= words:
+            out.append(" ".join(cur))
+            cur, n = [], 0
+    return out + ([" ".join(cur)] if cur else [])
+
+
 class Block(NamedTuple):
     """One fixed-size training row: token ids and labels (IGNORE where no loss is taken)."""
 
@@ -124,14 +139,17 @@ class Block(NamedTuple):
     labels: list[int]
 
 
-def build_blocks(tokenizer, texts: list[str], block_size: int, chat_prompt: str | None = None) -> list[Block]:
+def build_blocks(
+    tokenizer, texts: list[str], block_size: int, chat_prompt: str | None = None, prompts: list[str] | None = None
+) -> list[Block]:
     """Concatenate texts and cut into fixed-size blocks, as run_clm does.
 
     Plain: each text ended by EOS. ``chat_prompt``: each text is the assistant's answer to that user turn
-    in the model's chat template, the way generation prompts it, and only the answer carries loss."""
+    in the model's chat template, the way generation prompts it, and only the answer carries loss;
+    ``prompts``: the same with one user turn per text."""
     ids: list[int] = []
     labels: list[int] = []
-    if chat_prompt is None:
+    if chat_prompt is None and prompts is None:
         eos = tokenizer.eos_token_id
         for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
             ids += enc + ([eos] if eos is not None else [])
@@ -139,19 +157,22 @@ def build_blocks(tokenizer, texts: list[str], block_size: int, chat_prompt: str 
     else:
         if not has_chat_template(tokenizer):
             raise LerpError('text_format = "chat" needs a tokenizer with a chat template; this base model has none')
-        prefix = format_prompt(tokenizer, chat_prompt)
-        head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        turns = prompts if prompts is not None else [chat_prompt] * len(texts)
+        heads: dict[str, list[int]] = {}
         answers = []
-        for text in texts:
+        for turn, text in zip(turns, texts):
+            prefix = format_prompt(tokenizer, turn)
+            if turn not in heads:
+                heads[turn] = tokenizer(prefix, add_special_tokens=False)["input_ids"]
             full = tokenizer.apply_chat_template(
-                [{"role": "user", "content": chat_prompt}, {"role": "assistant", "content": text}], tokenize=False
+                [{"role": "user", "content": turn}, {"role": "assistant", "content": text}], tokenize=False
             )
             if not full.startswith(prefix):
                 raise LerpError("this chat template renders an answer differently from a generation prompt")
             answers.append(full[len(prefix) :])
-        for enc in tokenizer(answers, add_special_tokens=False)["input_ids"]:
-            ids += head + enc
-            labels += [IGNORE] * len(head) + enc
+        for turn, enc in zip(turns, tokenizer(answers, add_special_tokens=False)["input_ids"]):
+            ids += heads[turn] + enc
+            labels += [IGNORE] * len(heads[turn]) + enc
     n = len(ids) // block_size
     if n == 0:
         raise LerpError(f"too little text for one block of {block_size} tokens ({len(ids)} tokens)")

@@ -294,6 +294,8 @@ def export_anchors(
         )
     names = AnchorSet.load(anchors).names
     named = {p.id: p.mix for g in grids for p in parse_grid(g, names, levels)} | {m.slug(): m for m in mixes}
+    if any(m is None for m in named.values()):
+        raise LerpError("the base grid is the base model itself: there is no mix to export")
     if form.needs_mix and not named:
         raise LerpError('give at least one --mix, e.g. --mix "sentiment=0.8"')
     for m in named.values():

@@ -182,17 +182,18 @@ class LerpModel:
     def generate(
         self,
         prompts: Sequence[str],
-        mixes: Sequence[MixOrSchedule] | MixOrSchedule,
+        mixes: Sequence[MixOrSchedule | None] | MixOrSchedule | None,
         n: int = 1,
         params: SamplingParams | None = None,
         extrapolate: bool = False,
         chat: bool | None = None,
         **kwargs,
     ) -> list[list[str]]:
-        """For each prompt (with its own mix or schedule; one is used for all), ``n`` sampled continuations."""
+        """For each prompt (with its own mix or schedule; one is used for all; None is the base model alone),
+        ``n`` sampled continuations."""
         params = params or SamplingParams(**kwargs)
         params.validate()
-        if isinstance(mixes, (str, Mix, Mapping, Schedule)):
+        if mixes is None or isinstance(mixes, (str, Mix, Mapping, Schedule)):
             mixes = [mixes] * len(prompts)
         if len(mixes) != len(prompts):
             raise LerpError(f"got {len(prompts)} prompts but {len(mixes)} mixes; give one mix per prompt")
@@ -212,13 +213,16 @@ class LerpModel:
     def sequence(
         self,
         prompt_ids: list[int],
-        mix: MixOrSchedule,
+        mix: MixOrSchedule | None,
         params: SamplingParams,
         seed: int,
         extrapolate: bool = False,
         **kwargs,
     ) -> EngineSequence:
-        """An engine sequence under a mix or a schedule (validated against this anchor set)."""
+        """An engine sequence under a mix or a schedule (validated against this anchor set); ``None``: the
+        base model alone."""
+        if mix is None:
+            return EngineSequence(prompt_ids, [0.0] * len(self.adapters), params, seed, **kwargs)
         if isinstance(mix, Schedule):
             fn = mix.coefficient_fn(self.anchors.names, extrapolate)
             return EngineSequence(

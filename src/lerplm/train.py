@@ -7,6 +7,7 @@ The Trainer makes ``accelerate launch`` work unchanged.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -17,11 +18,12 @@ from transformers.trainer_callback import ProgressCallback
 
 from .anchors import AnchorSet, Attribute, Endpoint
 from .config import StylesConfig
-from .data import build_blocks, endpoint_texts
+from .data import Block, build_blocks, endpoint_texts, join_answers, read_prompts
 from .errors import LerpError
 from .models import (
     DEFAULT_NAMES,
     ModelRef,
+    format_prompt,
     load_model,
     load_tokenizer,
     resolve,
@@ -50,9 +52,10 @@ def _chat_prompt(cfg: StylesConfig) -> str | None:
 
 
 def _settings(cfg: StylesConfig) -> dict:
-    """What makes an anchor what it is (compared on resume); the chat fields only when used, so that
-    anchors trained before they existed still match."""
+    """What makes an anchor what it is (compared on resume); optional fields only when used, so that anchors
+    trained without them still match."""
     skip = {"save_steps", "logging_steps"} | ({"text_format", "chat_prompt"} if _chat_prompt(cfg) is None else set())
+    skip |= {k for k in ("answer_words", "replay") if getattr(cfg.training, k) is None}
     return {"lora": cfg.lora.model_dump(), **cfg.training.model_dump(exclude=skip)}
 
 
@@ -61,6 +64,52 @@ class QuietProgress(ProgressCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         pass
+
+
+@functools.lru_cache(maxsize=4)
+def base_answers(base: ModelRef, prompts: tuple[str, ...], tokens: int, seed: int) -> tuple[str, ...]:
+    """The base model's answers to ``prompts`` (through the chat template), sampled as generation samples
+    (temperature 0.8, top-p 0.95): greedy answers of a small model loop, and an anchor trained on them would
+    learn the loops. Computed once per run."""
+    import torch
+
+    tok = load_tokenizer(base)
+    tok.padding_side = "left"
+    model = load_model(base, dtype=torch.float32).eval()
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    out: list[str] = []
+    for i in tqdm(range(0, len(prompts), 16), desc="base answers to replay", leave=False):
+        batch = [format_prompt(tok, p) for p in prompts[i : i + 16]]
+        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            ids = model.generate(
+                **enc,
+                max_new_tokens=tokens,
+                do_sample=True,
+                temperature=0.8,
+                top_p=0.95,
+                top_k=0,
+                pad_token_id=tok.pad_token_id,
+            )
+        out += tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return tuple(t.strip() for t in out)
+
+
+def training_blocks(base: ModelRef, tok, texts: list[str], cfg: StylesConfig) -> tuple[list[Block], int]:
+    """An anchor's training blocks: its texts, plus, with ``replay``, blocks of the base model's own answers to
+    instructions (cycled to their share of the total). Returns the blocks and how many are replayed."""
+    t = cfg.training
+    blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg))
+    if t.replay is None:
+        return blocks, 0
+    path = cfg.data_root() / t.replay.prompts
+    prompts = read_prompts(path, 0, t.replay.first)
+    answers = base_answers(base, tuple(prompts), t.replay.tokens, t.seed)
+    replayed = build_blocks(tok, list(answers), t.block_size, prompts=prompts)
+    n = round(t.replay.share / (1 - t.replay.share) * len(blocks))
+    return blocks + [replayed[i % len(replayed)] for i in range(n)], n
 
 
 def train_anchor(
@@ -81,7 +130,7 @@ def train_anchor(
     from transformers.trainer_utils import get_last_checkpoint
 
     tok = load_tokenizer(base)
-    blocks = build_blocks(tok, texts, cfg.training.block_size, _chat_prompt(cfg))
+    blocks, replayed = training_blocks(base, tok, texts, cfg)
     ds = Dataset.from_dict({"input_ids": [b.ids for b in blocks], "labels": [b.labels for b in blocks]})
     model = load_model(base, dtype=torch.float32)
     lora = cfg.lora
@@ -134,6 +183,7 @@ def train_anchor(
         "train_loss": _mean_loss(result.training_loss, result.global_step, trainer.state.log_history, last),
         "steps": result.global_step,
         "blocks": len(blocks),
+        "replayed_blocks": replayed,
         "texts": len(texts),
         "resumed_from": Path(last).name if last else None,
     }
@@ -182,7 +232,7 @@ def train_together(
     from .train_mixed import save_adapter, train_mixed
 
     tok = load_tokenizer(base)
-    blocks = [build_blocks(tok, texts, cfg.training.block_size, _chat_prompt(cfg)) for _, texts in todo]
+    blocks = [training_blocks(base, tok, texts, cfg)[0] for _, texts in todo]
     model = load_model(base, dtype=torch.float32)
     adapters, loss_log = train_mixed(model, blocks, cfg, activation_checkpointing=activation_checkpointing)
     summaries = {}
@@ -238,6 +288,7 @@ def train_anchors(
         acfg = cfg.for_attribute(attr.name)
         for ep in (attr.negative, attr.positive):
             texts, prov = endpoint_texts(acfg, ep, cap=acfg.training.max_examples)
+            texts = join_answers(texts, acfg.training.answer_words)
             plan.append((attr, ep, acfg, texts, prov))
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)

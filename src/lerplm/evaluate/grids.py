@@ -19,8 +19,12 @@ class GridPoint:
     meta: dict = field(default_factory=dict)
 
     @property
-    def mix(self) -> Mix:
-        return Mix(self.levels, self.weights)
+    def mix(self) -> Mix | None:
+        """The point's mix; None for the base model alone (no levels)."""
+        return Mix(self.levels, self.weights) if self.levels else None
+
+
+BASE = GridPoint("base", {}, {}, {"grid": "base"})  # the base model alone: the reference column of a report
 
 
 def levels_between(n: int) -> list[float]:
@@ -121,14 +125,19 @@ def _simplex(rest: str, attributes: Sequence[str], n_levels: int) -> list[GridPo
     return simplex(_names(attrs_text, attributes), int(steps) if steps.isdigit() else 5)
 
 
-GRIDS = {"single": _single, "focus": _focus, "simplex": _simplex}
+def _base(rest: str, attributes: Sequence[str], n_levels: int) -> list[GridPoint]:
+    return [BASE]
+
+
+GRIDS = {"single": _single, "focus": _focus, "simplex": _simplex, "base": _base}
 ALIASES = {"five": "focus"}  # the paper's name for the focus grid
 
 
 def parse_grid(spec: str, attributes: Sequence[str], n_levels: int = 11) -> list[GridPoint]:
-    """CLI grids: ``single:ATTR[,ATTR..]`` or ``single:all``, ``focus[:b=0.05,0.15]``, ``simplex:A,B,C[:steps]``."""
+    """CLI grids: ``single:ATTR[,ATTR..]`` or ``single:all``, ``focus[:b=0.05,0.15]``, ``simplex:A,B,C[:steps]``,
+    ``base`` (the base model alone)."""
     kind, _, rest = spec.partition(":")
     kind = ALIASES.get(kind, kind)
     if kind not in GRIDS:
-        raise LerpError(f"unknown grid {spec!r}; use single:ATTR|all, focus[:b=...], or simplex:A,B,C[:steps]")
+        raise LerpError(f"unknown grid {spec!r}; use single:ATTR|all, focus[:b=...], simplex:A,B,C[:steps] or base")
     return GRIDS[kind](rest, attributes, n_levels)

@@ -19,6 +19,12 @@ def ci95(values) -> float:
     return Z95 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else math.nan
 
 
+def fit_share(rows: pd.DataFrame) -> float:
+    """Share of generations the base model finds more likely under their own prompt than under another one
+    (the prompt-swap test; 0.5 for texts that ignore their prompts)."""
+    return float((rows["prompt_fit"] > 0).mean()) if "prompt_fit" in rows and len(rows) else math.nan
+
+
 def _varied_rows(df: pd.DataFrame, grid: str, b: float | None = None) -> pd.DataFrame:
     sel = df[df["meta_grid"] == grid]
     if b is not None and "meta_b" in sel:
@@ -46,6 +52,8 @@ def control_curves(
                 "n": len(s),
                 "base_ppl_median": g["base_ppl"].median(),
                 "distinct2": g["distinct2"].mean(),
+                "words": g["words"].mean() if "words" in g else math.nan,
+                "prompt_fit": fit_share(g),
                 "heldout_ppl": g["heldout_ppl"].mean(),
             }
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import control_curves, control_summary, entanglement
+from .metrics import control_curves, control_summary, entanglement, fit_share
 from .sweep import read_run
 
 
@@ -137,11 +137,14 @@ def _write_generations(df: pd.DataFrame, settings: dict, path: Path) -> None:
     if prompts and "prompt_id" in out:
         out.insert(0, "prompt", out["prompt_id"].map(lambda i: prompts[int(i)]))
     keep = ["prompt", "point", "sample", "seed", "text"]
-    keep += [c for c in out.columns if c.startswith(("level_", "weight_", "score_"))] + ["base_ppl", "distinct2"]
+    keep += [c for c in out.columns if c.startswith(("level_", "weight_", "score_"))]
+    keep += ["base_ppl", "prompt_fit", "words", "distinct2"]
     out[[c for c in keep if c in out.columns]].to_csv(path, index=False, compression="gzip")
 
 
-def build_report(run_dir: str | Path, title: str = "lerplm control report", samples_per_level: int = 1) -> Path:
+def build_report(
+    run_dir: str | Path, title: str = "lerplm control report", samples_per_level: int = 1, sample_prompts: int = 3
+) -> Path:
     """Compute metrics from ``run_dir/results.csv``; write summary.json, PNGs and report.md there."""
     run = Path(run_dir)
     df, settings = read_run(run)
@@ -227,28 +230,59 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
             "",
         ]
         first = next(iter(curves_by.values()))
-        fl = first.pivot(index="level", columns="attribute", values="base_ppl_median")
+        base = df[df["meta_grid"] == "base"]
+        if len(base):
+            cols = [c for c in ("words", "distinct2", "heldout_ppl") if c in base]
+            summary["base"] = {"base_ppl_median": float(base["base_ppl"].median()), **base[cols].mean().to_dict()}
+            summary["base"]["prompt_fit"] = fit_share(base)
+            summary["base"] |= {c: float(base[c].mean()) for c in base.columns if c.startswith("score_")}
+
+        def by_level(column: str, fmt: str, base_value) -> list[str]:
+            """A level x attribute table, with the base model alone as its last row when the sweep ran it."""
+            t = first.pivot(index="level", columns="attribute", values=column)
+            t.index = [f"{v:g}" for v in t.index]
+            if len(base):
+                t.loc["base model"] = base_value
+            return _table(t, fmt)
+
         lines += [
             "## Fluency",
             "",
             "Median perplexity of the generations under the base model (conditioned on the prompt), by level:",
             "",
-            *_table(fl, "{:.1f}"),
+            *by_level("base_ppl_median", "{:.1f}", base["base_ppl"].median()),
             "",
             "![fluency](fluency_base_ppl.png)",
             "",
         ]
         if first["heldout_ppl"].notna().any():
-            hp = first.pivot(index="level", columns="attribute", values="heldout_ppl")
             lines += [
                 "The interpolated model's own perplexity on held-out corpus text (the paper's WikiText-2 check), "
                 "by level:",
                 "",
-                *_table(hp, "{:.1f}"),
+                *by_level("heldout_ppl", "{:.1f}", base["heldout_ppl"].mean()),
                 "",
             ]
-        d2 = first.pivot(index="level", columns="attribute", values="distinct2")
-        lines += ["Distinct-2 (unique word bigrams per generation), by level:", "", *_table(d2), ""]
+        lines += [
+            "Distinct-2 (unique word bigrams per generation), by level:",
+            "",
+            *by_level("distinct2", "{:.3f}", base["distinct2"].mean()),
+            "",
+        ]
+        if first["words"].notna().any():
+            lines += [
+                "## Answers",
+                "",
+                "Words per generation, by level (the anchors should change the style, not the length):",
+                "",
+                *by_level("words", "{:.1f}", base["words"].mean() if "words" in base else math.nan),
+                "",
+                "Prompt fit: the share of generations the base model finds more likely under their own prompt than "
+                "under the next one (0.5: texts that ignore their prompts), by level:",
+                "",
+                *by_level("prompt_fit", "{:.2f}", fit_share(base)),
+                "",
+            ]
     if "simplex" in grids:
         corners = _plot_simplex(df[df["meta_grid"] == "simplex"], attrs, run / "simplex.png")
         lines += [
@@ -261,25 +295,26 @@ def build_report(run_dir: str | Path, title: str = "lerplm control report", samp
         ]
     if "single" in grids:
         lines += ["## Sample generations", ""]
-        single = df[df["meta_grid"] == "single"]
+        single, base = df[df["meta_grid"] == "single"], df[df["meta_grid"] == "base"]
+        prompts = settings.get("prompts", [])
         for a in attrs:
-            rows = single[
-                (single["meta_varied"] == a)
-                & single["meta_level"].isin([0.0, 0.5, 1.0])
-                & (single["prompt_id"] == 0)
-                & (single["sample"] < samples_per_level)
-            ]
-            if len(rows):
-                lines += [
-                    f"**{a}** (prompt: {settings.get('prompts', ['?'])[0]!r})",
-                    "",
-                    "| level | score | text |",
-                    "|---|---|---|",
+            for pid in range(sample_prompts):
+                rows = single[
+                    (single["meta_varied"] == a)
+                    & single["meta_level"].isin([0.0, 0.5, 1.0])
+                    & (single["prompt_id"] == pid)
+                    & (single["sample"] < samples_per_level)
                 ]
-                for _, r in rows.sort_values("meta_level").iterrows():
-                    lines.append(
-                        f"| {r['meta_level']:g} | {r[f'score_{a}']:.2f} | {str(r['text']).replace('|', '/')} |"
-                    )
+                if not len(rows):
+                    continue
+                prompt = prompts[pid] if pid < len(prompts) else "?"
+                lines += [f"**{a}** (prompt: {prompt!r})", "", "| level | score | text |", "|---|---|---|"]
+                ref = base[(base["prompt_id"] == pid) & (base["sample"] < samples_per_level)]
+                for label, r in [("base model", r) for _, r in ref.iterrows()] + [
+                    (f"{r['meta_level']:g}", r) for _, r in rows.sort_values("meta_level").iterrows()
+                ]:
+                    text = str(r["text"]).replace("|", "/").replace("\n", " ")
+                    lines.append(f"| {label} | {r[f'score_{a}']:.2f} | {text} |")
                 lines.append("")
     _write_generations(df, settings, run / GENERATIONS)
     (run / "summary.json").write_text(json.dumps(summary, indent=2, default=float))

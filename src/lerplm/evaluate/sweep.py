@@ -107,7 +107,11 @@ def run_sweep(
         flat = [(p, k, prompt, j, t) for (p, k, prompt), ts in zip(rows, texts) for j, t in enumerate(ts)]
         gen = [f[4] for f in flat]
         scores = scorers.score(gen)
-        fluency = lm.nll(lm.chat_prefixes([f[2] for f in flat]), gen, None)
+        prefixes = lm.chat_prefixes(list(prompts))
+        fluency = lm.nll([prefixes[f[1]] for f in flat], gen, None)
+        # the prompt-swap test: the same text under the next prompt; an answer that fits its own prompt is
+        # more likely under it (the difference is 0 for a text that ignores its prompt)
+        swapped = lm.nll([prefixes[(f[1] + 1) % len(prompts)] for f in flat], gen, None) if len(prompts) > 1 else []
         held = _heldout_nll(lm, chunk, heldout)
         for p in chunk:
             recs = []
@@ -126,6 +130,8 @@ def run_sweep(
                         "text": text,
                         **{f"score_{a}": float(s[idx]) for a, s in scores.items()},
                         "base_ppl": math.exp(fluency[idx]) if not math.isnan(fluency[idx]) else math.nan,
+                        "prompt_fit": swapped[idx] - fluency[idx] if swapped else math.nan,
+                        "words": len(text.split()),
                         "distinct2": distinct_n(text),
                         "heldout_ppl": held.get(p.id, math.nan),
                     }
@@ -176,7 +182,7 @@ def _heldout_nll(lm: LerpModel, points: Sequence[GridPoint], texts: Sequence[str
         return {}
     out = {}
     for p in points:
-        coeffs = lm.coefficients([p.mix] * len(texts))
+        coeffs = None if p.mix is None else lm.coefficients([p.mix] * len(texts))
         nll = torch.tensor(lm.nll([""] * len(texts), texts, coeffs))
         out[p.id] = math.exp(nll.nanmean().item())
     return out
