@@ -69,6 +69,20 @@ class LoraSettings(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
+    def peft_config(self, **extra):
+        """These settings as PEFT's LoraConfig of a causal LM: the one mapping training and saving share."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            task_type="CAUSAL_LM",
+            bias="none",
+            **extra,
+        )
+
 
 class ReplaySettings(_Strict):
     """The base model's own answers to instructions, mixed into an anchor's training: the anchor learns the

@@ -20,15 +20,7 @@ from .anchors import AnchorSet, Attribute, Endpoint
 from .config import StylesConfig
 from .data import Block, build_blocks, endpoint_texts, join_answers, read_prompts
 from .errors import LerpError
-from .models import (
-    DEFAULT_NAMES,
-    ModelRef,
-    format_prompt,
-    load_model,
-    load_tokenizer,
-    resolve,
-    weights_hash,
-)
+from .models import DEFAULT_NAMES, ModelRef, format_prompt, load_model, load_tokenizer, resolve, weights_hash
 
 
 def is_main_process() -> bool:
@@ -72,12 +64,11 @@ def base_answers(base: ModelRef, prompts: tuple[str, ...], tokens: int, seed: in
     (temperature 0.8, top-p 0.95): greedy answers of a small model loop, and an anchor trained on them would
     learn the loops. Computed once per run."""
     import torch
+    from tqdm.auto import tqdm
 
     tok = load_tokenizer(base)
     tok.padding_side = "left"
     model = load_model(base, dtype=torch.float32).eval()
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     out: list[str] = []
     for i in tqdm(range(0, len(prompts), 16), desc="base answers to replay", leave=False):
@@ -125,7 +116,7 @@ def train_anchor(
     """Train one adapter into ``out`` (atomically, via ``work``); return its training summary."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -133,19 +124,8 @@ def train_anchor(
     blocks, replayed = training_blocks(base, tok, texts, cfg)
     ds = Dataset.from_dict({"input_ids": [b.ids for b in blocks], "labels": [b.labels for b in blocks]})
     model = load_model(base, dtype=torch.float32)
-    lora = cfg.lora
     set_seed(cfg.training.seed)  # the adapter's initial A: the same in every process and every run
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            task_type="CAUSAL_LM",
-            bias="none",
-        ),
-    )
+    model = get_peft_model(model, cfg.lora.peft_config())
     t = cfg.training
     # transformers 5 renamed gradient_checkpointing to activation_checkpointing
     ckpt = "activation" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient"

@@ -195,20 +195,10 @@ def train_mixed(
 
 def save_adapter(weights: LoraWeights, cfg: StylesConfig, base_name: str, out: Path) -> None:
     """A standard PEFT adapter directory (PeftModel.from_pretrained and lerplm load it)."""
-    from peft import LoraConfig
     from safetensors.torch import save_file
 
-    lora = cfg.lora
     out.mkdir(parents=True, exist_ok=True)
-    LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-        bias="none",
-        base_model_name_or_path=base_name,
-    ).save_pretrained(str(out))
+    cfg.lora.peft_config(base_model_name_or_path=base_name).save_pretrained(str(out))
     state = {}
     for name, (a, b, _) in weights.modules.items():
         state[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a.contiguous()

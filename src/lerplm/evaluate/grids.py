@@ -24,7 +24,7 @@ class GridPoint:
         return Mix(self.levels, self.weights) if self.levels else None
 
 
-BASE = GridPoint("base", {}, {}, {"grid": "base"})  # the base model alone: the reference column of a report
+BASE = GridPoint("base", {}, {}, {"grid": "base"})  # the base model alone: the reference row of a report
 
 
 def levels_between(n: int) -> list[float]:

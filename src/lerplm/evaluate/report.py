@@ -150,6 +150,7 @@ def build_report(
     df, settings = read_run(run)
     attrs = _attributes(df)
     grids = set(df["meta_grid"].unique())
+    base = df[df["meta_grid"] == "base"]
     summary: dict = {"n_rows": len(df), "grids": sorted(grids), "settings": settings}
     lines = [f"# {title}", "", f"Sweep `{run}`: {len(df)} generations, grids: {', '.join(sorted(grids))}.", ""]
     if settings:
@@ -230,19 +231,18 @@ def build_report(
             "",
         ]
         first = next(iter(curves_by.values()))
-        base = df[df["meta_grid"] == "base"]
-        if len(base):
+        if len(base):  # the base model alone: the same measures as a curve's, plus its mean scores
             cols = [c for c in ("words", "distinct2", "heldout_ppl") if c in base]
             summary["base"] = {"base_ppl_median": float(base["base_ppl"].median()), **base[cols].mean().to_dict()}
             summary["base"]["prompt_fit"] = fit_share(base)
             summary["base"] |= {c: float(base[c].mean()) for c in base.columns if c.startswith("score_")}
 
-        def by_level(column: str, fmt: str, base_value) -> list[str]:
+        def by_level(column: str, fmt: str) -> list[str]:
             """A level x attribute table, with the base model alone as its last row when the sweep ran it."""
             t = first.pivot(index="level", columns="attribute", values=column)
             t.index = [f"{v:g}" for v in t.index]
-            if len(base):
-                t.loc["base model"] = base_value
+            if "base" in summary:
+                t.loc["base model"] = summary["base"].get(column, math.nan)
             return _table(t, fmt)
 
         lines += [
@@ -250,7 +250,7 @@ def build_report(
             "",
             "Median perplexity of the generations under the base model (conditioned on the prompt), by level:",
             "",
-            *by_level("base_ppl_median", "{:.1f}", base["base_ppl"].median()),
+            *by_level("base_ppl_median", "{:.1f}"),
             "",
             "![fluency](fluency_base_ppl.png)",
             "",
@@ -260,13 +260,13 @@ def build_report(
                 "The interpolated model's own perplexity on held-out corpus text (the paper's WikiText-2 check), "
                 "by level:",
                 "",
-                *by_level("heldout_ppl", "{:.1f}", base["heldout_ppl"].mean()),
+                *by_level("heldout_ppl", "{:.1f}"),
                 "",
             ]
         lines += [
             "Distinct-2 (unique word bigrams per generation), by level:",
             "",
-            *by_level("distinct2", "{:.3f}", base["distinct2"].mean()),
+            *by_level("distinct2", "{:.3f}"),
             "",
         ]
         if first["words"].notna().any():
@@ -275,12 +275,12 @@ def build_report(
                 "",
                 "Words per generation, by level (the anchors should change the style, not the length):",
                 "",
-                *by_level("words", "{:.1f}", base["words"].mean() if "words" in base else math.nan),
+                *by_level("words", "{:.1f}"),
                 "",
                 "Prompt fit: the share of generations the base model finds more likely under their own prompt than "
                 "under the next one (0.5: texts that ignore their prompts), by level:",
                 "",
-                *by_level("prompt_fit", "{:.2f}", fit_share(base)),
+                *by_level("prompt_fit", "{:.2f}"),
                 "",
             ]
     if "simplex" in grids:
@@ -295,7 +295,7 @@ def build_report(
         ]
     if "single" in grids:
         lines += ["## Sample generations", ""]
-        single, base = df[df["meta_grid"] == "single"], df[df["meta_grid"] == "base"]
+        single = df[df["meta_grid"] == "single"]
         prompts = settings.get("prompts", [])
         for a in attrs:
             for pid in range(sample_prompts):

@@ -100,6 +100,7 @@ def run_sweep(
     todo = [p for p in points if not (out / POINTS_DIR / f"{p.id}.csv").is_file()]
     per_chunk = max(1, batch_rows // (len(prompts) * n))
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc="grid points", disable=not progress)
+    prefixes = lm.chat_prefixes(list(prompts))  # every chunk generates under the same prompts
     for i in range(0, len(todo), per_chunk):
         chunk = todo[i : i + per_chunk]
         rows = [(p, k, prompt) for p in chunk for k, prompt in enumerate(prompts)]
@@ -107,7 +108,6 @@ def run_sweep(
         flat = [(p, k, prompt, j, t) for (p, k, prompt), ts in zip(rows, texts) for j, t in enumerate(ts)]
         gen = [f[4] for f in flat]
         scores = scorers.score(gen)
-        prefixes = lm.chat_prefixes(list(prompts))
         fluency = lm.nll([prefixes[f[1]] for f in flat], gen, None)
         # the prompt-swap test: the same text under the next prompt; an answer that fits its own prompt is
         # more likely under it (the difference is 0 for a text that ignores its prompt)
