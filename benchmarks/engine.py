@@ -1,13 +1,12 @@
 """The engine on the embedded default with an anchor set, for each base-weight scheme (fp32, int8,
-int4), all in one run:
+int4; the quantised ones on ONNX Runtime), all in one run:
 
 - one prompt under a two-attribute mix against the base model alone (no adapters attached): time to
   first token and decode tok/s, and their ratios;
 - a mix that changes at every token (a live slider) against an unchanged mix: tok/s ratio;
 - 16 rows with 16 different mixes: decode tok/s;
 - quality against fp32: teacher-forced greedy agreement on fp32's own continuations and perplexity on
-  held-out corpus text, both under a mix and teacher-forced through decode steps (the steps that run the
-  quantised kernels).
+  held-out corpus text, both under a mix and teacher-forced through decode steps.
 
 python benchmarks/engine.py --anchors anchors/quickstart
 """
@@ -116,6 +115,11 @@ def main() -> None:
 
     import lerplm
     from lerplm.engine import FastDecoder, SamplingParams, Sequence
+    from lerplm.engine.ortstep import OrtDecoder
+
+    def step_model(adapters, scheme):
+        fast = FastDecoder(lm.model, adapters)
+        return fast if scheme == "fp32" else OrtDecoder(fast, scheme)
 
     lm = lerplm.load(args.anchors)
     names = lm.anchors.names
@@ -127,8 +131,7 @@ def main() -> None:
     ref = lm.step_model
     results = {"anchors": args.anchors, "tokens": args.tokens, "mix": mix, "schemes": {}}
     for scheme in args.schemes:
-        mixed = FastDecoder(lm.model, lm.adapters, scheme)
-        bare = FastDecoder(lm.model, [], scheme)
+        mixed, bare = step_model(lm.adapters, scheme), step_model([], scheme)
         params = SamplingParams(args.tokens, 0)
 
         def one(model, coeffs, schedule=None):

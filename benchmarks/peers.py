@@ -1,7 +1,10 @@
 """lerplm serve against llama.cpp's llama-server on the same GGUF, the same anchors (exported with
 `lerplm export --format gguf`) and the same per-request mixes (llama.cpp's per-request `lora`
 scales are the mix's coefficients: the exact ΔW). One run measures both servers, one after the
-other, on loopback; raw numbers go to benchmarks/results/peers-*.json. Never run in CI.
+other, on loopback; raw numbers go to benchmarks/results/peers-*.json. Never run in CI. Each
+workload runs twice: answers of natural length (each server's own sampling decides where they end,
+so short answers weigh request overhead and prefill), and fixed (`ignore_eos`: every answer is
+max_tokens long on both servers, the same work).
 
 python benchmarks/peers.py --anchors anchors/quickstart --quantize int4
 LLAMA_SERVER=/path/to/llama-server python benchmarks/peers.py ...   # use a llama-server you have
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import itertools
 import os
 import random
 import shutil
@@ -146,7 +150,7 @@ def drive(url: str, bodies: list[dict], clients: int) -> dict:
     }
 
 
-def bodies_for(kind: str, work, lm, max_tokens: int, bare: bool = False) -> list[dict]:
+def bodies_for(kind: str, work, lm, max_tokens: int, bare: bool = False, fixed: bool = False) -> list[dict]:
     from lerplm.export import llama_lora_field
 
     out = []
@@ -158,6 +162,8 @@ def bodies_for(kind: str, work, lm, max_tokens: int, bare: bool = False) -> list
             "top_p": 0.95,
             "seed": i,
         }
+        if fixed:  # both servers take this field: every answer is max_tokens long, the work is the same
+            body["ignore_eos"] = True
         if kind == "lerplm":
             body["mix"] = {"levels": levels}
         elif not bare:
@@ -238,13 +244,18 @@ def main() -> None:
             wait_ready(url, proc)
             for clients, tokens, work in scenarios(kind):
                 variants = [("mixed", False)] + ([("bare", True)] if kind == "llama.cpp" and clients == 1 else [])
-                for label, bare in variants:
-                    r = drive(url, bodies_for(kind, work, lm, tokens, bare), clients)
-                    r |= {"server": kind, "max_tokens": tokens, "adapters": label}
+                for (label, bare), fixed in itertools.product(variants, (False, True)):
+                    r = drive(url, bodies_for(kind, work, lm, tokens, bare, fixed), clients)
+                    r |= {
+                        "server": kind,
+                        "max_tokens": tokens,
+                        "adapters": label,
+                        "length": "fixed" if fixed else "natural",
+                    }
                     results["runs"].append(r)
                     print(
-                        f"{kind:9s} {label:5s} clients={clients:2d} tokens={tokens:3d}  {r['tok_s']:6.1f} tok/s  "
-                        f"p50 {r['p50_s']:.2f} s  p95 {r['p95_s']:.2f} s",
+                        f"{kind:9s} {label:5s} {r['length']:7s} clients={clients:2d} tokens={tokens:3d}  "
+                        f"{r['tok_s']:6.1f} tok/s  p50 {r['p50_s']:.2f} s  p95 {r['p95_s']:.2f} s",
                         flush=True,
                     )
         finally:

@@ -171,6 +171,7 @@ def test_concurrent_requests_with_different_mixes_equal_the_same_requests_alone(
         ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "up to 4"),
         ({"prompt": "hi", "seed": 2**70}, "seed must lie in"),
         ({"prompt": "hi", "logprobs": 9}, "logprobs must be an integer in [0, 5]"),
+        ({"prompt": "hi", "max_tokens": 4, "min_tokens": 5}, "min_tokens must lie in [0, max_tokens]"),
         ({"prompt": 5, "mix": {"levels": {"sentiment": 0.5}}}, "prompt"),
         ({"mix": {"levels": {"sentiment": 0.5}}}, "prompt: Field required"),
     ],
@@ -180,6 +181,21 @@ def test_bad_input_gets_an_openai_style_400(server, body, message):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert message in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_ignore_eos_and_min_tokens_hold_the_end_back(server):
+    """vLLM's and llama.cpp's fields: ignore_eos writes exactly max_tokens, min_tokens at least that many."""
+
+    def complete(**extra):
+        body = {"prompt": "worst", "max_tokens": 40, "temperature": 2.0} | extra
+        return httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+
+    # a seed whose answer ends early (the tiny model writes its end token now and then at temperature 2)
+    seed, natural = next((s, r) for s in range(200) if (r := complete(seed=s))["choices"][0]["finish_reason"] == "stop")
+    n = natural["usage"]["completion_tokens"]
+    r = complete(seed=seed, ignore_eos=True)
+    assert r["usage"]["completion_tokens"] == 40 and r["choices"][0]["finish_reason"] == "length"
+    assert complete(seed=seed, min_tokens=n + 1)["usage"]["completion_tokens"] > n
 
 
 def test_malformed_json_and_unknown_routes_then_the_server_still_serves(server):

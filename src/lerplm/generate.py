@@ -16,7 +16,7 @@ import torch
 from .anchors import AnchorSet
 from .engine import Engine, FastDecoder, SamplingParams, unsupported_reason
 from .engine import Sequence as EngineSequence
-from .engine.quant import SCHEMES
+from .engine.ortstep import SCHEMES, OrtDecoder
 from .engine.recompute import RecomputeStep
 from .errors import LerpError
 from .mix import Mix, Schedule
@@ -83,11 +83,13 @@ class LerpModel:
     @property
     def step_model(self):
         """The engine's model step, built on first use (likelihoods, export and calibration never need it):
-        the fast decoder, or the exact recompute step for other architectures."""
+        the fast decoder (on ONNX Runtime for a quantised base), or the exact recompute step for other
+        architectures."""
         if self._step_model is None:
             reason = unsupported_reason(self.model, self.adapters)
             if reason is None:
-                self._step_model = FastDecoder(self.model, self.adapters, self.quantize)
+                fast = FastDecoder(self.model, self.adapters)
+                self._step_model = fast if self.quantize == "fp32" else OrtDecoder(fast, self.quantize)
             else:
                 if self.quantize != "fp32":
                     raise LerpError(f"quantize={self.quantize} needs the fast decoder, which does not support {reason}")

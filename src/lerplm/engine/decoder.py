@@ -8,10 +8,8 @@ their slots of the cache in one call, each prefill chunk to its own slot.
 
 Layers that share an input are fused (q, k, v; gate, up), each with its adapters stacked the way
 ``runtime.MixedLinear`` stacks them: y = x Wᵀ + ((x A_catᵀ) ⊙ c[seg]) B_catᵀ, so the step equals the
-merged model of each token's mix. Base weights may be weight-only quantised (``quant.py``); then,
-for steps of few tokens, the stacked adapters are int8 too and run whole (zero coefficients
-included): such a step is bytes read, and fp32 adapters would cost more than an int4 base. Steps of
-many tokens (prefill chunks, large batches) are arithmetic and run in fp32.
+merged model of each token's mix. This is the exact step (fp32, or the model's dtype on a GPU);
+weight-only quantised bases run the same computation on ONNX Runtime (``ortstep.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from torch import nn
 
 from ..errors import LerpError
 from ..runtime import LoraWeights, MixedLinear, add_lora
-from .quant import Int8Linear, quantized_linear
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -84,20 +81,17 @@ class StepPlan:
 class FusedMixedLinear(nn.Module):
     """Base linears sharing one input, fused into one matmul, plus every adapter's LoRA on them."""
 
-    def __init__(
-        self, bases: Sequence[nn.Linear], loras: Sequence[Sequence[tuple] | None], scheme: str, segs: dict
-    ) -> None:
+    def __init__(self, bases: Sequence[nn.Linear], loras: Sequence[Sequence[tuple] | None], segs: dict) -> None:
         super().__init__()
         w = bases[0].weight.detach() if len(bases) == 1 else torch.cat([b.weight.detach() for b in bases])
         bias = None
         if any(b.bias is not None for b in bases):
             bias = torch.cat([b.bias.detach() if b.bias is not None else w.new_zeros(b.out_features) for b in bases])
-        self.base = quantized_linear(w, bias, scheme)
+        self.base = _linear(w, bias)
         self.register_buffer("a", None, persistent=False)
         self.register_buffer("b", None, persistent=False)
         self.seg: torch.Tensor | None = None
         self.offsets: list[int] = []
-        self.quantized = scheme != "fp32"
         num_adapters = next((len(x) for x in loras if x is not None), 0)
         if not num_adapters:
             return
@@ -122,26 +116,12 @@ class FusedMixedLinear(nn.Module):
         if key not in segs:
             segs[key] = torch.repeat_interleave(torch.arange(num_adapters), torch.tensor(ranks)).to(w.device)
         self.seg = segs[key]
-        if self.quantized:
-            self.qa, self.qb = Int8Linear(self.a, None), Int8Linear(self.b, None)
 
     def forward(self, x: torch.Tensor, plan: StepPlan) -> torch.Tensor:
-        if self.seg is not None and self.quantized and x.shape[0] < self.base.dense_rows:
-            return self._quantized(x, plan)
         y = self.base(x)
         if self.seg is None or plan.active is None:
             return y
         return self._add_lora(y, x, plan)
-
-    def _quantized(self, x: torch.Tensor, plan: StepPlan) -> torch.Tensor:
-        xb = x.to(torch.bfloat16)
-        y = self.base.matmul(xb)
-        if plan.active is not None and x.shape[0] < self.qa.dense_rows:
-            y = y + self.qb.matmul(self.qa.matmul(xb) * plan.per_rank(self.seg, torch.bfloat16))
-        y = y.to(x.dtype)
-        if plan.active is not None and x.shape[0] >= self.qa.dense_rows:
-            y = self._add_lora(y, x, plan)
-        return y if self.base.bias is None else y + self.base.bias
 
     def _add_lora(self, y: torch.Tensor, x: torch.Tensor, plan: StepPlan) -> torch.Tensor:
         """The stacked adapters of the plan's active range, added in the model's dtype."""
@@ -149,12 +129,19 @@ class FusedMixedLinear(nn.Module):
         return add_lora(y, x, self.a[r0:r1], plan.per_rank(self.seg, x.dtype)[:, r0:r1], self.b[:, r0:r1])
 
 
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An nn.Linear on the given tensors (shared, not copied)."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    lin.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    if bias is not None:
+        lin.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    return lin
+
+
 class FastDecoder(nn.Module):
     """The step of a Llama-family model with stacked adapters; weights copied out of the HF model."""
 
-    def __init__(
-        self, model: nn.Module, adapters: Sequence[LoraWeights], scheme: str = "fp32", head_scheme: str | None = None
-    ) -> None:
+    def __init__(self, model: nn.Module, adapters: Sequence[LoraWeights]) -> None:
         super().__init__()
         reason = unsupported_reason(model, adapters)
         if reason:
@@ -181,17 +168,12 @@ class FastDecoder(nn.Module):
                     loras.append(
                         [ad.modules[key] for ad in adapters] if adapters and key in adapters[0].modules else None
                     )
-                setattr(block, group, FusedMixedLinear([mods[n] for n in names], loras, scheme, segs))
+                setattr(block, group, FusedMixedLinear([mods[n] for n in names], loras, segs))
             block.register_buffer("ln1", layer.input_layernorm.weight.detach(), persistent=False)
             block.register_buffer("ln2", layer.post_attention_layernorm.weight.detach(), persistent=False)
             self.layers.append(block)
         self.register_buffer("norm", inner.norm.weight.detach(), persistent=False)
-        head = model.lm_head
-        # the output head is the largest matrix and the most sensitive: int8 under int4 (as in GGUF Q4 files)
-        # and without its fp32 weight: it only sees the rows that need logits, where int8 stays faster
-        self.lm_head = quantized_linear(
-            head.weight.detach(), head.bias, head_scheme or ("int8" if scheme == "int4" else scheme), keep_dense=False
-        )
+        self.lm_head = _linear(model.lm_head.weight, model.lm_head.bias)
         pos = torch.arange(self.max_positions)
         with torch.no_grad():
             cos, sin = inner.rotary_emb(self.embed[:1], pos[None])

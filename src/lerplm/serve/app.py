@@ -42,6 +42,8 @@ class _Common(BaseModel):
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    min_tokens: int = 0  # vLLM's field: the end tokens are held back until this many tokens are written
+    ignore_eos: bool = False  # vLLM's and llama.cpp's field: write exactly max_tokens
     n: int = 1
     seed: int | None = None
     stream: bool = False
@@ -219,8 +221,11 @@ def create_app(
             raise APIError(400, f"n must lie in [1, 8], got {body.n}", param="n")
         if body.seed is not None and not -(2**62) <= body.seed < 2**62:
             raise APIError(400, "seed must lie in [-2**62, 2**62)", param="seed")
+        if not 0 <= body.min_tokens <= max_tokens:
+            raise APIError(400, f"min_tokens must lie in [0, max_tokens], got {body.min_tokens}", param="min_tokens")
         seed = (body.seed if body.seed is not None else int.from_bytes(os.urandom(4), "little")) + index
-        p = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, seed)
+        least = max_tokens if body.ignore_eos else body.min_tokens
+        p = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, seed, min_new_tokens=least)
         try:
             p.validate()
         except LerpError as e:

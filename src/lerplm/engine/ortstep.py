@@ -1,0 +1,281 @@
+"""The engine's step on ONNX Runtime: a weight-only quantised base (int8 or int4) on the CPU.
+
+A batch-1 decode step reads every weight once, so its time is bytes per weight plus the fixed cost
+of each operator. ONNX Runtime's ``MatMulNBits`` (blocks of 32 inputs, activations quantised to int8
+on the fly) reads int4 or int8 weights near memory speed, and its graph runs the step's ~700
+operators with far less overhead per operator than eager torch: on this project's 2-core machine a
+SmolLM2-135M decode step with four stacked anchors takes ~15 ms in int8, against ~42 ms for the fp32
+torch step and ~23 ms for torch's packed int4 kernels (docs/performance.md).
+
+The graph is the same computation as ``FastDecoder``: every token of a call is a row with its own
+adapter coefficients, each fused layer adds its stacked adapters as ((x A_catᵀ) ⊙ c[seg]) B_catᵀ
+(int8), and ``GroupQueryAttention`` applies the rotary embedding and attends in place in the
+engine's slot cache: the cache tensors are bound as both the past and the present state, so
+nothing is copied when rows join or leave. One call runs the decoding rows (one token each, the
+slot range they span; slots in that range that are not decoding run as dummy rows that write only
+the last cache position, which no sequence ever reads), one call per prefill chunk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import LerpError
+from .decoder import GROUPS
+
+SCHEMES = ("fp32", "int8", "int4")
+BITS = {"int8": 8, "int4": 4}
+BLOCK = 32  # inputs per quantisation block (the GGUF Q4/Q8 block size)
+
+
+def quantize_blocks(w: torch.Tensor, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``MatMulNBits`` weights for w (out, in): blocks of 32 inputs, each with a float scale, and the
+    kernel's default zero point (128 for int8, 8 for int4), the one its fast path takes.
+
+    int8 is symmetric. int4 keeps the asymmetric grid w = lo + q * scale of GGUF's Q4_1 (the embedded
+    default's own weights, reproduced exactly) as (q - 8) * scale plus an offset lo + 8 * scale per
+    block, which the graph adds as (block sums of x) · offsetᵀ. Returns (packed (out, blocks, bytes per
+    block), scales (out * blocks), offsets (out, blocks) or None)."""
+    out_f, in_f = w.shape
+    blocks = -(-in_f // BLOCK)
+    g = torch.zeros(out_f, blocks * BLOCK, dtype=torch.float64)
+    g[:, :in_f] = w.detach().double().cpu()
+    g = g.reshape(out_f, blocks, BLOCK)
+    if bits == 8:
+        scale = (g.abs().amax(-1) / 127).clamp(min=1e-12)
+        q = (torch.round(g / scale[..., None]).clamp(-127, 127) + 128).to(torch.uint8)
+        return q.numpy(), scale.reshape(-1).float().numpy(), None
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-12)
+    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8)
+    packed = q[..., 0::2] | (q[..., 1::2] << 4)
+    return packed.numpy(), scale.reshape(-1).float().numpy(), (lo + 8 * scale).float().numpy()
+
+
+def dequantize_blocks(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, in_f: int) -> torch.Tensor:
+    """The weights ``quantize_blocks`` stands for, (out, in) float32: for tests and error bounds."""
+    q = torch.from_numpy(packed.astype(np.int64))
+    out_f, blocks = q.shape[:2]
+    s = torch.from_numpy(scale).double().reshape(out_f, blocks, 1)
+    if offset is None:
+        w = (q - 128).double() * s
+    else:
+        q = torch.stack([q & 15, q >> 4], -1).reshape(out_f, blocks, BLOCK)
+        w = (q - 8).double() * s + torch.from_numpy(offset).double()[..., None]
+    return w.reshape(out_f, -1)[:, :in_f].float()
+
+
+class _Graph:
+    """A small ONNX graph builder: nodes, initialisers and fresh names."""
+
+    def __init__(self) -> None:
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes: list = []
+        self.inits: list = []
+        self.count = 0
+
+    def name(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}_{self.count}"
+
+    def const(self, value, prefix: str = "c") -> str:
+        name = self.name(prefix)
+        self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def op(self, kind: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs):
+        names = [self.name(kind) for _ in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(self.helper.make_node(kind, inputs, names, domain=domain, **attrs))
+        return names[0] if len(names) == 1 else names
+
+    def matmul(self, x: str, w: torch.Tensor, bits: int) -> str:
+        out_f, in_f = w.shape
+        if bits == 4 and in_f % BLOCK:
+            bits = 8  # the block offsets need whole blocks; such layers are rare
+        packed, scale, offset = quantize_blocks(w, bits)
+        # accuracy_level 4: int8 activations, the kernels that read int4/int8 weights at memory speed
+        attrs = dict(K=in_f, N=out_f, bits=bits, block_size=BLOCK, accuracy_level=4)
+        y = self.op(
+            "MatMulNBits", [x, self.const(packed, "w"), self.const(scale, "s")], domain="com.microsoft", **attrs
+        )
+        if offset is None:
+            return y
+        blocks = self.op("Reshape", [x, self.const(np.array([0, 0, in_f // BLOCK, BLOCK], np.int64))])
+        sums = self.op("ReduceSum", [blocks, self.const(np.array([-1], np.int64))], keepdims=0)
+        return self.op("Add", [y, self.op("MatMul", [sums, self.const(offset.T, "offset")])])
+
+
+def _adapter_layers(dec) -> list:
+    """The fused layers of ``dec`` that carry stacked adapters."""
+    return [getattr(block, group) for block in dec.layers for group in GROUPS if getattr(block, group).seg is not None]
+
+
+def build_graph(dec, bits: int) -> bytes:
+    """The serialised step graph for ``dec``'s weights (a ``FastDecoder`` in fp32) with ``bits``-bit base
+    weights, int8 adapters and an int8 output head.
+
+    Inputs: input_ids (B, S), coeffs (B, S, K) per token (only with adapters), seqlens_k (B,) = last position written
+    per row, total_seq_len (the cache length), logit_index (M,) rows of the flattened (B*S) tokens that
+    need logits, past_key_i / past_value_i (B, kv_heads, length, head_dim). Outputs: logits (M, vocab)
+    and present_key_i / present_value_i, bound to the past buffers."""
+    from onnx import TensorProto, helper
+
+    g = _Graph()
+    hq, hkv, d, eps = dec.heads, dec.kv_heads, dec.head_dim, float(dec.eps)
+    hidden = dec.embed.shape[1]
+    has_adapters = bool(_adapter_layers(dec))
+    f32, i32, i64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
+    kv_shape = ["B", hkv, "T", d]
+    inputs = [helper.make_tensor_value_info("input_ids", i64, ["B", "S"])]
+    if has_adapters:
+        inputs.append(helper.make_tensor_value_info("coeffs", f32, ["B", "S", "K"]))
+    inputs += [
+        helper.make_tensor_value_info("seqlens_k", i32, ["B"]),
+        helper.make_tensor_value_info("total_seq_len", i32, []),
+        helper.make_tensor_value_info("logit_index", i64, ["M"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["M", dec.lm_head.weight.shape[0]])]
+    per_rank: dict[int, str] = {}  # one (B, S, R) coefficient tensor per rank layout, shared by the layers
+
+    def linear(x: str, layer) -> str:
+        y = g.matmul(x, layer.base.weight, bits)
+        if layer.base.bias is not None:
+            y = g.op("Add", [y, g.const(layer.base.bias.detach().float().numpy(), "bias")])
+        if layer.seg is None:
+            return y
+        key = id(layer.seg)
+        if key not in per_rank:
+            per_rank[key] = g.op("Gather", ["coeffs", g.const(layer.seg.cpu().numpy().astype(np.int64), "seg")], axis=2)
+        t = g.op("Mul", [g.matmul(x, layer.a, 8), per_rank[key]])
+        return g.op("Add", [y, g.matmul(t, layer.b, 8)])
+
+    x = g.op("Gather", [g.const(dec.embed.float().cpu().numpy(), "embed"), "input_ids"])  # (B, S, hidden)
+    cos = g.const(dec.cos[:, : d // 2].float().cpu().numpy(), "cos")
+    sin = g.const(dec.sin[:, : d // 2].float().cpu().numpy(), "sin")
+    residual = None
+    for i, block in enumerate(dec.layers):
+        ln1 = g.const(block.ln1.float().cpu().numpy(), "ln1")
+        if residual is None:
+            y = g.op("SimplifiedLayerNormalization", [x, ln1], epsilon=eps, axis=-1)
+        else:  # x + residual and its norm in one operator
+            y, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, residual, ln1], 4, "com.microsoft", epsilon=eps)
+        qkv = linear(y, block.qkv)
+        past, present = [f"past_key_{i}", f"past_value_{i}"], [f"present_key_{i}", f"present_value_{i}"]
+        inputs += [helper.make_tensor_value_info(n, f32, kv_shape) for n in past]
+        outputs += [helper.make_tensor_value_info(n, f32, kv_shape) for n in present]
+        att = g.op(
+            "GroupQueryAttention",
+            [qkv, "", "", *past, "seqlens_k", "total_seq_len", cos, sin],
+            [g.name("att"), *present],
+            "com.microsoft",
+            num_heads=hq,
+            kv_num_heads=hkv,
+            do_rotary=1,
+        )[0]
+        ln2 = g.const(block.ln2.float().cpu().numpy(), "ln2")
+        y, _, _, x = g.op(
+            "SkipSimplifiedLayerNormalization", [x, linear(att, block.o), ln2], 4, "com.microsoft", epsilon=eps
+        )
+        inter = block.down.base.weight.shape[1]
+        gate, up = g.op("Split", [linear(y, block.gate_up), g.const(np.array([inter, inter], np.int64))], 2, axis=-1)
+        residual = linear(g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]), block.down)
+    x = g.op("Add", [x, residual])
+    rows = g.op("Gather", [g.op("Reshape", [x, g.const(np.array([-1, hidden], np.int64))]), "logit_index"], axis=0)
+    y = g.op("SimplifiedLayerNormalization", [rows, g.const(dec.norm.float().cpu().numpy(), "norm")], epsilon=eps)
+    g.matmul(y, dec.lm_head.weight, 8)
+    g.nodes[-1].output[0] = "logits"  # the head's product is the graph's output
+    graph = helper.make_graph(g.nodes, "lerplm_step", inputs, outputs, g.inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
+
+
+class OrtDecoder:
+    """The engine's model step (``plan, cache -> logits``) on ONNX Runtime, from a fp32 ``FastDecoder``'s
+    weights; the same cache layout, so the engine cannot tell the two apart."""
+
+    def __init__(self, dec, scheme: str) -> None:
+        if scheme not in BITS:
+            raise LerpError(f"ONNX Runtime steps take a quantised scheme ({', '.join(BITS)}), not {scheme!r}")
+        if dec.device.type != "cpu" or dec.dtype != torch.float32:
+            raise LerpError(f"{scheme} weights run on the CPU in float32 only")
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # a declared dependency; only a broken install lacks it
+            raise LerpError(f"quantize={scheme} needs onnxruntime: pip install onnxruntime ({e})") from e
+        self.scheme = scheme
+        self.device = dec.device
+        self.kv_heads, self.head_dim, self.num_layers = dec.kv_heads, dec.head_dim, dec.num_layers
+        self.vocab = dec.lm_head.weight.shape[0]
+        layers = _adapter_layers(dec)
+        self.num_adapters, self.has_adapters = (len(layers[0].offsets) - 1 if layers else 0), bool(layers)
+        self._new_cache = dec.new_cache
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.log_severity_level = 3  # no optimiser notices on the terminal
+        self.session = ort.InferenceSession(build_graph(dec, BITS[scheme]), options, providers=["CPUExecutionProvider"])
+        self._bindings: dict = {}
+
+    def new_cache(self, slots: int, length: int) -> list[torch.Tensor]:
+        return self._new_cache(slots, length)
+
+    def __call__(self, plan, cache: list[torch.Tensor]) -> torch.Tensor:
+        """Next-token logits (M, vocab) for ``plan.logit_index``, as ``FastDecoder.forward``."""
+        nd = len(plan.decode_slots)
+        coeffs = plan.coeffs
+        if coeffs is None:
+            coeffs = torch.zeros(plan.tokens.shape[0], self.num_adapters)
+        tokens, positions = plan.tokens.cpu().numpy(), plan.positions.cpu().numpy()
+        wanted = plan.logit_index.tolist()
+        found: dict[int, torch.Tensor] = {}  # flat token index -> its logits
+        if nd:
+            lo, hi = min(plan.decode_slots), max(plan.decode_slots) + 1
+            rows = np.array(plan.decode_slots) - lo
+            ids = np.zeros((hi - lo, 1), np.int64)
+            seqlens = np.full(hi - lo, cache[0].shape[3] - 1, np.int32)  # dummy rows: the never-read last position
+            c = torch.zeros(hi - lo, coeffs.shape[1])
+            ids[rows, 0], seqlens[rows], c[rows] = tokens[:nd], positions[:nd], coeffs[:nd]
+            found.update(enumerate(self._run(cache, lo, ids, seqlens, c[:, None], rows)))
+        offset = nd
+        for slot, start, n in plan.prefill:
+            local = [i - offset for i in wanted if offset <= i < offset + n] or [n - 1]
+            ids, seqlens = tokens[None, offset : offset + n], np.array([start + n - 1], np.int32)
+            logits = self._run(cache, slot, ids, seqlens, coeffs[None, offset : offset + n], np.array(local))
+            found.update(zip((offset + i for i in local), logits))
+            offset += n
+        return torch.stack([found[i] for i in wanted]) if wanted else torch.empty(0, self.vocab)
+
+    def _run(self, cache, lo: int, ids: np.ndarray, seqlens: np.ndarray, coeffs: torch.Tensor, rows) -> torch.Tensor:
+        """One session call on the slots [lo, lo + len(ids)) of the cache, in place."""
+        batch, length = ids.shape[0], cache[0].shape[3]
+        io = self._binding(cache, lo, batch)
+        io.bind_cpu_input("input_ids", ids)
+        if self.has_adapters:
+            io.bind_cpu_input("coeffs", coeffs.float().contiguous().numpy())
+        io.bind_cpu_input("seqlens_k", seqlens)
+        io.bind_cpu_input("total_seq_len", np.array(length, np.int32))
+        io.bind_cpu_input("logit_index", np.asarray(rows, np.int64))
+        logits = torch.empty(len(rows), self.vocab)
+        io.bind_output("logits", "cpu", 0, np.float32, tuple(logits.shape), logits.data_ptr())
+        self.session.run_with_iobinding(io)
+        return logits
+
+    def _binding(self, cache, lo: int, batch: int):
+        """The session's binding of the cache slots [lo, lo + batch) as past and present state, kept per
+        slot range of the last cache used (binding 2 x layers buffers costs ~0.4 ms a call)."""
+        owner = (tuple(kv.data_ptr() for kv in cache), cache[0].shape)
+        key = (owner, lo, batch)
+        if self._bindings.get("owner") != owner:
+            self._bindings = {"owner": owner}
+        io = self._bindings.get(key)
+        if io is None:
+            io = self._bindings[key] = self.session.io_binding()
+            shape = (batch, self.kv_heads, cache[0].shape[3], self.head_dim)
+            for i, kv in enumerate(cache):
+                for j, part in enumerate(("key", "value")):
+                    ptr = kv[j, lo].data_ptr()
+                    io.bind_input(f"past_{part}_{i}", "cpu", 0, np.float32, shape, ptr)
+                    io.bind_output(f"present_{part}_{i}", "cpu", 0, np.float32, shape, ptr)
+        return io
