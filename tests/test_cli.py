@@ -221,7 +221,11 @@ def test_serve_command_serves_presets_and_stops_on_ctrl_c(anchor_dir, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "lerplm", "serve", "--anchors", anchor_dir, "--port", str(port)]
-    proc = subprocess.Popen(cmd + ["--preset", "warm=sentiment=1"], stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal sends it, also when this suite runs as a background job (which ignores SIGINT)
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(
+        cmd + ["--preset", "warm=sentiment=1"], stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     try:
         url = f"http://127.0.0.1:{port}/v1"
         for _ in range(300):
