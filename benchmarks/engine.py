@@ -114,12 +114,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import lerplm
-    from lerplm.engine import FastDecoder, SamplingParams, Sequence
-    from lerplm.engine.ortstep import OrtDecoder
-
-    def step_model(adapters, scheme):
-        fast = FastDecoder(lm.model, adapters)
-        return fast if scheme == "fp32" else OrtDecoder(fast, scheme)
+    from lerplm.engine import SamplingParams, Sequence
+    from lerplm.engine.ortstep import fast_step
 
     lm = lerplm.load(args.anchors)
     names = lm.anchors.names
@@ -131,7 +127,7 @@ def main() -> None:
     ref = lm.step_model
     results = {"anchors": args.anchors, "tokens": args.tokens, "mix": mix, "schemes": {}}
     for scheme in args.schemes:
-        mixed, bare = step_model(lm.adapters, scheme), step_model([], scheme)
+        mixed, bare = fast_step(lm.model, lm.adapters, scheme), fast_step(lm.model, [], scheme)
         params = SamplingParams(args.tokens, 0)
 
         def one(model, coeffs, schedule=None):

@@ -117,40 +117,23 @@ def test_target_from_the_cli_and_the_server(anchor_dir, tmp_path):
         ["sentiment", "formality"], ["sentiment", "formality"], theta, {"sentiment": 0.0, "formality": 0.0}, 10
     )
     calib.save(tmp_path / "calib.json")
-    r = CliRunner().invoke(
-        app,
-        [
+
+    def generate(target: str):
+        args = [
             "generate",
             "--anchors",
             str(anchor_dir),
             "--target",
-            "sentiment=0.7",
+            target,
             "--calibration",
             str(tmp_path / "calib.json"),
-            "--prompt",
-            "hi",
-            "--max-new-tokens",
-            "3",
-        ],
-    )
+        ]
+        return CliRunner().invoke(app, [*args, "--prompt", "hi", "--max-new-tokens", "3"])
+
+    r = generate("sentiment=0.7")
     assert r.exit_code == 0, r.output
     assert "solved mix: sentiment=0.7" in r.output and "predicted sentiment=0.70" in r.output
-    r = CliRunner().invoke(
-        app,
-        [
-            "generate",
-            "--anchors",
-            str(anchor_dir),
-            "--target",
-            "sentiment=0.99",
-            "--calibration",
-            str(tmp_path / "calib.json"),
-            "--prompt",
-            "hi",
-            "--max-new-tokens",
-            "3",
-        ],
-    )
+    r = generate("sentiment=0.99")
     assert r.exit_code == 0 and "warning: target sentiment=0.99 is out of reach" in r.output
     r = CliRunner().invoke(
         app, ["generate", "--anchors", str(anchor_dir), "--target", "sentiment=0.5", "--prompt", "hi"]

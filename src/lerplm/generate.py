@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from .anchors import AnchorSet
-from .engine import Engine, FastDecoder, SamplingParams, unsupported_reason
+from .engine import Engine, SamplingParams, unsupported_reason
 from .engine import Sequence as EngineSequence
-from .engine.ortstep import SCHEMES, OrtDecoder
+from .engine.ortstep import SCHEMES, fast_step
 from .engine.recompute import RecomputeStep
 from .errors import LerpError
 from .mix import Mix, Schedule
@@ -88,8 +88,7 @@ class LerpModel:
         if self._step_model is None:
             reason = unsupported_reason(self.model, self.adapters)
             if reason is None:
-                fast = FastDecoder(self.model, self.adapters)
-                self._step_model = fast if self.quantize == "fp32" else OrtDecoder(fast, self.quantize)
+                self._step_model = fast_step(self.model, self.adapters, self.quantize)
             else:
                 if self.quantize != "fp32":
                     raise LerpError(f"quantize={self.quantize} needs the fast decoder, which does not support {reason}")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import LerpError
-from .decoder import GROUPS
+from .decoder import GROUPS, FastDecoder
 
 SCHEMES = ("fp32", "int8", "int4")
 BITS = {"int8": 8, "int4": 4}
@@ -82,6 +82,9 @@ class _Graph:
         return f"{prefix}_{self.count}"
 
     def const(self, value, prefix: str = "c") -> str:
+        """An initialiser from a numpy array or a torch tensor (copied out in its own dtype)."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
         name = self.name(prefix)
         self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
@@ -143,21 +146,21 @@ def build_graph(dec, bits: int) -> bytes:
     def linear(x: str, layer) -> str:
         y = g.matmul(x, layer.base.weight, bits)
         if layer.base.bias is not None:
-            y = g.op("Add", [y, g.const(layer.base.bias.detach().float().numpy(), "bias")])
+            y = g.op("Add", [y, g.const(layer.base.bias, "bias")])
         if layer.seg is None:
             return y
         key = id(layer.seg)
         if key not in per_rank:
-            per_rank[key] = g.op("Gather", ["coeffs", g.const(layer.seg.cpu().numpy().astype(np.int64), "seg")], axis=2)
+            per_rank[key] = g.op("Gather", ["coeffs", g.const(layer.seg, "seg")], axis=2)
         t = g.op("Mul", [g.matmul(x, layer.a, 8), per_rank[key]])
         return g.op("Add", [y, g.matmul(t, layer.b, 8)])
 
-    x = g.op("Gather", [g.const(dec.embed.float().cpu().numpy(), "embed"), "input_ids"])  # (B, S, hidden)
-    cos = g.const(dec.cos[:, : d // 2].float().cpu().numpy(), "cos")
-    sin = g.const(dec.sin[:, : d // 2].float().cpu().numpy(), "sin")
+    x = g.op("Gather", [g.const(dec.embed, "embed"), "input_ids"])  # (B, S, hidden)
+    cos = g.const(dec.cos[:, : d // 2], "cos")
+    sin = g.const(dec.sin[:, : d // 2], "sin")
     residual = None
     for i, block in enumerate(dec.layers):
-        ln1 = g.const(block.ln1.float().cpu().numpy(), "ln1")
+        ln1 = g.const(block.ln1, "ln1")
         if residual is None:
             y = g.op("SimplifiedLayerNormalization", [x, ln1], epsilon=eps, axis=-1)
         else:  # x + residual and its norm in one operator
@@ -175,7 +178,7 @@ def build_graph(dec, bits: int) -> bytes:
             kv_num_heads=hkv,
             do_rotary=1,
         )[0]
-        ln2 = g.const(block.ln2.float().cpu().numpy(), "ln2")
+        ln2 = g.const(block.ln2, "ln2")
         y, _, _, x = g.op(
             "SkipSimplifiedLayerNormalization", [x, linear(att, block.o), ln2], 4, "com.microsoft", epsilon=eps
         )
@@ -184,12 +187,18 @@ def build_graph(dec, bits: int) -> bytes:
         residual = linear(g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]), block.down)
     x = g.op("Add", [x, residual])
     rows = g.op("Gather", [g.op("Reshape", [x, g.const(np.array([-1, hidden], np.int64))]), "logit_index"], axis=0)
-    y = g.op("SimplifiedLayerNormalization", [rows, g.const(dec.norm.float().cpu().numpy(), "norm")], epsilon=eps)
+    y = g.op("SimplifiedLayerNormalization", [rows, g.const(dec.norm, "norm")], epsilon=eps)
     g.matmul(y, dec.lm_head.weight, 8)
     g.nodes[-1].output[0] = "logits"  # the head's product is the graph's output
     graph = helper.make_graph(g.nodes, "lerplm_step", inputs, outputs, g.inits)
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
+
+
+def fast_step(model, adapters, scheme: str = "fp32"):
+    """The engine's fast step for ``scheme``: the exact torch ``FastDecoder`` (fp32), or it on ONNX Runtime."""
+    fast = FastDecoder(model, adapters)
+    return fast if scheme == "fp32" else OrtDecoder(fast, scheme)
 
 
 class OrtDecoder:
@@ -210,13 +219,14 @@ class OrtDecoder:
         self.kv_heads, self.head_dim, self.num_layers = dec.kv_heads, dec.head_dim, dec.num_layers
         self.vocab = dec.lm_head.weight.shape[0]
         layers = _adapter_layers(dec)
-        self.num_adapters, self.has_adapters = (len(layers[0].offsets) - 1 if layers else 0), bool(layers)
+        self.num_adapters = len(layers[0].offsets) - 1 if layers else 0
         self._new_cache = dec.new_cache
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3  # no optimiser notices on the terminal
         self.session = ort.InferenceSession(build_graph(dec, BITS[scheme]), options, providers=["CPUExecutionProvider"])
-        self._bindings: dict = {}
+        self._owner: tuple | None = None  # the cache the kept bindings point into
+        self._bindings: dict[tuple[int, int], object] = {}  # (first slot, batch) -> binding
 
     def new_cache(self, slots: int, length: int) -> list[torch.Tensor]:
         return self._new_cache(slots, length)
@@ -252,7 +262,7 @@ class OrtDecoder:
         batch, length = ids.shape[0], cache[0].shape[3]
         io = self._binding(cache, lo, batch)
         io.bind_cpu_input("input_ids", ids)
-        if self.has_adapters:
+        if self.num_adapters:
             io.bind_cpu_input("coeffs", coeffs.float().contiguous().numpy())
         io.bind_cpu_input("seqlens_k", seqlens)
         io.bind_cpu_input("total_seq_len", np.array(length, np.int32))
@@ -266,12 +276,11 @@ class OrtDecoder:
         """The session's binding of the cache slots [lo, lo + batch) as past and present state, kept per
         slot range of the last cache used (binding 2 x layers buffers costs ~0.4 ms a call)."""
         owner = (tuple(kv.data_ptr() for kv in cache), cache[0].shape)
-        key = (owner, lo, batch)
-        if self._bindings.get("owner") != owner:
-            self._bindings = {"owner": owner}
-        io = self._bindings.get(key)
+        if owner != self._owner:
+            self._owner, self._bindings = owner, {}
+        io = self._bindings.get((lo, batch))
         if io is None:
-            io = self._bindings[key] = self.session.io_binding()
+            io = self._bindings[lo, batch] = self.session.io_binding()
             shape = (batch, self.kv_heads, cache[0].shape[3], self.head_dim)
             for i, kv in enumerate(cache):
                 for j, part in enumerate(("key", "value")):
