@@ -150,6 +150,33 @@ def drive(url: str, bodies: list[dict], clients: int) -> dict:
     }
 
 
+def in_process(lm, work, max_tokens: int, slots: int) -> dict:
+    """The served fixed-length workload straight through the engine, every request queued at once: what the
+    engine delivers with no HTTP, no clients and no event loop sharing the cores (the served runs' ceiling).
+    ``little_s`` is the mean latency a closed loop of ``slots`` clients would see at that rate (Little's law:
+    clients x tokens per request / tok/s), under any first-come-first-served order."""
+    from lerplm.engine import SamplingParams, Sequence
+
+    ids = lm.prompt_ids([p for p, _ in work])
+    coeffs = lm.coefficients([{"levels": levels} for _, levels in work]).tolist()
+    params = SamplingParams(max_tokens, 0.8, 0.95)
+    engine = lm.engine(max_batch=slots, max_len=1024)
+    engine.eos = set()  # fixed lengths, as ignore_eos
+    engine.run([Sequence(ids[0], coeffs[0], params, 0)])  # warm-up
+    t0 = time.perf_counter()
+    seqs = engine.run([Sequence(i, c, params, n) for n, (i, c) in enumerate(zip(ids, coeffs))])
+    wall = time.perf_counter() - t0
+    tokens = sum(len(s.tokens) for s in seqs)
+    return {
+        "clients": slots,
+        "requests": len(work),
+        "tokens": tokens,
+        "wall_s": wall,
+        "tok_s": tokens / wall,
+        "little_s": slots * max_tokens / (tokens / wall),
+    }
+
+
 def bodies_for(kind: str, work, lm, max_tokens: int, bare: bool = False, fixed: bool = False) -> list[dict]:
     from lerplm.export import llama_lora_field
 
@@ -185,7 +212,7 @@ def main() -> None:
     import lerplm
     from lerplm.export import export_gguf
 
-    lm = lerplm.load(args.anchors)
+    lm = lerplm.load(args.anchors, quantize=args.quantize)
     names = lm.anchors.names
     tmp = Path(tempfile.mkdtemp())
     manifest = export_gguf(lm, tmp / "gguf")
@@ -261,6 +288,16 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    if args.only in (None, "lerplm"):
+        for clients, tokens, work in scenarios("lerplm"):
+            if clients > 1:
+                r = in_process(lm, work, tokens, clients) | {"server": "lerplm engine in-process", "length": "fixed"}
+                results["runs"].append(r | {"max_tokens": tokens, "adapters": "mixed"})
+                print(
+                    f"in-process engine, fixed, {clients} slots, tokens={tokens}: {r['tok_s']:.1f} tok/s "
+                    f"(closed-loop mean latency at that rate {r['little_s']:.2f} s)",
+                    flush=True,
+                )
     print("wrote", save("peers", results))
 
 

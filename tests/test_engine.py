@@ -213,7 +213,7 @@ def test_quantised_chunks_and_scattered_rows_equal_whole_runs(lm, quantized):
     assert torch.allclose(step(second, chunked)[0], want, atol=1e-5)
     assert all(torch.allclose(a[:, :, :, :12], b[:, :, :, :12], atol=1e-5) for a, b in zip(whole, chunked))
 
-    def decode(slots: list[int], rows: list[int], cache) -> torch.Tensor:
+    def decode(slots: list[int], rows: list[int], cache, order: list[int] | None = None) -> torch.Tensor:
         n = len(rows)
         plan = StepPlan(
             tokens=ids[rows, 12],
@@ -224,7 +224,7 @@ def test_quantised_chunks_and_scattered_rows_equal_whole_runs(lm, quantized):
             decode_slots=slots,
             decode_len=13,
             prefill=[],
-            logit_index=torch.arange(n),
+            logit_index=torch.tensor(order) if order else torch.arange(n),
         )
         return step(plan, cache)
 
@@ -238,6 +238,8 @@ def test_quantised_chunks_and_scattered_rows_equal_whole_runs(lm, quantized):
         step(prefill_plan(ids[row : row + 1, :12], c[row : row + 1, :12], [slot]), cache)
     together = decode([3, 0], [0, 1], cache)  # slot order differs from slot numbers; slots 1 and 2 are dummies
     assert torch.allclose(together, torch.stack(alone), atol=1e-4)
+    # logits asked for in another order than the rows' (rewriting position 12 with the same tokens)
+    assert torch.allclose(decode([3, 0], [0, 1], cache, order=[1, 0]), together.flip(0), atol=1e-5)
 
 
 def test_quantised_engine_rows_do_not_depend_on_their_batch(lm, quantized):
@@ -250,6 +252,22 @@ def test_quantised_engine_rows_do_not_depend_on_their_batch(lm, quantized):
     eng.eos = set()
     assert [s.tokens for s in eng.run(_seqs(qlm, lengths, temperature=0))] == alone
     assert max(eng.stats.batch_sizes) == 3
+
+
+def test_engine_samples_on_the_threads_its_step_asks_for(lm, quantized, monkeypatch):
+    """The ONNX Runtime step asks for one torch thread while sampling (its workers still spin on the other
+    cores); the caller's setting is back after each step, and the draws are those of any thread count."""
+    import lerplm.engine.scheduler as scheduler
+
+    _, qlm = quantized
+    seen, real = [], scheduler.sample
+    monkeypatch.setattr(scheduler, "sample", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    before = torch.get_num_threads()
+    seqs = qlm.engine(max_len=128, max_batch=2).run(_seqs(qlm, [9, 3], temperature=0.9))
+    assert set(seen) == {qlm.step_model.sampling_threads} == {1} and torch.get_num_threads() == before
+    monkeypatch.setattr(qlm.step_model, "sampling_threads", None)  # sample on the caller's threads
+    again = qlm.engine(max_len=128, max_batch=2).run(_seqs(qlm, [9, 3], temperature=0.9))
+    assert [s.tokens for s in again] == [s.tokens for s in seqs] and seen[-1] == before
 
 
 def test_int4_blocks_reproduce_a_q4_1_grid_exactly():
@@ -306,6 +324,38 @@ def test_sampler_rows_are_independent_of_their_batch():
     u = uniforms(torch.arange(1000) * 7919, torch.arange(1000))
     assert torch.equal(u, uniforms(torch.arange(1000) * 7919, torch.arange(1000)))
     assert len(set(u.tolist())) == 1000 and 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.03
+
+
+def _full_sort_draw(logits, temperature, top_p, top_k, u):
+    """Top-k / top-p by sorting the whole vocabulary, one row: the reference the capped sampler must equal."""
+    probs, idx = torch.sort(torch.softmax(logits / temperature, -1), descending=True)
+    probs = probs.double()
+    if top_k:
+        probs = torch.where(torch.arange(len(probs)) < top_k, probs, 0.0)
+        probs = probs / probs.sum()
+    probs = probs * ((probs.cumsum(0) - probs) <= top_p)
+    cdf = probs.cumsum(0)
+    return int(idx[torch.searchsorted(cdf, u * cdf[-1], right=True).clamp(max=len(cdf) - 1)])
+
+
+def test_top_p_on_a_large_vocabulary_equals_a_full_sort():
+    # peaked rows (a few hundred tokens hold the nucleus) beside flat ones (no floor holds it: the whole vocabulary)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 20000, generator=g) * torch.tensor([8.0, 8.0, 6.0, 4.0, 1.0, 0.3, 8.0, 3.0])[:, None]
+    lists = (
+        [0.8, 1.0, 0.7, 1.2, 1.0, 1.0, 0.0, 0.9],
+        [0.95, 0.9, 0.5, 0.99, 0.95, 0.9, 0.95, 1.0],
+        [0, 0, 0, 0, 0, 0, 0, 40],
+        list(range(8)),
+        [3] * 8,
+    )
+    for step in range(20):
+        params = BatchParams.from_lists(*lists[:4], [step] * 8)
+        got = sample(logits, params)[0].tolist()
+        u = uniforms(params.seeds, params.steps)
+        for i, (t, tp, tk) in enumerate(zip(*lists[:3])):
+            want = int(logits[i].argmax()) if t == 0 else _full_sort_draw(logits[i], t, tp, tk, u[i])
+            assert got[i] == want, (step, i)
 
 
 def test_sampler_reports_log_probabilities():

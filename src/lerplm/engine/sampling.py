@@ -101,36 +101,39 @@ def _draw(logits: torch.Tensor, p: BatchParams) -> torch.Tensor:
     vocab = logits.shape[-1]
     temp = torch.where(p.temperature > 0, p.temperature, torch.ones_like(p.temperature)).to(logits.dtype)
     scaled = logits / temp[:, None]
+    probs = torch.softmax(scaled, -1)
     u = uniforms(p.seeds, p.steps)
     filtered = (p.top_k > 0) | (p.top_p < 1)
     tokens = None
     if p.any_full:  # rows that sample the whole distribution, in vocabulary order
-        cdf = torch.softmax(scaled, -1).double().cumsum(-1)
-        idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=vocab - 1)
-        tokens = idx
+        cdf = probs.double().cumsum(-1)
+        tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=vocab - 1)
     if p.any_filtered:
         top = None
         kmax = p.max_top_k if p.max_top_k >= 0 else int(p.top_k.max())
         for cap in [*(c for c in TOPK_CAPS if c > kmax), vocab]:
-            top = _filtered_draw(scaled, p, u, min(cap, vocab))
+            top = _filtered_draw(scaled, probs, p, u, min(cap, vocab))
             if top is not None:  # else the top tokens hold less than some row's top_p: look wider
                 break
         tokens = top if tokens is None else torch.where(filtered, top, tokens)
     return tokens
 
 
-def _filtered_draw(scaled: torch.Tensor, p: BatchParams, u: torch.Tensor, cap: int) -> torch.Tensor | None:
-    """Top-k / top-p draw among the ``cap`` most likely tokens; None if they cannot decide top-p."""
-    vals, idx = torch.topk(scaled, cap, dim=-1)  # sorted, descending
-    probs = torch.exp(vals - torch.logsumexp(scaled, -1, keepdim=True)).double()
-    rank = torch.arange(cap, device=scaled.device)
+def _filtered_draw(
+    scaled: torch.Tensor, full: torch.Tensor, p: BatchParams, u: torch.Tensor, cap: int
+) -> torch.Tensor | None:
+    """Top-k / top-p draw among the ``cap`` most likely tokens (``scaled`` logits, ``full`` their probabilities);
+    None if they do not hold some row's nucleus."""
+    idx = torch.topk(scaled, cap, dim=-1).indices  # sorted, descending (faster on logits than on probabilities)
+    probs = full.gather(1, idx).double()
+    rank = torch.arange(cap, device=probs.device)
     keep_k = torch.where(p.top_k[:, None] > 0, rank[None] < p.top_k[:, None], torch.ones_like(probs, dtype=torch.bool))
     probs = probs * keep_k
     probs = torch.where(p.top_k[:, None] > 0, probs / probs.sum(-1, keepdim=True), probs)  # renormalise top-k
     cum = probs.cumsum(-1)
     top_p = p.top_p.double()[:, None]
     needs_p = p.top_p < 1
-    if cap < scaled.shape[-1] and bool((needs_p & (cum[:, -1] < p.top_p.double()) & (p.top_k == 0)).any()):
+    if cap < full.shape[-1] and bool((needs_p & (cum[:, -1] < p.top_p.double()) & (p.top_k == 0)).any()):
         return None  # the one read-back a step may need: whether the top tokens hold every row's nucleus
     keep_p = (cum - probs) <= top_p  # the smallest prefix whose mass reaches top_p
     probs = probs * keep_p

@@ -10,6 +10,7 @@ steps, or a function of the token index) and their own random stream.
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import threading
@@ -23,6 +24,20 @@ from .decoder import StepPlan
 from .sampling import BatchParams, sample
 
 EventFn = Callable[["Sequence", "int | None", "str | None"], None]
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """torch's intra-op threads for the calling thread set to ``n`` (None: unchanged) for the block."""
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class QueueFull(Exception):
@@ -285,7 +300,8 @@ class Engine:
         if early and self.eos:
             logits[torch.tensor(early, device=dev)[:, None], torch.tensor(sorted(self.eos), device=dev)] = float("-inf")
         want = [i for i, s in enumerate(rows) if s.logprobs is not None]
-        tokens, logprobs = sample(logits, p, bool(want))
+        with _torch_threads(getattr(self.model, "sampling_threads", None)):
+            tokens, logprobs = sample(logits, p, bool(want))
         tokens = tokens.tolist()  # the step's one host synchronisation
         for i in want:
             s, lp = rows[i], logprobs[i]
