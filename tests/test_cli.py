@@ -185,6 +185,21 @@ def test_sweep_report_rescore_and_calibrate_from_the_cli(anchor_dir, tmp_path):
     assert rows["prompt_fit"].notna().all()  # the prompt-swap test: own prompt against the next one
     r = run(*sweep, "--out", tmp_path / "run", "--max-new-tokens", 4)
     assert_user_error(r, "holds a sweep with other settings")
+    r = run(
+        *sweep,
+        "--out",
+        tmp_path / "run",
+        "--quantize",
+        "int8",
+        "--config",
+        tmp_path / "c.toml",
+        "--heldout-per-endpoint",
+        2,
+    )
+    assert_user_error(r, "other settings (quantize)")
+    r = run(*sweep[:9], "--grid", "base", "--max-new-tokens", 3, "--quantize", "int8", "--out", tmp_path / "q")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "q" / "sweep.json").read_text())["quantize"] == "int8"
 
     r = run("report", tmp_path / "run")
     assert r.exit_code == 0, r.output

@@ -16,6 +16,7 @@ from ..cli_common import (
     NewOut,
     Only,
     Prompts,
+    Quantize,
     Rows,
     RunOut,
     Scorers,
@@ -81,6 +82,7 @@ def sweep(
     batch_rows: Rows = 64,
     config: Annotated[Path | None, opt(help="Training config: its test files give held-out perplexity.")] = None,
     heldout_per_endpoint: Annotated[int, opt(min=0, help="Held-out texts per endpoint.")] = 10,
+    quantize: Quantize = "fp32",
 ) -> None:
     """Generate over a grid of mixes, score every generation on every attribute, write tidy rows."""
     _require_eval()
@@ -101,6 +103,7 @@ def sweep(
         batch_rows,
         config,
         heldout_per_endpoint,
+        quantize,
     )
     typer.echo(f"wrote {len(df)} rows for {points} grid points to {out}; next: lerplm report {out}")
 

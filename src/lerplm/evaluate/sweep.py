@@ -94,6 +94,7 @@ def run_sweep(
             "params": asdict(params),
             "heldout_texts": len(heldout),
             "seeding": SEEDING,
+            **({"quantize": lm.quantize} if lm.quantize != "fp32" else {}),  # fp32 runs keep their old settings
         },
     )
     (out / POINTS_DIR).mkdir(exist_ok=True)
@@ -200,9 +201,11 @@ def sweep(
     batch_rows: int = 64,
     config: str | Path | None = None,
     heldout_per_endpoint: int = 10,
+    quantize: str = "fp32",
 ) -> tuple[pd.DataFrame, int]:
-    """run_sweep from paths and grid specs (e.g. "single:all"); held-out perplexity on ``config``'s test files.
-    Returns the rows and the number of grid points."""
+    """run_sweep from paths and grid specs (e.g. "single:all"); held-out perplexity on ``config``'s test files;
+    ``quantize`` sets the generation step's base weights (likelihoods stay exact). Returns the rows and the
+    number of grid points."""
     from ..anchors import AnchorSet
     from ..config import load_config
     from ..data import heldout_sample
@@ -212,5 +215,6 @@ def sweep(
     points = [p for g in grids for p in parse_grid(g, names, levels)]
     scorer_set = ScorerSet.load(scorers)
     heldout = heldout_sample(load_config(config), heldout_per_endpoint) if config else []
-    df = run_sweep(LerpModel.load(anchors), scorer_set, points, prompts, out, n, params, batch_rows, heldout)
+    lm = LerpModel.load(anchors, quantize=quantize)
+    df = run_sweep(lm, scorer_set, points, prompts, out, n, params, batch_rows, heldout)
     return df, len(points)
