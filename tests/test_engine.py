@@ -240,6 +240,7 @@ def test_quantised_chunks_and_scattered_rows_equal_whole_runs(lm, quantized):
     assert torch.allclose(together, torch.stack(alone), atol=1e-4)
     # logits asked for in another order than the rows' (rewriting position 12 with the same tokens)
     assert torch.allclose(decode([3, 0], [0, 1], cache, order=[1, 0]), together.flip(0), atol=1e-5)
+    assert torch.allclose(decode([3, 0], [0, 1], cache, order=[1, 1, 0]), together[[1, 1, 0]], atol=1e-5)
 
 
 def test_quantised_engine_rows_do_not_depend_on_their_batch(lm, quantized):

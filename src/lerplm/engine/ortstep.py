@@ -261,6 +261,9 @@ class OrtDecoder:
             chunk, local = coeffs[None, offset : offset + n], np.array(flats) - offset
             self._run(cache, slot, ids, seqlens, chunk, local, out, [where.get(f, -1) for f in flats])
             offset += n
+        for j, flat in enumerate(wanted):  # a token asked for twice: its later row was written
+            if where[flat] != j:
+                out[j] = out[where[flat]]
         return out
 
     def _run(self, cache, lo: int, ids, seqlens, coeffs: torch.Tensor, rows, out: torch.Tensor, to: list[int]) -> None:
