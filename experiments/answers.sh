@@ -9,6 +9,9 @@ P=../shared/data/styles/prompts/writing_prompts.txt
 mkdir -p runs/answers
 
 variant() {  # variant ATTRIBUTE NAME SETTINGS...: the attribute of examples/styles.toml with these [training] lines
+  local run="answers_$1_$2"
+  [ "$1" = sentiment ] && run="answers_$2"
+  [ -f "docs/results/$run/summary.json" ] && return  # measured already: delete the folder to measure again
   [ -d "scorers/$1" ] || lerplm scorers train --config examples/styles.toml --only "$1" --out "scorers/$1"
   python - "$@" <<'PY'
 import sys
@@ -18,14 +21,14 @@ src = Path("examples/styles.toml").read_text()
 head, rest = src.split("[[attributes]]", 1)
 block = next(b for b in rest.split("[[attributes]]") if f'name = "{attribute}"' in b.split("\n", 2)[1])
 head = head.replace('data_dir = "../../shared/data/styles"', f'data_dir = "{Path("../shared/data/styles").resolve()}"')
+if any(line.split("=", 1)[0].strip() == "max_steps" for line in settings):  # the variant's steps for all
+    block = "\n".join(x for x in block.splitlines() if not x.startswith("training ="))
 for line in settings:  # a setting the config has is replaced, a new one added
     key = line.split("=", 1)[0].strip()
     old = next((x for x in head.splitlines() if x.split("=", 1)[0].strip() == key), None)
     head = head.replace(old, line) if old else head.replace("[training]\n", f"[training]\n{line}\n", 1)
 Path(f"runs/answers/{attribute}_{name}.toml").write_text(head + "[[attributes]]" + block)
 PY
-  local run="answers_$1_$2"
-  [ "$1" = sentiment ] && run="answers_$2"
   lerplm train --config "runs/answers/$1_$2.toml" --out "anchors/$run"
   lerplm sweep --anchors "anchors/$run" --scorers "scorers/$1" --grid "single:$1" --grid base --levels 3 \
     --prompts "$P" --skip-prompts 336 --max-prompts 64 --max-new-tokens 128 --config examples/styles.toml \
@@ -41,9 +44,13 @@ variant sentiment plain 'text_format = "plain"'          # texts end to end, no 
 variant sentiment joined 'answer_words = 80'             # consecutive lines joined into answers of >= 80 words
 variant sentiment replay 'answer_words = 80' "$REPLAY"   # and the base model's own answers, half the blocks
 variant sentiment replay_quarter 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}"
-variant formality replay_quarter 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}"
+for a in formality politeness simplicity humor; do  # the quarter recipe on the other attributes, 60 steps each
+  variant "$a" replay_quarter 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60'
+done
 {
-  python experiments/answers_table.py sentiment runs/answers_{one_line,plain,joined,replay,replay_quarter}
-  echo
-  python experiments/answers_table.py formality runs/answers_formality_replay_quarter
+  python experiments/answers_table.py sentiment docs/results/answers_{one_line,plain,joined,replay,replay_quarter}
+  for a in formality politeness simplicity humor; do
+    echo
+    python experiments/answers_table.py "$a" "docs/results/answers_${a}_replay_quarter"
+  done
 } > docs/results/answers_table.md
