@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Which training recipe keeps the base model's answers while the anchors move the style? Anchors of
-# examples/styles.toml trained with several recipes (60 steps, ~9 min per pair on 2 CPU cores), each swept on 64
-# held-out prompts (from line 336) at levels 0 / 0.5 / 1 beside the base model alone, 128 new tokens. The table goes
-# to docs/results/answers_table.md (discussed in docs/results/README.md), reports and generations to answers_*/.
+# examples/styles.toml trained with several recipes (60 steps unless set, ~9 min per pair on 2 CPU cores), each
+# swept on 64 held-out prompts (from line 336) at levels 0 / 0.5 / 1 beside the base model alone, 128 new tokens.
+# A variant already in docs/results is not run again. The table goes to docs/results/answers_table.md (discussed in
+# docs/results/README.md), reports and generations to docs/results/answers_*/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=../shared/data/styles/prompts/writing_prompts.txt
@@ -47,10 +48,19 @@ variant sentiment replay_quarter 'answer_words = 80' "${REPLAY/share = 0.5/share
 for a in formality politeness simplicity humor; do  # the quarter recipe on the other attributes, 60 steps each
   variant "$a" replay_quarter 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60'
 done
+# politeness learns slowly: twice the steps at three times the learning rate
+variant politeness replay_quarter_fast 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 120' \
+  'learning_rate = 1.5e-3'
+# humor's texts are one-line jokes: answers joined from twice as many words
+variant humor replay_quarter_long 'answer_words = 160' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60'
 {
   python experiments/answers_table.py sentiment docs/results/answers_{one_line,plain,joined,replay,replay_quarter}
   for a in formality politeness simplicity humor; do
     echo
     python experiments/answers_table.py "$a" "docs/results/answers_${a}_replay_quarter"
   done
+  echo
+  python experiments/answers_table.py politeness docs/results/answers_politeness_replay_quarter_fast
+  echo
+  python experiments/answers_table.py humor docs/results/answers_humor_replay_quarter_long
 } > docs/results/answers_table.md

@@ -28,7 +28,8 @@ EventFn = Callable[["Sequence", "int | None", "str | None"], None]
 
 @contextlib.contextmanager
 def _torch_threads(n: int | None):
-    """torch's intra-op threads for the calling thread set to ``n`` (None: unchanged) for the block."""
+    """torch's intra-op threads set to ``n`` (None: unchanged) for the block; with torch's OpenMP builds (the
+    PyPI wheels) the setting is the calling thread's own, so other threads keep theirs."""
     if n is None or n == torch.get_num_threads():
         yield
         return
