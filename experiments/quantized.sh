@@ -3,8 +3,8 @@
 # 0 and 1 beside the base model, 128 held-out prompts (from line 336), 64 new tokens, with the generation step on
 # fp32 (exact), int8 and int4 base weights, the same prompts and random streams; scores, fluency and prompt fit are
 # computed the same way for all three (exact likelihoods). Two levels on many prompts: with 32 prompts the ranges'
-# 95% intervals are ±0.15, as wide as the ranges themselves. The table goes to docs/results/quantized_table.md, the runs to
-# docs/results/quantized_*/ (report, summary, generations).
+# 95% intervals are ±0.15, as wide as the ranges themselves. The table goes to docs/results/quantized_table.md,
+# the runs to docs/results/quantized_*/ (report, summary, generations).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=../shared/data/styles/prompts/writing_prompts.txt
@@ -13,8 +13,9 @@ P=../shared/data/styles/prompts/writing_prompts.txt
 for q in fp32 int8 int4; do
   run="quantized_$q"
   if [ ! -f "docs/results/$run/summary.json" ]; then
-    lerplm sweep --anchors anchors/quickstart --scorers scorers/quickstart --grid single:sentiment --grid base --levels 2 \
-      --prompts "$P" --skip-prompts 336 --max-prompts 128 --max-new-tokens 64 --quantize "$q" --out "runs/$run"
+    lerplm sweep --anchors anchors/quickstart --scorers scorers/quickstart --grid single:sentiment --grid base \
+      --levels 2 --prompts "$P" --skip-prompts 336 --max-prompts 128 --max-new-tokens 64 --quantize "$q" \
+      --out "runs/$run"
     lerplm report "runs/$run" --title "quick-start anchors, generation step in $q"
     mkdir -p "docs/results/$run"
     cp runs/"$run"/{report.md,summary.json,generations.csv.gz,*.png} "docs/results/$run/"
