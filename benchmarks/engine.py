@@ -46,9 +46,14 @@ def timed_run(lm, step_model, seqs) -> tuple[float, float]:
     return first - t0, decoded / (end - first)
 
 
-def best(fn, repeat: int) -> tuple[float, float]:
-    runs = [fn() for _ in range(repeat)]
-    return min(r[0] for r in runs), max(r[1] for r in runs)
+def interleaved(fns: list, repeat: int) -> list[tuple[float, float]]:
+    """(best time to first token, best tok/s) of each fn, its runs interleaved with the others' so that
+    the machine's drift over a run falls on all of them alike."""
+    runs = [[] for _ in fns]
+    for _ in range(repeat):
+        for out, fn in zip(runs, fns):
+            out.append(fn())
+    return [(min(r[0] for r in out), max(r[1] for r in out)) for out in runs]
 
 
 def teacher_forced(model, ids: list[int], start: int, coeffs: list[float]) -> torch.Tensor:
@@ -108,7 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--anchors", required=True)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--schemes", nargs="+", default=["fp32", "int8", "int4"])
     ap.add_argument("--quality-prompts", type=int, default=16)
     args = ap.parse_args()
@@ -137,12 +142,12 @@ def main() -> None:
             r = random.Random(i)
             return lerplm.Mix({names[0]: r.random(), names[-1]: r.random()}).coefficients(names)
 
-        base_ttft, base_tps = best(one(bare, []), args.repeat)
-        ttft, tps = best(one(mixed, mix), args.repeat)
-        _, live_tps = best(one(mixed, mix, live), args.repeat)
+        (base_ttft, base_tps), (ttft, tps), (_, live_tps) = interleaved(
+            [one(bare, []), one(mixed, mix), one(mixed, mix, live)], args.repeat
+        )
         batch = [Sequence(ids, live(i), params, i) for i in range(16)]
-        _, batch_tps = best(
-            lambda: timed_run(lm, mixed, [Sequence(s.prompt_ids, s.coeffs, params, s.seed) for s in batch]), 1
+        ((_, batch_tps),) = interleaved(
+            [lambda: timed_run(lm, mixed, [Sequence(s.prompt_ids, s.coeffs, params, s.seed) for s in batch])], 1
         )
         row = {
             "base_ttft_s": base_ttft,
