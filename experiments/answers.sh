@@ -54,6 +54,9 @@ variant politeness replay_quarter_fast 'answer_words = 80' "${REPLAY/share = 0.5
 variant politeness replay_quarter_short 'answer_words = 40' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60'
 # humor's texts are one-line jokes: answers joined from twice as many words
 variant humor replay_quarter_long 'answer_words = 160' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60'
+# less replay, more style: a tenth of the blocks replayed
+variant politeness replay_tenth_short 'answer_words = 40' "${REPLAY/share = 0.5/share = 0.1}" 'max_steps = 60'
+variant simplicity replay_tenth 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.1}" 'max_steps = 60'
 {
   python experiments/answers_table.py sentiment docs/results/answers_{one_line,plain,joined,replay,replay_quarter}
   for a in formality politeness simplicity humor; do
@@ -61,7 +64,9 @@ variant humor replay_quarter_long 'answer_words = 160' "${REPLAY/share = 0.5/sha
     python experiments/answers_table.py "$a" "docs/results/answers_${a}_replay_quarter"
   done
   echo
-  python experiments/answers_table.py politeness docs/results/answers_politeness_replay_quarter_{fast,short}
+  python experiments/answers_table.py politeness docs/results/answers_politeness_replay_{quarter_fast,quarter_short,tenth_short}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_replay_quarter_long
+  echo
+  python experiments/answers_table.py simplicity docs/results/answers_simplicity_replay_tenth
 } > docs/results/answers_table.md

@@ -1,0 +1,47 @@
+"""Show what the anchors write: for a few held-out prompts, the base model's answer beside each attribute's
+answers at its levels, read from the generations that sweeps commit (`generations.csv.gz`, made with
+`--grid base` and one attribute's single grid). Prints Markdown.
+
+python experiments/answer_examples.py --prompts 3 sentiment=docs/results/answers_replay_quarter \
+    formality=docs/results/answers_formality_replay_quarter
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+
+def cell(text: str) -> str:
+    """One answer as a Markdown table cell: its lines kept as line breaks."""
+    return str(text).strip().replace("|", "\\|").replace("\n", "<br>")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="ATTRIBUTE=RUN_DIR, one per attribute")
+    ap.add_argument("--prompts", type=int, default=3, help="the first N prompts the runs share")
+    args = ap.parse_args()
+    runs = {}
+    for spec in args.runs:
+        attribute, _, run = spec.partition("=")
+        if not run:
+            ap.error(f"{spec!r}: expected ATTRIBUTE=RUN_DIR")
+        frame = pd.read_csv(Path(run) / "generations.csv.gz")
+        runs[attribute] = (run, frame[frame["sample"] == 0])
+    first = next(iter(runs.values()))[1]
+    shared = [p for p in dict.fromkeys(first["prompt"]) if all(p in f["prompt"].values for _, f in runs.values())]
+    for prompt in shared[: args.prompts]:
+        base = first[(first["prompt"] == prompt) & (first["point"] == "base")]["text"].iloc[0]
+        print(f"### {cell(prompt)}\n\n| answer | text |\n|---|---|\n| base model alone | {cell(base)} |")
+        for attribute, (run, frame) in runs.items():
+            rows = frame[(frame["prompt"] == prompt) & (frame["point"] != "base")]
+            for _, row in rows.sort_values(f"level_{attribute}").iterrows():
+                print(f"| {attribute} = {row[f'level_{attribute}']:g} (`{run}`) | {cell(row['text'])} |")
+        print()
+
+
+if __name__ == "__main__":
+    main()
