@@ -3,7 +3,8 @@
 # examples/styles.toml trained with several recipes (60 steps unless set, ~9 min per pair on 2 CPU cores), each
 # swept on 64 held-out prompts (from line 336) at levels 0 / 0.5 / 1 beside the base model alone, 128 new tokens.
 # A variant already in docs/results is not run again. The table goes to docs/results/answers_table.md (discussed in
-# docs/results/README.md), reports and generations to docs/results/answers_*/.
+# docs/results/README.md), reports and generations to docs/results/answers_*/, example answers to
+# docs/results/answer_examples.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=../shared/data/styles/prompts/writing_prompts.txt
@@ -64,9 +65,23 @@ variant simplicity replay_tenth 'answer_words = 80' "${REPLAY/share = 0.5/share 
     python experiments/answers_table.py "$a" "docs/results/answers_${a}_replay_quarter"
   done
   echo
-  python experiments/answers_table.py politeness docs/results/answers_politeness_replay_{quarter_fast,quarter_short,tenth_short}
+  python experiments/answers_table.py politeness \
+    docs/results/answers_politeness_replay_{quarter_fast,quarter_short,tenth_short}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_replay_quarter_long
   echo
   python experiments/answers_table.py simplicity docs/results/answers_simplicity_replay_tenth
 } > docs/results/answers_table.md
+R=docs/results  # three prompts' answers at each level, one run per attribute
+{
+  echo "# Answers at each level beside the base model's"
+  echo
+  echo "Three held-out writing prompts (line 337 on of the bundled prompts), 128 new tokens, seed 0 for every"
+  echo "answer; each attribute's anchors from its run of \`experiments/answers.sh\` (recipe in"
+  echo "[README.md](README.md#answers-length-and-task-following-by-training-recipe)). Made by" \
+    "\`experiments/answers.sh\`."
+  echo
+  python experiments/answer_examples.py --prompts 3 sentiment=$R/answers_replay_quarter \
+    formality=$R/answers_formality_replay_quarter politeness=$R/answers_politeness_replay_quarter_short \
+    simplicity=$R/answers_simplicity_replay_quarter humor=$R/answers_humor_replay_quarter
+} > docs/results/answer_examples.md
