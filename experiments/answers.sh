@@ -58,6 +58,10 @@ variant humor replay_quarter_long 'answer_words = 160' "${REPLAY/share = 0.5/sha
 # less replay, more style: a tenth of the blocks replayed
 variant politeness replay_tenth_short 'answer_words = 40' "${REPLAY/share = 0.5/share = 0.1}" 'max_steps = 60'
 variant simplicity replay_tenth 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.1}" 'max_steps = 60'
+# style answers under the writing prompts instead of one fixed "Write a short text."
+INSTRUCTIONS='instructions = { prompts = "prompts/writing_prompts.txt", first = 80 }'
+variant politeness replay_quarter_short_instructed 'answer_words = 40' "${REPLAY/share = 0.5/share = 0.25}" \
+  "$INSTRUCTIONS" 'max_steps = 60'
 {
   python experiments/answers_table.py sentiment docs/results/answers_{one_line,plain,joined,replay,replay_quarter}
   for a in formality politeness simplicity humor; do
@@ -66,7 +70,7 @@ variant simplicity replay_tenth 'answer_words = 80' "${REPLAY/share = 0.5/share 
   done
   echo
   python experiments/answers_table.py politeness \
-    docs/results/answers_politeness_replay_{quarter_fast,quarter_short,tenth_short}
+    docs/results/answers_politeness_replay_{quarter_fast,quarter_short,tenth_short,quarter_short_instructed}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_replay_quarter_long
   echo
