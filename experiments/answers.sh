@@ -58,10 +58,21 @@ variant humor replay_quarter_long 'answer_words = 160' "${REPLAY/share = 0.5/sha
 # less replay, more style: a tenth of the blocks replayed
 variant politeness replay_tenth_short 'answer_words = 40' "${REPLAY/share = 0.5/share = 0.1}" 'max_steps = 60'
 variant simplicity replay_tenth 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.1}" 'max_steps = 60'
-# style answers under the writing prompts instead of one fixed "Write a short text."
-INSTRUCTIONS='instructions = { prompts = "prompts/writing_prompts.txt", first = 80 }'
-variant politeness replay_quarter_short_instructed 'answer_words = 40' "${REPLAY/share = 0.5/share = 0.25}" \
-  "$INSTRUCTIONS" 'max_steps = 60'
+# more steps: simplicity at the 360 steps of examples/styles.toml
+variant simplicity replay_quarter_360 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 360'
+
+trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
+  local out="$1_trained_request"
+  [ -f "docs/results/$out/summary.json" ] && return
+  python -c "from lerplm.config import load_config; print(load_config('examples/styles.toml').training.chat_prompt)" \
+    > runs/answers/trained_request.txt
+  lerplm sweep --anchors "anchors/$1" --scorers "scorers/$2" --grid "single:$2" --grid base --levels 2 --n 32 \
+    --prompts runs/answers/trained_request.txt --max-new-tokens 128 --out "runs/$out"
+  lerplm report "runs/$out" --title "$2 anchors of $1 under their training request, 32 samples"
+  mkdir -p "docs/results/$out"
+  cp runs/"$out"/{report.md,summary.json,generations.csv.gz,*.png} "docs/results/$out/"
+}
+trained_request answers_simplicity_replay_quarter_360 simplicity  # does the style live on under that request?
 {
   python experiments/answers_table.py sentiment docs/results/answers_{one_line,plain,joined,replay,replay_quarter}
   for a in formality politeness simplicity humor; do
@@ -70,11 +81,11 @@ variant politeness replay_quarter_short_instructed 'answer_words = 40' "${REPLAY
   done
   echo
   python experiments/answers_table.py politeness \
-    docs/results/answers_politeness_replay_{quarter_fast,quarter_short,tenth_short,quarter_short_instructed}
+    docs/results/answers_politeness_replay_{quarter_fast,quarter_short,tenth_short}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_replay_quarter_long
   echo
-  python experiments/answers_table.py simplicity docs/results/answers_simplicity_replay_tenth
+  python experiments/answers_table.py simplicity docs/results/answers_simplicity_replay_{tenth,quarter_360}
 } > docs/results/answers_table.md
 R=docs/results  # three prompts' answers at each level, one run per attribute
 {

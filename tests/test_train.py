@@ -343,21 +343,5 @@ def test_replay_mixes_the_base_models_own_answers_into_training(tmp_path, base_d
     train_anchors(cfg, tmp_path / "anchors", log=lambda s: None)
     summary = json.loads((tmp_path / "anchors" / "sentiment.negative" / "lerplm_training.json").read_text())
     assert summary["settings"]["replay"]["first"] == 4 and summary["replayed_blocks"] > 0
-
-
-def test_instructions_put_each_style_answer_under_one_of_them(tmp_path, base_dir):
-    from lerplm.data import build_blocks
-    from lerplm.models import ModelRef, load_tokenizer
-    from lerplm.train import training_blocks
-
-    extra = '[training.instructions]\nprompts = "prompts/writing_prompts.txt"\nfirst = 3\n'
-    cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", extra=extra))
-    base, tok = ModelRef(str(base_dir)), load_tokenizer(ModelRef(str(base_dir)))
-    texts = read_texts(STYLES / "sentiment" / "positive.train.txt")[:8]
-    prompts = read_texts(STYLES / "prompts" / "writing_prompts.txt")[:3]
-    blocks, replayed = training_blocks(base, tok, texts, cfg)
-    assert replayed == 0
-    assert blocks == build_blocks(tok, texts, 16, prompts=[prompts[i % 3] for i in range(8)])
-    assert blocks != build_blocks(tok, texts, 16, cfg.training.chat_prompt)
-    with pytest.raises(LerpError, match="text_format"):
-        load_config(write_config(tmp_path / "plain", base_dir, extra=extra))
+    with pytest.raises(LerpError, match="text_format"):  # answers to instructions live in the chat format only
+        load_config(write_config(tmp_path / "plain", base_dir, extra=REPLAY))

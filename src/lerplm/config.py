@@ -84,18 +84,12 @@ class LoraSettings(_Strict):
         )
 
 
-class Instructions(_Strict):
-    """A file of instructions, one per line, relative to data_dir: its first N lines (the rest stay held out
-    for evaluation)."""
-
-    prompts: str
-    first: int = Field(80, gt=0)
-
-
-class ReplaySettings(Instructions):
+class ReplaySettings(_Strict):
     """The base model's own answers to instructions, mixed into an anchor's training: the anchor learns the
     style from the corpus and keeps answering instructions as the base model does."""
 
+    prompts: str  # a file of instructions, one per line, relative to data_dir
+    first: int = Field(80, gt=0)  # its first N lines (the rest stay held out for evaluation)
     share: float = Field(0.5, gt=0, lt=1)  # share of the training blocks that are replayed answers
     tokens: int = Field(128, gt=0)  # new tokens per base answer (sampled at temperature 0.8, top-p 0.95)
 
@@ -119,15 +113,12 @@ class TrainSettings(_Strict):
     # consecutive texts joined into one answer of at least this many words: anchors learn the answer length
     # they see, so one-line texts (most style corpora) teach one-line answers; None keeps one text per answer
     answer_words: int | None = Field(None, gt=0)
-    # chat: each style answer under one of these instructions (cycled) instead of chat_prompt
-    instructions: Instructions | None = None
     replay: ReplaySettings | None = None
 
     @model_validator(mode="after")
-    def _chat_only(self) -> TrainSettings:
-        used = [k for k in ("instructions", "replay") if getattr(self, k) is not None]
-        if used and self.text_format != "chat":
-            raise ValueError(f'{" and ".join(used)} need text_format = "chat" (answers to instructions)')
+    def _replay_in_chat(self) -> TrainSettings:
+        if self.replay is not None and self.text_format != "chat":
+            raise ValueError('replay needs text_format = "chat" (answers to instructions)')
         return self
 
 

@@ -47,7 +47,7 @@ def _settings(cfg: StylesConfig) -> dict:
     """What makes an anchor what it is (compared on resume); optional fields only when used, so that anchors
     trained without them still match."""
     skip = {"save_steps", "logging_steps"} | ({"text_format", "chat_prompt"} if _chat_prompt(cfg) is None else set())
-    skip |= {k for k in ("answer_words", "instructions", "replay") if getattr(cfg.training, k) is None}
+    skip |= {k for k in ("answer_words", "replay") if getattr(cfg.training, k) is None}
     return {"lora": cfg.lora.model_dump(), **cfg.training.model_dump(exclude=skip)}
 
 
@@ -92,14 +92,11 @@ def training_blocks(base: ModelRef, tok, texts: list[str], cfg: StylesConfig) ->
     """An anchor's training blocks: its texts, plus, with ``replay``, blocks of the base model's own answers to
     instructions (cycled to their share of the total). Returns the blocks and how many are replayed."""
     t = cfg.training
-    if t.instructions is None:
-        blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg))
-    else:
-        turns = read_prompts(cfg.data_root() / t.instructions.prompts, 0, t.instructions.first)
-        blocks = build_blocks(tok, texts, t.block_size, prompts=[turns[i % len(turns)] for i in range(len(texts))])
+    blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg))
     if t.replay is None:
         return blocks, 0
-    prompts = read_prompts(cfg.data_root() / t.replay.prompts, 0, t.replay.first)
+    path = cfg.data_root() / t.replay.prompts
+    prompts = read_prompts(path, 0, t.replay.first)
     answers = base_answers(base, tuple(prompts), t.replay.tokens, t.seed)
     replayed = build_blocks(tok, list(answers), t.block_size, prompts=prompts)
     n = round(t.replay.share / (1 - t.replay.share) * len(blocks))
