@@ -348,6 +348,7 @@ def test_report_on_synthetic_simplex_and_focus_rows(tmp_path):
     pd.concat([df, five, sx]).to_csv(tmp_path / "r" / "results.csv", index=False)
     text = build_report(tmp_path / "r").read_text()
     assert "focus grid, b=0.1" in text and "(simplex.png)" in text  # rows of the grid's old name read as focus
+    assert "| a | 1.000 | 0.000 | 0.000 | 1.000 ± 0.000 |" in text  # score_a is a's weight: 1 at a's vertex, slope 1
     assert (tmp_path / "r" / "simplex.png").is_file() and (tmp_path / "r" / "entanglement_focus_b0.1.png").is_file()
     with pytest.raises(LerpError, match="results.csv not found"):
         build_report(tmp_path)

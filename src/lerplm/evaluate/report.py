@@ -94,6 +94,23 @@ def _plot_simplex(df: pd.DataFrame, attrs: list[str], path: Path) -> list[str]:
     return corners
 
 
+def _simplex_table(df: pd.DataFrame, corners: list[str]) -> list[str]:
+    """Each corner attribute's mean score at each vertex (its weight 1) and the least-squares slope of its score
+    over its own weight across all points, ± 95%: how far a weight moves its attribute with the others sharing."""
+    from scipy.stats import linregress
+
+    head = [f"score at {c} = 1" for c in corners]
+    lines = ["| attribute | " + " | ".join(head) + " | slope over its weight ± 95% |", "|" + "---|" * (len(head) + 2)]
+    for a in corners:
+        if f"score_{a}" not in df:
+            continue
+        at = [df.loc[np.isclose(df[f"meta_w_{c}"], 1.0), f"score_{a}"].mean() for c in corners]
+        fit = linregress(df[f"meta_w_{a}"].astype(float), df[f"score_{a}"].astype(float))
+        cells = [f"{v:.3f}" for v in at] + [f"{fit.slope:.3f} ± {1.96 * fit.stderr:.3f}"]
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _table(df: pd.DataFrame, fmt: str = "{:.3f}") -> list[str]:
     cols = [""] + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -284,13 +301,16 @@ def build_report(
                 "",
             ]
     if "simplex" in grids:
-        corners = _plot_simplex(df[df["meta_grid"] == "simplex"], attrs, run / "simplex.png")
+        sx = df[df["meta_grid"] == "simplex"]
+        corners = _plot_simplex(sx, attrs, run / "simplex.png")
         lines += [
             "## Simplex of weights",
             "",
             f"Weights over {', '.join(corners)} (levels fixed); colour = mean score.",
             "",
             "![simplex](simplex.png)",
+            "",
+            *_simplex_table(sx, corners),
             "",
         ]
     if "single" in grids:
