@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 P=../shared/data/styles/prompts/writing_prompts.txt
 mkdir -p runs/answers
+source experiments/publish.sh
 
 variant() {  # variant ATTRIBUTE NAME SETTINGS...: the attribute of examples/styles.toml with these [training] lines
   local run="answers_$1_$2"
@@ -35,9 +36,7 @@ PY
   lerplm sweep --anchors "anchors/$run" --scorers "scorers/$1" --grid "single:$1" --grid base --levels 3 \
     --prompts "$P" --skip-prompts 336 --max-prompts 64 --max-new-tokens 128 --config examples/styles.toml \
     --heldout-per-endpoint 5 --out "runs/$run"
-  lerplm report "runs/$run" --title "$1 anchors, recipe: $2"
-  mkdir -p "docs/results/$run"
-  cp runs/"$run"/{report.md,summary.json,generations.csv.gz,*.png} "docs/results/$run/"
+  publish "$run" "$1 anchors, recipe: $2"
 }
 
 REPLAY='replay = { prompts = "prompts/writing_prompts.txt", first = 80, share = 0.5, tokens = 128 }'
@@ -68,9 +67,7 @@ trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the on
     > runs/answers/trained_request.txt
   lerplm sweep --anchors "anchors/$1" --scorers "scorers/$2" --grid "single:$2" --grid base --levels 2 --n 32 \
     --prompts runs/answers/trained_request.txt --max-new-tokens 128 --out "runs/$out"
-  lerplm report "runs/$out" --title "$2 anchors of $1 under their training request, 32 samples"
-  mkdir -p "docs/results/$out"
-  cp runs/"$out"/{report.md,summary.json,generations.csv.gz,*.png} "docs/results/$out/"
+  publish "$out" "$2 anchors of $1 under their training request, 32 samples"
 }
 trained_request answers_simplicity_replay_quarter_360 simplicity  # does the style live on under that request?
 {

@@ -21,11 +21,7 @@ needs() {  # needs [ATTRIBUTE...]: the set's anchors of these attributes (all wh
   [ -d "$SCORERS" ] || lerplm scorers train --config examples/styles.toml --out "$SCORERS"
 }
 
-publish() {  # publish RUN TITLE: the report and its generations into docs/results/RUN
-  lerplm report "runs/$1" --title "$2"
-  mkdir -p "docs/results/$1"
-  cp runs/"$1"/{report.md,summary.json,generations.csv.gz,*.png} "docs/results/$1/"
-}
+source experiments/publish.sh
 
 single() {  # 11 levels x 64 prompts (80-143); politeness and simplicity, the two narrowest, again on 64 other prompts
   needs     # (160-223, 6 levels) and pooled

@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=../shared/data/styles/prompts/writing_prompts.txt
+source experiments/publish.sh
 [ -d anchors/quickstart ] || lerplm train --config examples/quickstart.toml --out anchors/quickstart
 [ -d scorers/quickstart ] || lerplm scorers train --config examples/quickstart.toml --out scorers/quickstart
 for q in fp32 int8 int4; do
@@ -16,9 +17,7 @@ for q in fp32 int8 int4; do
     lerplm sweep --anchors anchors/quickstart --scorers scorers/quickstart --grid single:sentiment --grid base \
       --levels 2 --prompts "$P" --skip-prompts 336 --max-prompts 128 --max-new-tokens 64 --quantize "$q" \
       --out "runs/$run"
-    lerplm report "runs/$run" --title "quick-start anchors, generation step in $q"
-    mkdir -p "docs/results/$run"
-    cp runs/"$run"/{report.md,summary.json,generations.csv.gz,*.png} "docs/results/$run/"
+    publish "$run" "quick-start anchors, generation step in $q"
   fi
 done
 python experiments/quantized_table.py docs/results/quantized_{fp32,int8,int4} > docs/results/quantized_table.md

@@ -1,0 +1,6 @@
+# Sourced by the recipes in experiments/.
+publish() {  # publish RUN TITLE: runs/RUN's report (written now) and its generations into docs/results/RUN
+  lerplm report "runs/$1" --title "$2"
+  mkdir -p "docs/results/$1"
+  cp runs/"$1"/{report.md,summary.json,generations.csv.gz,*.png} "docs/results/$1/"
+}
