@@ -60,6 +60,11 @@ variant simplicity replay_tenth 'answer_words = 80' "${REPLAY/share = 0.5/share 
 # more steps: simplicity at the 360 steps of examples/styles.toml
 variant simplicity replay_quarter_360 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 360'
 
+# distilled: answers to 240 held-in prompts sampled from the base model x a one-line corpus anchor (the base
+# model's end-of-answer probability), the anchor trained on those answers
+DISTILL='distill = { prompts = "prompts/writing_prompts.txt" }'
+variant politeness distill "$DISTILL" 'max_steps = 60'
+
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
   [ -f "docs/results/$out/summary.json" ] && return
@@ -78,7 +83,7 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
   done
   echo
   python experiments/answers_table.py politeness \
-    docs/results/answers_politeness_replay_{quarter_fast,quarter_short,tenth_short}
+    docs/results/answers_politeness_replay_{quarter_fast,quarter_short,tenth_short} docs/results/answers_politeness_distill
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_replay_quarter_long
   echo

@@ -94,6 +94,16 @@ class ReplaySettings(_Strict):
     tokens: int = Field(128, gt=0)  # new tokens per base answer (sampled at temperature 0.8, top-p 0.95)
 
 
+class DistillSettings(_Strict):
+    """Anchors trained on answers to instructions guided by a corpus-trained teacher anchor (lerplm.distill):
+    the style of the corpus at the base model's answer length, answering the instruction."""
+
+    prompts: str  # a file of instructions, one per line, relative to data_dir
+    first: int = Field(240, gt=0)  # its first N lines (the rest stay held out for evaluation)
+    tokens: int = Field(128, gt=0)  # new tokens per answer
+    strength: float = Field(1.0, gt=0)  # the teacher's exponent in the product; above 1 strengthens its style
+
+
 class TrainSettings(_Strict):
     epochs: float = Field(1.0, gt=0)
     block_size: int = Field(128, gt=8)
@@ -114,11 +124,15 @@ class TrainSettings(_Strict):
     # they see, so one-line texts (most style corpora) teach one-line answers; None keeps one text per answer
     answer_words: int | None = Field(None, gt=0)
     replay: ReplaySettings | None = None
+    distill: DistillSettings | None = None
 
     @model_validator(mode="after")
-    def _replay_in_chat(self) -> TrainSettings:
-        if self.replay is not None and self.text_format != "chat":
-            raise ValueError('replay needs text_format = "chat" (answers to instructions)')
+    def _answers_in_chat(self) -> TrainSettings:
+        for name in ("replay", "distill"):
+            if getattr(self, name) is not None and self.text_format != "chat":
+                raise ValueError(f'{name} needs text_format = "chat" (answers to instructions)')
+        if self.replay is not None and self.distill is not None:
+            raise ValueError("replay and distill are two recipes; choose one")
         return self
 
 

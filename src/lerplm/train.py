@@ -20,6 +20,7 @@ from .anchors import AnchorSet, Attribute, Endpoint
 from .config import StylesConfig
 from .data import Block, build_blocks, endpoint_texts, join_answers, read_prompts
 from .errors import LerpError
+from .files import atomic_file
 from .models import DEFAULT_NAMES, ModelRef, format_prompt, load_model, load_tokenizer, resolve, weights_hash
 
 
@@ -47,7 +48,7 @@ def _settings(cfg: StylesConfig) -> dict:
     """What makes an anchor what it is (compared on resume); optional fields only when used, so that anchors
     trained without them still match."""
     skip = {"save_steps", "logging_steps"} | ({"text_format", "chat_prompt"} if _chat_prompt(cfg) is None else set())
-    skip |= {k for k in ("answer_words", "replay") if getattr(cfg.training, k) is None}
+    skip |= {k for k in ("answer_words", "replay", "distill") if getattr(cfg.training, k) is None}
     return {"lora": cfg.lora.model_dump(), **cfg.training.model_dump(exclude=skip)}
 
 
@@ -103,6 +104,30 @@ def training_blocks(base: ModelRef, tok, texts: list[str], cfg: StylesConfig) ->
     return blocks + [replayed[i % len(replayed)] for i in range(n)], n
 
 
+def distilled_blocks(
+    base: ModelRef, tok, texts: list[str], cfg: StylesConfig, work: Path, label: str, **kw
+) -> list[Block]:
+    """With ``distill``: train the teacher on the texts (``cfg`` without distill) into ``work``, sample its guided
+    answers to the instructions (kept in ``work``, so a resumed run samples them once) and return their blocks."""
+    from .distill import guided_answers
+
+    d = cfg.training.distill
+    prompts = read_prompts(cfg.data_root() / d.prompts, 0, d.first)
+    saved = work / "guided_answers.json"
+    if saved.is_file():
+        answers = json.loads(saved.read_text())
+    else:
+        teacher = work / "teacher"
+        if not (teacher / "adapter_config.json").is_file():
+            plain = cfg.model_copy(update={"training": cfg.training.model_copy(update={"distill": None})})
+            train_anchor(base, texts, plain, teacher, work / "teacher.work", f"{label} teacher", **kw)
+        answers = guided_answers(base, teacher, prompts, d.tokens, d.strength, cfg.training.seed)
+        if is_main_process():
+            with atomic_file(saved) as tmp:
+                tmp.write_text(json.dumps(answers))
+    return build_blocks(tok, answers, cfg.training.block_size, prompts=prompts)
+
+
 def train_anchor(
     base: ModelRef,
     texts: list[str],
@@ -121,7 +146,11 @@ def train_anchor(
     from transformers.trainer_utils import get_last_checkpoint
 
     tok = load_tokenizer(base)
-    blocks, replayed = training_blocks(base, tok, texts, cfg)
+    if cfg.training.distill is None:
+        blocks, replayed = training_blocks(base, tok, texts, cfg)
+    else:
+        kw = {"callbacks": callbacks, "activation_checkpointing": activation_checkpointing}
+        blocks, replayed = distilled_blocks(base, tok, texts, cfg, work, label, **kw), 0
     ds = Dataset.from_dict({"input_ids": [b.ids for b in blocks], "labels": [b.labels for b in blocks]})
     model = load_model(base, dtype=torch.float32)
     set_seed(cfg.training.seed)  # the adapter's initial A: the same in every process and every run
@@ -256,6 +285,8 @@ def train_anchors(
     ``activation_checkpointing`` recomputes each decoder layer in backward to save activation memory
     (a run option, not a setting: the anchors are the same)."""
     out = Path(out)
+    if together and any(cfg.training_for(a.name).distill for a in cfg.attributes):
+        raise LerpError("distill trains each anchor after its teacher; train it without --together")
     if together and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise LerpError("--together runs in one process; launch it without torchrun/accelerate")
     if not is_main_process():
