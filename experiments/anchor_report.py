@@ -40,6 +40,13 @@ def loss_table(lm) -> list[str]:
     return rows
 
 
+def setting(value) -> str:
+    """A training setting as the config writes it (tables as `{key=value, ...}`)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={setting(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--anchors", default="anchors/styles")
@@ -80,7 +87,8 @@ def main() -> None:
         f"lr {t['learning_rate']}, at most {t['max_examples']} texts and {t['max_steps']} steps per anchor, "
         f"text format {t.get('text_format', 'plain')})"
         + "".join(
-            f"; {a}: " + ", ".join(f"{k}={v}" for k, v in ch.items()) for a, ch in t.get("attributes", {}).items()
+            f"; {a}: " + ", ".join(f"{k}={setting(v)}" for k, v in ch.items())
+            for a, ch in t.get("attributes", {}).items()
         )
         + ".",
         f"Trained on {platform.machine()} CPU, 2 cores, torch {torch.__version__}, with:",

@@ -3,8 +3,8 @@
 # examples/styles.toml trained with several recipes (60 steps unless set, ~9 min per pair on 2 CPU cores), each
 # swept on 64 held-out prompts (from line 336) at levels 0 / 0.5 / 1 beside the base model alone, 128 new tokens.
 # A variant already in docs/results is not run again. The table goes to docs/results/answers_table.md (discussed in
-# docs/results/README.md), reports and generations to docs/results/answers_*/, example answers to
-# docs/results/answer_examples.md.
+# docs/results/README.md), reports and generations to docs/results/answers_*/. The recipe examples/styles.toml
+# takes from these is measured on the whole set by `experiments/paper.sh answers`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=../shared/data/styles/prompts/writing_prompts.txt
@@ -24,8 +24,7 @@ src = Path("examples/styles.toml").read_text()
 head, rest = src.split("[[attributes]]", 1)
 block = next(b for b in rest.split("[[attributes]]") if f'name = "{attribute}"' in b.split("\n", 2)[1])
 head = head.replace('data_dir = "../../shared/data/styles"', f'data_dir = "{Path("../shared/data/styles").resolve()}"')
-if any(line.split("=", 1)[0].strip() == "max_steps" for line in settings):  # the variant's steps for all
-    block = "\n".join(x for x in block.splitlines() if not x.startswith("training ="))
+block = "\n".join(x for x in block.splitlines() if not x.startswith("training ="))  # the variant's recipe only
 for line in settings:  # a setting the config has is replaced, a new one added
     key = line.split("=", 1)[0].strip()
     old = next((x for x in head.splitlines() if x.split("=", 1)[0].strip() == key), None)
@@ -57,13 +56,15 @@ variant humor replay_quarter_long 'answer_words = 160' "${REPLAY/share = 0.5/sha
 # less replay, more style: a tenth of the blocks replayed
 variant politeness replay_tenth_short 'answer_words = 40' "${REPLAY/share = 0.5/share = 0.1}" 'max_steps = 60'
 variant simplicity replay_tenth 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.1}" 'max_steps = 60'
-# more steps: simplicity at the 360 steps of examples/styles.toml
+# more steps: simplicity at 360
 variant simplicity replay_quarter_360 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 360'
 
 # distilled: answers to 240 held-in prompts sampled from the base model x a one-line corpus anchor (the base
 # model's end-of-answer probability), the anchor trained on those answers
 DISTILL='distill = { prompts = "prompts/writing_prompts.txt" }'
 variant politeness distill "$DISTILL" 'max_steps = 60'
+variant politeness distill_half 'distill = { prompts = "prompts/writing_prompts.txt", strength = 0.5 }' \
+  'max_steps = 60'  # the teacher at half weight in the product
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -82,23 +83,10 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
     python experiments/answers_table.py "$a" "docs/results/answers_${a}_replay_quarter"
   done
   echo
-  python experiments/answers_table.py politeness \
-    docs/results/answers_politeness_replay_{quarter_fast,quarter_short,tenth_short} docs/results/answers_politeness_distill
+  python experiments/answers_table.py politeness docs/results/answers_politeness_replay_{quarter_fast,quarter_short} \
+    docs/results/answers_politeness_{replay_tenth_short,distill,distill_half}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_replay_quarter_long
   echo
   python experiments/answers_table.py simplicity docs/results/answers_simplicity_replay_{tenth,quarter_360}
 } > docs/results/answers_table.md
-R=docs/results  # three prompts' answers at each level, one run per attribute
-{
-  echo "# Answers at each level beside the base model's"
-  echo
-  echo "Three held-out writing prompts (line 337 on of the bundled prompts), 128 new tokens, seed 0 for every"
-  echo "answer; each attribute's anchors from its run of \`experiments/answers.sh\` (recipe in"
-  echo "[README.md](README.md#answers-length-and-task-following-by-training-recipe)). Made by" \
-    "\`experiments/answers.sh\`."
-  echo
-  python experiments/answer_examples.py --prompts 3 sentiment=$R/answers_replay_quarter \
-    formality=$R/answers_formality_replay_quarter politeness=$R/answers_politeness_replay_quarter_short \
-    simplicity=$R/answers_simplicity_replay_quarter humor=$R/answers_humor_replay_quarter
-} > docs/results/answer_examples.md

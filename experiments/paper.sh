@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The paper's experiments on the example anchor set, from a clean checkout (after `bash scripts/install.sh`):
 # trains what is missing, sweeps, and writes exactly what docs/results/README.md and docs/anchors.md show.
-#   bash experiments/paper.sh [SECTION...]   sections: single focus simplex schedule corpus anchors (default: all)
-#   anchors/styles    examples/styles.toml (politeness 720 steps, simplicity 360, the others 60; ~5 h on 2 cores for
-#                     all ten; a section trains only the attributes it needs: simplex ~30 min)
+#   bash experiments/paper.sh [SECTION...]   sections: answers single focus simplex schedule corpus anchors
+#                                            (default: all)
+#   anchors/styles    examples/styles.toml (60 steps per anchor; ~1 h on 2 cores for all ten; a section trains only
+#                     the attributes it needs)
 #   scorers/styles    TF-IDF scorers on the same files (~2 min)
-#   docs/results/{single,single_b,focus,simplex}/  report.md, summary.json, plots, generations.csv.gz
+#   docs/results/{answers,single,single_b,focus,simplex}/  report.md, summary.json, plots, generations.csv.gz;
+#   docs/results/answer_examples.md, docs/anchors.md
+# The anchors train on answers to prompts 0-239 (replay: 0-79, politeness distilled: 0-239); every sweep prompts
+# them with later lines of the same file.
 # Every step resumes: run it again after an interruption. Run nothing else CPU-heavy beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,28 +27,45 @@ needs() {  # needs [ATTRIBUTE...]: the set's anchors of these attributes (all wh
 
 source experiments/publish.sh
 
-single() {  # 11 levels x 64 prompts (80-143); politeness and simplicity, the two narrowest, again on 64 other prompts
-  needs     # (160-223, 6 levels) and pooled
-  lerplm sweep "${SWEEP[@]}" --grid single:all --levels 11 --skip-prompts 80 --max-prompts 64 --out runs/single
+answers() {  # how the anchors answer: levels 0 / 0.5 / 1 of each attribute beside the base model, 64 prompts (336-399),
+  needs      # 128 new tokens: words, prompt fit, fluency and control; three prompts' answers side by side
+  lerplm sweep --anchors "$SET" --scorers "$SCORERS" --prompts "$P" --config examples/styles.toml --grid single:all \
+    --grid base --levels 3 --skip-prompts 336 --max-prompts 64 --max-new-tokens 128 --heldout-per-endpoint 5 \
+    --out runs/answers
+  publish answers "How the anchors answer (64 prompts x 3 levels, 128 new tokens)"
+  python experiments/answers_table.py all docs/results/answers > docs/results/answers/table.md
+  {
+    echo "# Answers at each level beside the base model's"
+    echo
+    echo "Three held-out writing prompts (line 337 on of the bundled prompts), 128 new tokens, seed 0 for every answer,"
+    echo "the anchors of \`examples/styles.toml\`. Made by \`experiments/paper.sh answers\`."
+    echo
+    python experiments/answer_examples.py --prompts 3 docs/results/answers
+  } > docs/results/answer_examples.md
+}
+
+single() {  # 11 levels x 64 prompts (400-463); politeness and simplicity, the two narrowest, again on 64 other prompts
+  needs     # (464-527, 6 levels) and pooled
+  lerplm sweep "${SWEEP[@]}" --grid single:all --levels 11 --skip-prompts 400 --max-prompts 64 --out runs/single
   publish single "Single-attribute sweeps (64 prompts x 11 levels)"
-  lerplm sweep "${SWEEP[@]}" --grid single:politeness,simplicity --levels 6 --skip-prompts 160 --max-prompts 64 \
+  lerplm sweep "${SWEEP[@]}" --grid single:politeness,simplicity --levels 6 --skip-prompts 464 --max-prompts 64 \
     --out runs/single_b
   publish single_b "Politeness and simplicity on 64 other prompts (6 levels)"
   python experiments/pool_ranges.py runs/single runs/single_b > docs/results/pooled_ranges.md
 }
 
-focus() {  # the paper's multi-attribute design (focus grid), b = 0.05, 0.15, 0.2: 16 prompts (144-159) x 6 levels
+focus() {  # the paper's multi-attribute design (focus grid), b = 0.05, 0.15, 0.2: 16 prompts (240-255) x 6 levels
   needs
   [ -f runs/single/summary.json ] || single
-  lerplm sweep "${SWEEP[@]}" --grid focus:b=0.05,0.15,0.2 --levels 6 --skip-prompts 144 --max-prompts 16 \
+  lerplm sweep "${SWEEP[@]}" --grid focus:b=0.05,0.15,0.2 --levels 6 --skip-prompts 240 --max-prompts 16 \
     --out runs/focus
   publish focus "Focus grid (the paper's five-attribute design), 16 prompts x 6 levels x 3 b"
   python experiments/focus_vs_single.py runs/single runs/focus > docs/results/focus_vs_single.md
 }
 
-simplex() {  # the three-attribute simplex of weights (levels 1): 21 points x 32 prompts (224-255)
+simplex() {  # the three-attribute simplex of weights (levels 1): 21 points x 32 prompts (256-287)
   needs sentiment formality humor
-  lerplm sweep "${SWEEP[@]}" --grid simplex:sentiment,formality,humor:5 --skip-prompts 224 --max-prompts 32 \
+  lerplm sweep "${SWEEP[@]}" --grid simplex:sentiment,formality,humor:5 --skip-prompts 256 --max-prompts 32 \
     --out runs/simplex
   publish simplex "Simplex of sentiment, formality and humor weights (32 prompts)"
 }
@@ -67,7 +88,7 @@ anchors() {  # docs/anchors.md: training losses and sample generations at levels
     --trained-with "lerplm train --config examples/styles.toml --out $SET"
 }
 
-SECTIONS=(single focus simplex schedule corpus anchors)
+SECTIONS=(answers single focus simplex schedule corpus anchors)
 for s in "${@:-${SECTIONS[@]}}"; do
   [[ " ${SECTIONS[*]} " == *" $s "* ]] || { echo "unknown section $s (${SECTIONS[*]})" >&2; exit 2; }
 done

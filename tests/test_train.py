@@ -167,7 +167,15 @@ def test_example_config_is_valid():
     assert [a.name for a in cfg.attributes] == ["sentiment", "politeness", "formality", "simplicity", "humor"]
     assert cfg.data_root().resolve() == STYLES.resolve()
     assert cfg.training.text_format == "chat"  # the measured better format for the instruct default
-    assert [cfg.training_for(a.name).max_steps for a in cfg.attributes] == [60, 720, 60, 360, 60]
+    recipes = {a.name: cfg.training_for(a.name) for a in cfg.attributes}
+    assert {n: t.max_steps for n, t in recipes.items()} == dict.fromkeys(recipes, 60)
+    assert recipes["politeness"].distill is not None and recipes["politeness"].replay is None
+    for name in ("sentiment", "formality", "simplicity", "humor"):  # the quarter recipe for answers
+        t = recipes[name]
+        assert (t.answer_words, t.replay.share, t.distill) == (80, 0.25, None)
+    for t in recipes.values():  # held-in prompts end before the first prompt the recipes evaluate on (240)
+        held = t.replay or t.distill
+        assert (cfg.data_root() / held.prompts).is_file() and held.first <= 240
 
 
 def test_training_together_writes_the_same_kind_of_anchor_set(tmp_path, base_dir):

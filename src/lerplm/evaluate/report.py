@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import control_curves, control_summary, entanglement, fit_share
+from .metrics import Z95, control_curves, control_summary, entanglement, fit_share
 from .sweep import read_run
 
 
@@ -106,7 +106,7 @@ def _simplex_table(df: pd.DataFrame, corners: list[str]) -> list[str]:
             continue
         at = [df.loc[np.isclose(df[f"meta_w_{c}"], 1.0), f"score_{a}"].mean() for c in corners]
         fit = linregress(df[f"meta_w_{a}"].astype(float), df[f"score_{a}"].astype(float))
-        cells = [f"{v:.3f}" for v in at] + [f"{fit.slope:.3f} ± {1.96 * fit.stderr:.3f}"]
+        cells = [f"{v:.3f}" for v in at] + [f"{fit.slope:.3f} ± {Z95 * fit.stderr:.3f}"]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     return lines
 
