@@ -3,7 +3,7 @@
 # trains what is missing, sweeps, and writes exactly what docs/results/README.md and docs/anchors.md show.
 #   bash experiments/paper.sh [SECTION...]   sections: answers single focus simplex schedule corpus anchors
 #                                            (default: all)
-#   anchors/styles    examples/styles.toml (60 steps per anchor; ~1 h on 2 cores for all ten; a section trains only
+#   anchors/styles    examples/styles.toml (60 steps per anchor; ~90 min on 2 cores for all ten; a section trains only
 #                     the attributes it needs)
 #   scorers/styles    TF-IDF scorers on the same files (~2 min)
 #   docs/results/{answers,single,single_b,focus,simplex}/  report.md, summary.json, plots, generations.csv.gz;
@@ -28,7 +28,7 @@ needs() {  # needs [ATTRIBUTE...]: the set's anchors of these attributes (all wh
 source experiments/publish.sh
 
 answers() {  # how the anchors answer: levels 0 / 0.5 / 1 of each attribute beside the base model, 64 prompts (336-399),
-  needs      # 128 new tokens: words, prompt fit, fluency and control; three prompts' answers side by side
+  needs      # 128 new tokens: words, prompt fit, fluency and control; three prompts' answers side by side (~35 min)
   lerplm sweep --anchors "$SET" --scorers "$SCORERS" --prompts "$P" --config examples/styles.toml --grid single:all \
     --grid base --levels 3 --skip-prompts 336 --max-prompts 64 --max-new-tokens 128 --heldout-per-endpoint 5 \
     --out runs/answers
