@@ -29,9 +29,8 @@ source experiments/publish.sh
 
 answers() {  # how the anchors answer: levels 0 / 0.5 / 1 of each attribute beside the base model, 64 prompts (336-399),
   needs      # 128 new tokens: words, prompt fit, fluency and control; three prompts' answers side by side (~35 min)
-  lerplm sweep --anchors "$SET" --scorers "$SCORERS" --prompts "$P" --config examples/styles.toml --grid single:all \
-    --grid base --levels 3 --skip-prompts 336 --max-prompts 64 --max-new-tokens 128 --heldout-per-endpoint 5 \
-    --out runs/answers
+  lerplm sweep "${SWEEP[@]}" --max-new-tokens 128 --grid single:all --grid base --levels 3 --skip-prompts 336 \
+    --max-prompts 64 --heldout-per-endpoint 5 --out runs/answers  # the last --max-new-tokens wins
   publish answers "How the anchors answer (64 prompts x 3 levels, 128 new tokens)"
   python experiments/answers_table.py all docs/results/answers > docs/results/answers/table.md
   {
