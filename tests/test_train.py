@@ -178,6 +178,23 @@ def test_example_config_is_valid():
         assert (cfg.data_root() / held.prompts).is_file() and held.first <= 240
 
 
+def test_an_attribute_recipe_replaces_the_sets(tmp_path):
+    """[training]'s replay is every attribute's recipe until an attribute names its own; answer_words = 0 undoes
+    the set's joining (one text per answer)."""
+    ends = 'negative = { name = "n", files = ["n.txt"] }\npositive = { name = "p", files = ["p.txt"] }'
+    (tmp_path / "styles.toml").write_text(
+        '[training]\ntext_format = "chat"\nanswer_words = 80\nreplay = { prompts = "q.txt", share = 0.25 }\n'
+        f'[[attributes]]\nname = "a"\n{ends}\n'
+        f'[[attributes]]\nname = "b"\n{ends}\ntraining = {{ answer_words = 0, distill = {{ prompts = "q.txt" }} }}\n'
+        f'[[attributes]]\nname = "c"\n{ends}\ntraining = {{ replay = {{ prompts = "r.txt" }} }}\n'
+    )
+    cfg = load_config(tmp_path / "styles.toml")
+    a, b, c = (cfg.training_for(n) for n in "abc")
+    assert (a.answer_words, a.replay.prompts, a.replay.share, a.distill) == (80, "q.txt", 0.25, None)
+    assert (b.answer_words, b.replay, b.distill.prompts) == (None, None, "q.txt")
+    assert (c.answer_words, c.replay.prompts, c.replay.share, c.distill) == (80, "r.txt", 0.5, None)
+
+
 def test_training_together_writes_the_same_kind_of_anchor_set(tmp_path, base_dir):
     """`lerplm train --together`: standard PEFT anchors, sidecars, a loadable anchor set; finished anchors kept."""
     from typer.testing import CliRunner

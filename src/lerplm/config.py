@@ -104,6 +104,9 @@ class DistillSettings(_Strict):
     strength: float = Field(1.0, gt=0)  # the teacher's exponent in the product; above 1 strengthens its style
 
 
+RECIPES = ("replay", "distill")  # the answer recipes, at most one per anchor
+
+
 class TrainSettings(_Strict):
     epochs: float = Field(1.0, gt=0)
     block_size: int = Field(128, gt=8)
@@ -121,14 +124,20 @@ class TrainSettings(_Strict):
     text_format: Literal["plain", "chat"] = "plain"
     chat_prompt: str = Field("Write a short text.", min_length=1)
     # consecutive texts joined into one answer of at least this many words: anchors learn the answer length
-    # they see, so one-line texts (most style corpora) teach one-line answers; None keeps one text per answer
-    answer_words: int | None = Field(None, gt=0)
+    # they see, so one-line texts (most style corpora) teach one-line answers; None (or 0, which lets an
+    # attribute undo the set's value) keeps one text per answer
+    answer_words: int | None = Field(None, ge=0)
     replay: ReplaySettings | None = None
     distill: DistillSettings | None = None
 
+    @field_validator("answer_words")
+    @classmethod
+    def _zero_is_none(cls, v: int | None) -> int | None:
+        return v or None
+
     @model_validator(mode="after")
     def _answers_in_chat(self) -> TrainSettings:
-        for name in ("replay", "distill"):
+        for name in RECIPES:
             if getattr(self, name) is not None and self.text_format != "chat":
                 raise ValueError(f'{name} needs text_format = "chat" (answers to instructions)')
         if self.replay is not None and self.distill is not None:
@@ -173,9 +182,14 @@ class StylesConfig(_Strict):
         return self
 
     def training_for(self, attribute: str) -> TrainSettings:
-        """[training] with the attribute's own changes applied."""
+        """[training] with the attribute's own changes applied; an attribute's own answer recipe (replay or
+        distill) replaces the set's, so that one attribute can take the other recipe."""
         changes = next(a.training for a in self.attributes if a.name == attribute)
-        return TrainSettings.model_validate({**self.training.model_dump(), **changes}) if changes else self.training
+        if not changes:
+            return self.training
+        own_recipe = any(r in changes for r in RECIPES)
+        shared = self.training.model_dump(exclude=set(RECIPES) if own_recipe else None)
+        return TrainSettings.model_validate({**shared, **changes})
 
     def for_attribute(self, attribute: str) -> StylesConfig:
         """This config as it trains one attribute's anchors."""
