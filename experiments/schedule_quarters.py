@@ -1,7 +1,8 @@
 """Does a schedule steer the text as it is written? Sentiment 0 -> 1 over 64 new tokens (linear, and in four
 steps), and 0 then 1 from token 32 (step), against flat sentiment 0.5 (control) and flat 1, on held-out
 writing prompts: the sentiment scorer's score of each quarter of the text (16 tokens each), mean and 95%
-interval over prompts. Writes docs/results/schedule/README.md and results.json.
+interval over prompts. Writes docs/results/schedule/README.md, results.json and generations.csv.gz (condition,
+prompt, each quarter's text and score).
 
     lerplm scorers train --config examples/quickstart.toml --out scorers/quickstart --kind tfidf
     python experiments/schedule_quarters.py --anchors anchors/quickstart --scorers scorers/quickstart
@@ -13,6 +14,8 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+import pandas as pd
 
 import lerplm
 from lerplm.engine import SamplingParams
@@ -69,6 +72,7 @@ def main() -> None:
         "tokens": TOKENS,
         "conditions": {},
     }
+    rows = []
     for name, ss in seqs.items():
         texts = [
             [lm.tokenizer.decode(s.tokens[k * q : (k + 1) * q], skip_special_tokens=True) for k in range(QUARTERS)]
@@ -76,6 +80,10 @@ def main() -> None:
         ]
         scores = [scorer.score([t[k] for t in texts])["sentiment"].tolist() for k in range(QUARTERS)]
         rise = [b - a for a, b in zip(scores[0], scores[-1])]
+        for i, (prompt, t) in enumerate(zip(prompts, texts)):
+            text = {f"text_q{k + 1}": t[k] for k in range(QUARTERS)}
+            score = {f"score_q{k + 1}": scores[k][i] for k in range(QUARTERS)}
+            rows.append({"condition": name, "prompt_id": i, "prompt": prompt, **text, **score})
         results["conditions"][name] = {
             "quarters": [interval(s) for s in scores],
             "last_minus_first": interval(rise),
@@ -84,10 +92,11 @@ def main() -> None:
     lines = [
         "# A schedule over the text: sentiment per quarter",
         "",
-        f"`python experiments/schedule_quarters.py --anchors {args.anchors} --scorers {args.scorers}`: "
+        f"`python experiments/schedule_quarters.py --anchors {args.anchors} --scorers {args.scorers} "
+        f"--prompts {args.prompts} --skip {args.skip}` (`experiments/paper.sh schedule`): "
         f"{len(prompts)} held-out writing prompts (from line {args.skip}), {TOKENS} new tokens (end tokens held back "
         "until then), temperature 0.8, top-p 0.95; the TF-IDF sentiment scorer's P(positive) of each 16-token quarter, "
-        "mean ± 95% interval over prompts.",
+        "mean ± 95% interval over prompts; every text in `generations.csv.gz`.",
         "",
         "| mix | quarter 1 | quarter 2 | quarter 3 | quarter 4 | quarter 4 - quarter 1 (paired) |",
         "|---|---|---|---|---|---|",
@@ -99,6 +108,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "README.md").write_text("\n".join(lines) + "\n")
+    pd.DataFrame(rows).to_csv(args.out / "generations.csv.gz", index=False)
     print("\n".join(lines))
 
 

@@ -72,6 +72,27 @@ def test_no_mix_is_the_base_model_alone(lm, base_dir):
         assert text == lm.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
+def test_nll_is_each_texts_own_likelihood_under_its_prefix_and_mix(lm):
+    """Batched by length, output layer on scored positions only: the same numbers as one unpadded row at a
+    time through the full logits (empty texts NaN, an empty prefix scores from an end token)."""
+    prefixes = ["the food was", "", "could you please take a look at the long request here", "ok", "the", "a b c"]
+    texts = [" great and warm", "fine", " now please", "", " x y z w v u t s", " d"]
+    mixes = [{"sentiment": 0.9}, {"formality": 0.3, "sentiment": 0.5}, {"sentiment": 0.0}, {"formality": 1.0}]
+    coeffs = lm.coefficients(mixes + mixes[:2])
+    got = lm.nll(prefixes, texts, coeffs, batch_size=4)
+    tok = lm.tokenizer
+    for r, (p, t) in enumerate(zip(prefixes, texts)):
+        pre = tok(p, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]
+        ids = torch.tensor([pre + tok(t, add_special_tokens=False)["input_ids"]])
+        if ids.shape[1] == len(pre):
+            assert got[r] != got[r]  # NaN
+            continue
+        logp = lm.logits(ids, coeffs[r : r + 1]).log_softmax(-1)[0, :-1]
+        want = -logp[len(pre) - 1 :].gather(1, ids[0, len(pre) :, None]).mean().item()
+        assert got[r] == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert lm.nll(prefixes, texts, None)[0] != pytest.approx(got[0], rel=1e-3)  # the mix is applied
+
+
 def test_bad_generation_arguments(lm):
     with pytest.raises(LerpError, match="one mix per prompt"):
         lm.generate(PROMPTS, MIXES[:1] * 3)

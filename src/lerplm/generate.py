@@ -7,6 +7,7 @@ depends on its prompt, mix and seed, never on which other rows share its batch.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -149,31 +150,53 @@ class LerpModel:
     def nll(
         self, prefixes: Sequence[str], texts: Sequence[str], coeffs: torch.Tensor | None, batch_size: int = 16
     ) -> list[float]:
-        """Mean per-token negative log-likelihood of each text given its prefix (NaN for empty texts)."""
+        """Mean per-token negative log-likelihood of each text given its prefix (NaN for empty texts).
+
+        Rows are batched by length (little padding) and the output layer runs on the scored positions only:
+        a sweep scores short answers under long chat prefixes, and the vocabulary projection of every prefix
+        position would be most of the work."""
         tok = self.tokenizer
-        out: list[float] = []
-        for i in range(0, len(texts), batch_size):
-            pre = tok(list(prefixes[i : i + batch_size]), add_special_tokens=False)["input_ids"]
-            txt = tok(list(texts[i : i + batch_size]), add_special_tokens=False)["input_ids"]
-            seqs = [(p or [tok.eos_token_id]) + t for p, t in zip(pre, txt)]
-            width = max(map(len, seqs))
-            ids = torch.full((len(seqs), width), tok.pad_token_id or 0, dtype=torch.long)
+        pre = tok(list(prefixes), add_special_tokens=False)["input_ids"]
+        txt = tok(list(texts), add_special_tokens=False)["input_ids"]
+        seqs = [(p or [tok.eos_token_id]) + t for p, t in zip(pre, txt)]
+        out = [math.nan] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda r: len(seqs[r]))
+        for i in range(0, len(order), batch_size):
+            rows = order[i : i + batch_size]
+            width = max(len(seqs[r]) for r in rows)
+            ids = torch.full((len(rows), width), tok.pad_token_id or 0, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            target = torch.zeros_like(ids, dtype=torch.bool)  # positions whose token is scored
-            for r, (p, t) in enumerate(zip(pre, txt)):
-                n_pre = max(len(p), 1)
-                ids[r, : n_pre + len(t)] = torch.tensor(seqs[r])
-                mask[r, : n_pre + len(t)] = 1
-                target[r, n_pre : n_pre + len(t)] = True
-            c = None if coeffs is None else coeffs[i : i + batch_size]
-            logits = self.logits(ids.to(self.device), c, mask.to(self.device)).float()
-            nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2), ids[:, 1:].to(self.device), reduction="none"
-            ).cpu()
-            tgt = target[:, 1:].float()
-            per_row = (nll * tgt).sum(1) / tgt.sum(1)
-            out += per_row.tolist()
+            scored = torch.zeros_like(ids, dtype=torch.bool)  # positions whose next token is scored
+            for j, r in enumerate(rows):
+                n_pre, n = max(len(pre[r]), 1), len(seqs[r])
+                ids[j, :n] = torch.tensor(seqs[r])
+                mask[j, :n] = 1
+                scored[j, n_pre - 1 : n - 1] = True
+            c = None if coeffs is None else coeffs[rows]
+            nll = self._next_token_nll(ids.to(self.device), c, mask.to(self.device), scored.to(self.device)).cpu()
+            counts = scored.sum(1)
+            sums = torch.zeros(len(rows), dtype=nll.dtype).index_add_(0, scored.nonzero()[:, 0], nll)
+            for j, r in enumerate(rows):
+                if counts[j]:
+                    out[r] = (sums[j] / counts[j]).item()
         return out
+
+    def _next_token_nll(
+        self, ids: torch.Tensor, coeffs: torch.Tensor | None, mask: torch.Tensor, scored: torch.Tensor
+    ) -> torch.Tensor:
+        """-log p(next token) at the ``scored`` positions, in row-major order."""
+        targets = ids[:, 1:][scored[:, :-1]]
+        # models whose forward scales or caps the logits: the output layer is not one projection
+        if any(getattr(self.model.config, k, None) for k in ("final_logit_softcapping", "logit_scale")):
+            logits = self.logits(ids, coeffs, mask)[scored].float()
+        else:
+            self.runtime.set_coefficients(coeffs)
+            try:
+                hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+                logits = self.model.get_output_embeddings()(hidden[scored]).float()
+            finally:
+                self.runtime.set_coefficients(None)
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
     def chat_prefixes(self, prompts: Sequence[str], chat: bool | None = None) -> list[str]:
         use_chat = has_chat_template(self.tokenizer) if chat is None else chat
