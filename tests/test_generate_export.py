@@ -90,7 +90,15 @@ def test_nll_is_each_texts_own_likelihood_under_its_prefix_and_mix(lm):
         logp = lm.logits(ids, coeffs[r : r + 1]).log_softmax(-1)[0, :-1]
         want = -logp[len(pre) - 1 :].gather(1, ids[0, len(pre) :, None]).mean().item()
         assert got[r] == pytest.approx(want, rel=1e-5, abs=1e-6)
-    assert lm.nll(prefixes, texts, None)[0] != pytest.approx(got[0], rel=1e-3)  # the mix is applied
+    base = lm.nll(prefixes, texts, None)
+    assert base[0] != pytest.approx(got[0], rel=1e-3)  # the mix is applied
+    cache: dict = {}  # the base model's prefixes computed once: the same numbers, first call and later ones
+    for swapped in (False, True, False):
+        pre = prefixes[1:] + prefixes[:1] if swapped else prefixes
+        want = lm.nll(pre, texts, None, batch_size=3)
+        assert lm.nll(pre, texts, None, batch_size=3, prefix_cache=cache) == pytest.approx(want, rel=1e-5, nan_ok=True)
+    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prefixes]
+    assert len(cache) == sum(n > 1 for n in lengths) >= 3  # once each prefix whose tokens before its last exist
 
 
 def test_bad_generation_arguments(lm):

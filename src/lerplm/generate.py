@@ -148,54 +148,107 @@ class LerpModel:
 
     @torch.inference_mode()
     def nll(
-        self, prefixes: Sequence[str], texts: Sequence[str], coeffs: torch.Tensor | None, batch_size: int = 16
+        self,
+        prefixes: Sequence[str],
+        texts: Sequence[str],
+        coeffs: torch.Tensor | None,
+        batch_size: int = 16,
+        prefix_cache: dict | None = None,
     ) -> list[float]:
         """Mean per-token negative log-likelihood of each text given its prefix (NaN for empty texts).
 
         Rows are batched by length (little padding) and the output layer runs on the scored positions only:
         a sweep scores short answers under long chat prefixes, and the vocabulary projection of every prefix
-        position would be most of the work."""
+        position would be most of the work. With ``prefix_cache`` (a dict the caller keeps) and the base model
+        (``coeffs`` None), each prefix's keys and values are computed once and reused by later calls."""
         tok = self.tokenizer
-        pre = tok(list(prefixes), add_special_tokens=False)["input_ids"]
+        pre = [p or [tok.eos_token_id] for p in tok(list(prefixes), add_special_tokens=False)["input_ids"]]
         txt = tok(list(texts), add_special_tokens=False)["input_ids"]
-        seqs = [(p or [tok.eos_token_id]) + t for p, t in zip(pre, txt)]
-        out = [math.nan] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda r: len(seqs[r]))
+        cached = prefix_cache is not None and coeffs is None
+        if cached:  # the prefix but its last token comes from the cache; that token predicts the text's first
+            self._cache_prefixes(prefix_cache, {tuple(p[:-1]) for p in pre if len(p) > 1}, batch_size)
+        out = [math.nan] * len(pre)
+        order = sorted(range(len(pre)), key=lambda r: len(txt[r]) + (1 if cached else len(pre[r])))
         for i in range(0, len(order), batch_size):
             rows = order[i : i + batch_size]
-            width = max(len(seqs[r]) for r in rows)
-            ids = torch.full((len(rows), width), tok.pad_token_id or 0, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            scored = torch.zeros_like(ids, dtype=torch.bool)  # positions whose next token is scored
-            for j, r in enumerate(rows):
-                n_pre, n = max(len(pre[r]), 1), len(seqs[r])
-                ids[j, :n] = torch.tensor(seqs[r])
-                mask[j, :n] = 1
-                scored[j, n_pre - 1 : n - 1] = True
+            if cached:
+                ids, mask, scored, forward = self._rows_after_cached_prefixes(prefix_cache, rows, pre, txt)
+            else:
+                ids, mask, scored, forward = self._rows([pre[r] + txt[r] for r in rows], [len(pre[r]) for r in rows])
             c = None if coeffs is None else coeffs[rows]
-            nll = self._next_token_nll(ids.to(self.device), c, mask.to(self.device), scored.to(self.device)).cpu()
-            counts = scored.sum(1)
-            sums = torch.zeros(len(rows), dtype=nll.dtype).index_add_(0, scored.nonzero()[:, 0], nll)
+            nll = self._next_token_nll(ids, c, mask, scored, **forward).cpu()
+            counts = scored.sum(1).cpu()
+            sums = torch.zeros(len(rows), dtype=nll.dtype).index_add_(0, scored.nonzero()[:, 0].cpu(), nll)
             for j, r in enumerate(rows):
                 if counts[j]:
                     out[r] = (sums[j] / counts[j]).item()
         return out
 
+    def _rows(self, seqs: list[list[int]], starts: list[int]) -> tuple:
+        """Right-padded ids, mask and the positions whose next token is scored (from ``starts``)."""
+        ids = torch.full((len(seqs), max(map(len, seqs))), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        scored = torch.zeros_like(ids, dtype=torch.bool)
+        for j, (seq, start) in enumerate(zip(seqs, starts)):
+            ids[j, : len(seq)] = torch.tensor(seq)
+            mask[j, : len(seq)] = 1
+            scored[j, start - 1 : len(seq) - 1] = True
+        return ids.to(self.device), mask.to(self.device), scored.to(self.device), {}
+
+    def _cache_prefixes(self, cache: dict, prefixes: set[tuple[int, ...]], batch_size: int) -> None:
+        """The base model's keys and values of each new prefix, per layer."""
+        todo = sorted((p for p in prefixes if p not in cache), key=len)
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i : i + batch_size]
+            ids, mask, _, _ = self._rows([list(p) for p in chunk], [1] * len(chunk))
+            kv = self.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+            for j, p in enumerate(chunk):
+                cache[p] = [(lay.keys[j, :, : len(p)].clone(), lay.values[j, :, : len(p)].clone()) for lay in kv.layers]
+
+    def _rows_after_cached_prefixes(self, cache: dict, rows: list[int], pre: list, txt: list) -> tuple:
+        """Each row's last prefix token and text after its cached prefix: the cached keys and values padded to
+        one length (masked), positions continuing each row's own prefix."""
+        from transformers import DynamicCache
+
+        past = [cache.get(tuple(pre[r][:-1]), []) for r in rows]
+        width = max(p[0][0].shape[1] if p else 0 for p in past)  # keys are (heads, length, dim)
+        ids, mask, scored, _ = self._rows([pre[r][-1:] + txt[r] for r in rows], [1] * len(rows))
+        n_pre = torch.tensor([len(pre[r]) - 1 for r in rows], device=self.device)
+        forward = {"position_ids": n_pre[:, None] + torch.arange(ids.shape[1], device=self.device)}
+        if width:
+            kv = DynamicCache(config=self.model.config)
+            pad_mask = torch.arange(width, device=self.device)[None, :] < n_pre[:, None]
+            layers = len(next(p for p in past if p))
+            for layer in range(layers):
+                k, v = (self._padded([p[layer][x] if p else None for p in past], width) for x in (0, 1))
+                kv.update(k, v, layer)
+            mask = torch.cat([pad_mask.long(), mask], 1)
+            forward["past_key_values"] = kv
+        return ids, mask, scored, forward
+
+    def _padded(self, tensors: list[torch.Tensor | None], width: int) -> torch.Tensor:
+        ref = next(t for t in tensors if t is not None)
+        out = ref.new_zeros((len(tensors), ref.shape[0], width, ref.shape[2]))
+        for j, t in enumerate(tensors):
+            if t is not None:
+                out[j, :, : t.shape[1]] = t
+        return out
+
     def _next_token_nll(
-        self, ids: torch.Tensor, coeffs: torch.Tensor | None, mask: torch.Tensor, scored: torch.Tensor
+        self, ids: torch.Tensor, coeffs: torch.Tensor | None, mask: torch.Tensor, scored: torch.Tensor, **forward
     ) -> torch.Tensor:
         """-log p(next token) at the ``scored`` positions, in row-major order."""
         targets = ids[:, 1:][scored[:, :-1]]
-        # models whose forward scales or caps the logits: the output layer is not one projection
-        if any(getattr(self.model.config, k, None) for k in ("final_logit_softcapping", "logit_scale")):
-            logits = self.logits(ids, coeffs, mask)[scored].float()
-        else:
-            self.runtime.set_coefficients(coeffs)
-            try:
-                hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        self.runtime.set_coefficients(coeffs)
+        try:
+            # models whose forward scales or caps the logits: the output layer is not one projection
+            if any(getattr(self.model.config, k, None) for k in ("final_logit_softcapping", "logit_scale")):
+                logits = self.model(input_ids=ids, attention_mask=mask, **forward).logits[scored].float()
+            else:
+                hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask, **forward).last_hidden_state
                 logits = self.model.get_output_embeddings()(hidden[scored]).float()
-            finally:
-                self.runtime.set_coefficients(None)
+        finally:
+            self.runtime.set_coefficients(None)
         return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
     def chat_prefixes(self, prompts: Sequence[str], chat: bool | None = None) -> list[str]:

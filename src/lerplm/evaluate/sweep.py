@@ -102,6 +102,7 @@ def run_sweep(
     per_chunk = max(1, batch_rows // (len(prompts) * n))
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc="grid points", disable=not progress)
     prefixes = lm.chat_prefixes(list(prompts))  # every chunk generates under the same prompts
+    prefix_cache: dict = {}  # so the base model reads each prompt once for the fluency and prompt-swap passes
     for i in range(0, len(todo), per_chunk):
         chunk = todo[i : i + per_chunk]
         rows = [(p, k, prompt) for p in chunk for k, prompt in enumerate(prompts)]
@@ -109,10 +110,14 @@ def run_sweep(
         flat = [(p, k, prompt, j, t) for (p, k, prompt), ts in zip(rows, texts) for j, t in enumerate(ts)]
         gen = [f[4] for f in flat]
         scores = scorers.score(gen)
-        fluency = lm.nll([prefixes[f[1]] for f in flat], gen, None)
+        fluency = lm.nll([prefixes[f[1]] for f in flat], gen, None, prefix_cache=prefix_cache)
         # the prompt-swap test: the same text under the next prompt; an answer that fits its own prompt is
         # more likely under it (the difference is 0 for a text that ignores its prompt)
-        swapped = lm.nll([prefixes[(f[1] + 1) % len(prompts)] for f in flat], gen, None) if len(prompts) > 1 else []
+        swapped = (
+            lm.nll([prefixes[(f[1] + 1) % len(prompts)] for f in flat], gen, None, prefix_cache=prefix_cache)
+            if len(prompts) > 1
+            else []
+        )
         held = _heldout_nll(lm, chunk, heldout)
         for p in chunk:
             recs = []
