@@ -20,11 +20,13 @@ variant() {  # variant ATTRIBUTE NAME SETTINGS...: the attribute of examples/sty
 import sys
 from pathlib import Path
 attribute, name, settings = sys.argv[1], sys.argv[2], sys.argv[3:]
+RECIPE = ("answer_words", "replay", "distill")
 src = Path("examples/styles.toml").read_text()
 head, rest = src.split("[[attributes]]", 1)
 block = next(b for b in rest.split("[[attributes]]") if f'name = "{attribute}"' in b.split("\n", 2)[1])
 head = head.replace('data_dir = "../../shared/data/styles"', f'data_dir = "{Path("../shared/data/styles").resolve()}"')
-block = "\n".join(x for x in block.splitlines() if not x.startswith("training ="))  # the variant's recipe only
+block = "\n".join(x for x in block.splitlines() if not x.startswith("training ="))  # the variant's recipe only:
+head = "".join(x for x in head.splitlines(True) if x.split("=", 1)[0].strip() not in RECIPE)  # none of the set's
 for line in settings:  # a setting the config has is replaced, a new one added
     key = line.split("=", 1)[0].strip()
     old = next((x for x in head.splitlines() if x.split("=", 1)[0].strip() == key), None)

@@ -5,6 +5,8 @@ within their stated tolerance and keep those properties, and the batched sampler
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -113,6 +115,45 @@ def test_rows_that_share_batches_and_join_or_leave_mid_run_produce_what_they_pro
     assert len(joins) == len(leaves) == 5
     assert any(0 < j < max(leaves) for j in joins)  # a row joined while others ran
     assert min(leaves) < max(joins)  # and a row left before the last joined
+
+
+def _check_shared_prompts(lm, engine) -> None:
+    """Rows whose prompts start alike under the same mix copy that start from the row that computed it; rows
+    under another mix compute their own; every row's tokens are those it produces alone."""
+    prompts = ["the food was great and the staff", "the food was great and the wine", "the food was cold", "x"]
+    ids = lm.prompt_ids(prompts)  # the chat template's system turn starts every prompt alike
+    mixes = [[0.2, 0.8, 0, 0]] * 3 + [[0, 0, 1, 0]]
+
+    def seqs():
+        return [Sequence(ids[i], mixes[i], SamplingParams(6, 0.9, 0.95, 0, 0), seed=i) for i in range(4)]
+
+    alone = [engine(max_batch=1).run([s])[0].tokens for s in seqs()]
+    eng = engine(max_batch=4, prefill_chunk=512)
+    assert [s.tokens for s in eng.run(seqs())] == alone
+    common = [len(os.path.commonprefix([ids[0], ids[i][:-1]])) for i in (1, 2)]
+    assert min(common) >= 8 and eng.stats.shared_positions == sum(common)  # the other mix shares nothing
+    # the followers wait one step for the first row's prompt: rows 0 and 3 sample first, rows 1 and 2 join next
+    assert list(eng.stats.batch_sizes)[:2] == [2, 4]
+    # a finished row's slot still holds its prompt and answer: the next turn of its conversation copies them
+    first = eng.run([Sequence(ids[3], mixes[0], SamplingParams(5, 0.9, 0.95, 0, 0), seed=7)])[0]
+    turn = Sequence(first.context + ids[2][-4:], mixes[0], SamplingParams(6, 0.9, 0.95, 0, 0), seed=8)
+    before = eng.stats.shared_positions
+    eng.run([turn])
+    assert eng.stats.shared_positions - before == len(first.context) - 1  # all but its last token's keys
+    fresh = Sequence(turn.prompt_ids, mixes[0], SamplingParams(6, 0.9, 0.95, 0, 0), seed=8)
+    assert turn.tokens == engine(max_batch=1).run([fresh])[0].tokens
+
+
+def test_rows_of_one_mix_copy_their_shared_prompt_start(lm):
+    _check_shared_prompts(lm, lambda **kw: _engine(lm, **kw))
+
+    def recompute(**kw):
+        eng = _engine(lm, **kw)
+        eng.model = RecomputeStep(lm.model, lm.runtime)
+        eng.cache = eng.model.new_cache(eng.max_batch, eng.max_len)
+        return eng
+
+    _check_shared_prompts(lm, recompute)
 
 
 def test_chunked_prefill_changes_nothing(lm):
@@ -253,6 +294,7 @@ def test_quantised_engine_rows_do_not_depend_on_their_batch(lm, quantized):
     eng.eos = set()
     assert [s.tokens for s in eng.run(_seqs(qlm, lengths, temperature=0))] == alone
     assert max(eng.stats.batch_sizes) == 3
+    _check_shared_prompts(qlm, lambda **kw: _engine(qlm, **kw))
 
 
 def test_engine_samples_on_the_threads_its_step_asks_for(lm, quantized, monkeypatch):

@@ -201,7 +201,7 @@ class LerpModel:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
             ids, mask, _, _ = self._rows([list(p) for p in chunk], [1] * len(chunk))
-            kv = self.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+            kv = self.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=True).cache
             for j, p in enumerate(chunk):
                 cache[p] = [(lay.keys[j, :, : len(p)].clone(), lay.values[j, :, : len(p)].clone()) for lay in kv.layers]
 
@@ -223,7 +223,7 @@ class LerpModel:
                 k, v = (self._padded([p[layer][x] if p else None for p in past], width) for x in (0, 1))
                 kv.update(k, v, layer)
             mask = torch.cat([pad_mask.long(), mask], 1)
-            forward["past_key_values"] = kv
+            forward["cache"] = kv
         return ids, mask, scored, forward
 
     def _padded(self, tensors: list[torch.Tensor | None], width: int) -> torch.Tensor:

@@ -191,6 +191,13 @@ class FastDecoder(nn.Module):
         shape = (2, slots, self.kv_heads, length, self.head_dim)
         return [torch.zeros(shape, device=self.embed.device, dtype=self.dtype) for _ in range(self.num_layers)]
 
+    @staticmethod
+    @torch.inference_mode()
+    def copy_prefix(cache: list[torch.Tensor], src: int, dst: int, n: int) -> None:
+        """Slot ``src``'s first ``n`` positions into slot ``dst`` (a shared prompt start)."""
+        for kv in cache:
+            kv[:, dst, :, :n] = kv[:, src, :, :n]
+
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         rot = torch.cat((-x[..., half:], x[..., :half]), -1)

@@ -242,6 +242,8 @@ class OrtDecoder:
     def new_cache(self, slots: int, length: int) -> list[torch.Tensor]:
         return self._new_cache(slots, length)
 
+    copy_prefix = staticmethod(FastDecoder.copy_prefix)  # the same cache layout
+
     def __call__(self, plan, cache: list[torch.Tensor]) -> torch.Tensor:
         """Next-token logits (M, vocab) for ``plan.logit_index``, as ``FastDecoder.forward``; each session call
         writes its rows straight into the result."""

@@ -21,6 +21,10 @@ class RecomputeStep:
         """Per slot: its token ids and each token's coefficients, by position."""
         return [[[], []] for _ in range(slots)]
 
+    @staticmethod
+    def copy_prefix(cache: list[list], src: int, dst: int, n: int) -> None:
+        cache[dst] = [cache[src][0][:n], cache[src][1][:n]]
+
     @torch.inference_mode()
     def __call__(self, plan: StepPlan, cache: list[list]) -> torch.Tensor:
         k = self.runtime.num_adapters

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import heapq
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .decoder import StepPlan
 from .sampling import BatchParams, sample
 
 EventFn = Callable[["Sequence", "int | None", "str | None"], None]
+MIN_SHARED = 8  # prompt positions worth copying from another row's cache instead of computing them again
 
 
 @contextlib.contextmanager
@@ -39,6 +41,14 @@ def _torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _common(held: list[int], prompt: list[int]) -> int:
+    """How many of ``prompt``'s positions ``held`` provides: their common start, short of the prompt's last
+    token (it must be computed, for the logits of the first new token)."""
+    if not held or held[0] != prompt[0]:
+        return 0
+    return len(os.path.commonprefix([held, prompt[:-1]]))
 
 
 class QueueFull(Exception):
@@ -109,6 +119,12 @@ class Sequence:
         return index > 0 and self.mix_log[-1][1] != (self.schedule(index) if self.schedule is not None else self.coeffs)
 
     @property
+    def held(self) -> int:
+        """Context positions whose keys and values are in the cache: the prefill so far, then all but the
+        last sampled token (it is fed at the next step)."""
+        return self.prefilled if self.prefilled < self.target else max(self.target, len(self.context) - 1)
+
+    @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
@@ -119,6 +135,7 @@ class EngineStats:
 
     steps: int = 0
     tokens: int = 0
+    shared_positions: int = 0  # prompt positions copied from another row's cache instead of prefilled
     batch_sizes: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))
     events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))  # (step, kind, id)
 
@@ -134,10 +151,13 @@ class Engine:
         max_len: int = 1024,
         prefill_chunk: int = 256,
         max_queue: int = 1 << 30,
+        share_prompts: bool = True,
     ) -> None:
         self.model = step_model
         self.eos = set(eos_ids)
         self.max_batch, self.max_len, self.prefill_chunk, self.max_queue = max_batch, max_len, prefill_chunk, max_queue
+        self.share_prompts = share_prompts  # rows of one mix copy a context start another slot holds (_share_prompt)
+        self.kept: dict[int, tuple[list[float], list[int]]] = {}  # free slot -> (mix, tokens) its cache still holds
         self.cache = step_model.new_cache(max_batch, max_len)
         self.device = step_model.device
         self.free = list(range(max_batch))
@@ -230,7 +250,7 @@ class Engine:
                 if s.cancelled:
                     self._finish(s, "cancelled")
                     continue
-                s.slot = heapq.heappop(self.free)
+                s.slot = self._slot_for(s)
                 self.running.append(s)
                 self.stats.events.append((self.stats.steps, "join", s.id))
 
@@ -248,11 +268,14 @@ class Engine:
             coeffs.append(s.coeffs_at(len(s.tokens)))
         sampled, logit_index = list(decode), list(range(len(decode)))
         prefill, budget = [], self.prefill_chunk
+        written = {s.id: s.held for s in self.running}  # cache positions in place before this step
         for s in self.running:
             if budget <= 0:
                 break
             if s.prefilled == s.target:
                 continue
+            if not s.prefilled and not s.tokens and self._share_prompt(s, written):
+                continue  # waits one step for the row that is computing its prompt's start
             n = min(s.target - s.prefilled, budget)
             start = s.prefilled
             tokens += s.context[start : start + n]
@@ -283,6 +306,50 @@ class Engine:
             logit_index=torch.tensor(logit_index, dtype=torch.long, device=dev),
         )
         return plan, sampled
+
+    def _slot_for(self, s: Sequence) -> int:
+        """A free slot for ``s``: one whose cache already starts ``s``'s prompt under its mix (nothing to copy),
+        else one that holds nothing worth keeping, else the lowest."""
+        mix = s.schedule(0) if s.schedule is not None else s.coeffs
+        fits = {slot: _common(held, s.prompt_ids) for slot, (m, held) in self.kept.items() if m == mix}
+        best = max(fits, key=fits.get, default=-1)
+        if self.share_prompts and best >= 0 and fits[best] >= MIN_SHARED:
+            slot, s.prefilled = best, fits[best]
+            self.stats.shared_positions += fits[best]
+        else:
+            slot = min((f for f in self.free if f not in self.kept), default=self.free[0])
+        self.free.remove(slot)
+        heapq.heapify(self.free)
+        self.kept.pop(slot, None)  # the new row writes over what it does not share
+        return slot
+
+    def _share_prompt(self, s: Sequence, written: dict[int, int]) -> bool:
+        """Copy the start of ``s``'s prompt from a slot that holds it under the same coefficients: a running
+        row, or a finished one whose slot is not yet reused (rows of one mix share a chat template's system
+        turn, a sweep's rows their prompts, a chat's next turn the conversation so far). True when ``s`` should
+        rather wait a step for a running row that is computing more of it."""
+        copy = getattr(self.model, "copy_prefix", None)
+        if copy is None or not self.share_prompts:
+            return False
+        mix = s.schedule(0) if s.schedule is not None else s.coeffs
+        donors = [(slot, held) for slot, (m, held) in self.kept.items() if m == mix]
+        coming = 0
+        for d in self.running:  # one mix so far: every position in its cache was written under mix_log[0]
+            if d is not s and len(d.mix_log) == 1 and d.mix_log[0][1] == mix:
+                donors.append((d.slot, d.context[: written[d.id]]))
+                if written[d.id] < len(d.prompt_ids):  # its prompt is being computed
+                    coming = max(coming, _common(d.prompt_ids, s.prompt_ids))
+        best, ready = -1, 0
+        for slot, held in donors:
+            n = _common(held, s.prompt_ids)
+            if n > ready:
+                best, ready = slot, n
+        if ready >= MIN_SHARED:
+            copy(self.cache, best, s.slot, ready)
+            s.prefilled = ready
+            self.stats.shared_positions += ready
+            return False
+        return coming >= MIN_SHARED
 
     @torch.inference_mode()
     def _sample(self, logits: torch.Tensor, rows: list[Sequence]) -> None:
@@ -324,6 +391,8 @@ class Engine:
         s.finish_reason = reason
         if s.slot >= 0:
             self.running.remove(s)
+            if len(s.mix_log) == 1:  # its cache stays a donor until the slot is reused
+                self.kept[s.slot] = (s.mix_log[0][1], s.context[: s.held])
             heapq.heappush(self.free, s.slot)
             self.stats.events.append((self.stats.steps, "leave", s.id))
             s.slot = -1
