@@ -391,7 +391,8 @@ class Engine:
         s.finish_reason = reason
         if s.slot >= 0:
             self.running.remove(s)
-            if len(s.mix_log) == 1:  # its cache stays a donor until the slot is reused
+            # its cache stays a donor until the slot is reused (not after a failed step, which may not have written)
+            if len(s.mix_log) == 1 and not reason.startswith("error"):
                 self.kept[s.slot] = (s.mix_log[0][1], s.context[: s.held])
             heapq.heappush(self.free, s.slot)
             self.stats.events.append((self.stats.steps, "leave", s.id))
