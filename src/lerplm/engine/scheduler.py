@@ -309,7 +309,7 @@ class Engine:
 
     def _slot_for(self, s: Sequence) -> int:
         """A free slot for ``s``: one whose cache already starts ``s``'s prompt under its mix (nothing to copy),
-        else one that holds nothing worth keeping, else the lowest."""
+        else the lowest (rows kept in low slots keep the quantised step's decode range short)."""
         mix = s.schedule(0) if s.schedule is not None else s.coeffs
         fits = {slot: _common(held, s.prompt_ids) for slot, (m, held) in self.kept.items() if m == mix}
         best = max(fits, key=fits.get, default=-1)
@@ -317,7 +317,7 @@ class Engine:
             slot, s.prefilled = best, fits[best]
             self.stats.shared_positions += fits[best]
         else:
-            slot = min((f for f in self.free if f not in self.kept), default=self.free[0])
+            slot = self.free[0]
         self.free.remove(slot)
         heapq.heapify(self.free)
         self.kept.pop(slot, None)  # the new row writes over what it does not share
