@@ -30,6 +30,17 @@ SEEDING = "prompt-sample-icdf"  # recorded by sweeps: runs sampled under another
 MAX_BATCH = 64  # generate()'s rows in flight at once
 
 
+def _padded(tensors: list[torch.Tensor | None], width: int) -> torch.Tensor:
+    """(heads, length, dim) keys or values of rows stacked into (rows, heads, width, dim), zeros after each row's
+    own length and for rows without any (None)."""
+    ref = next(t for t in tensors if t is not None)
+    out = ref.new_zeros((len(tensors), ref.shape[0], width, ref.shape[2]))
+    for j, t in enumerate(tensors):
+        if t is not None:
+            out[j, :, : t.shape[1]] = t
+    return out
+
+
 def row_seed(seed: int, prompt: str, sample: int) -> int:
     """The random stream of one (prompt, sample). Each prompt gets an independent stream, so draws are
     not correlated across a batch's prompts; one prompt keeps its stream under every mix, so
@@ -220,19 +231,11 @@ class LerpModel:
             pad_mask = torch.arange(width, device=self.device)[None, :] < n_pre[:, None]
             layers = len(next(p for p in past if p))
             for layer in range(layers):
-                k, v = (self._padded([p[layer][x] if p else None for p in past], width) for x in (0, 1))
+                k, v = (_padded([p[layer][x] if p else None for p in past], width) for x in (0, 1))
                 kv.update(k, v, layer)
             mask = torch.cat([pad_mask.long(), mask], 1)
             forward["cache"] = kv
         return ids, mask, scored, forward
-
-    def _padded(self, tensors: list[torch.Tensor | None], width: int) -> torch.Tensor:
-        ref = next(t for t in tensors if t is not None)
-        out = ref.new_zeros((len(tensors), ref.shape[0], width, ref.shape[2]))
-        for j, t in enumerate(tensors):
-            if t is not None:
-                out[j, :, : t.shape[1]] = t
-        return out
 
     def _next_token_nll(
         self, ids: torch.Tensor, coeffs: torch.Tensor | None, mask: torch.Tensor, scored: torch.Tensor, **forward
