@@ -1,4 +1,5 @@
-"""Distilled anchors: the guided distribution, its cached sampler against uncached passes, and the recipe."""
+"""Distilled anchors: the guided distribution, its sampler on the engine step against uncached passes, and the
+recipe."""
 
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ def test_guided_distribution_keeps_the_base_models_end_probability():
     assert torch.allclose(guided_logprobs(base, teacher, end, 1e-9), base.log_softmax(-1), atol=1e-6)
 
 
-def test_cached_mixed_batch_sampler_matches_uncached_passes(monkeypatch, base_dir, tmp_path):
-    """Left padding, positions, the KV cache and PEFT's mixed base/teacher batch: with the draw replaced by an
-    argmax, each answer equals one computed prompt by prompt from full, uncached passes of both models."""
+@pytest.mark.parametrize("recompute", [False, True])
+def test_engine_step_sampler_matches_uncached_passes(monkeypatch, base_dir, tmp_path, recompute):
+    """Prompts of different lengths, positions, the engine's cache, base and teacher rows in one batch (the fast
+    decoder, or the recompute step other architectures take): with the draw replaced by an argmax, each answer
+    equals one computed prompt by prompt from full, uncached passes of the base model and of the PEFT teacher."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -51,14 +54,24 @@ def test_cached_mixed_batch_sampler_matches_uncached_passes(monkeypatch, base_di
         model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     )
     peft.save_pretrained(tmp_path / "teacher")
-    tok = load_tokenizer(ModelRef(str(base_dir)))
-    tok.padding_side = "left"
+    base = ModelRef(str(base_dir))
+    tok = load_tokenizer(base)
     teacher = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "teacher").eval()
-    monkeypatch.setattr(distill_mod, "_top_p", lambda logp, t, p, gen: logp.argmax(-1))
+    if recompute:  # as for an architecture the fast decoder does not support
+        monkeypatch.setattr("lerplm.engine.unsupported_reason", lambda model, adapters: "a test")
+    step, _ = distill_mod.teacher_step(base, tmp_path / "teacher")
+    assert type(step).__name__ == ("RecomputeStep" if recompute else "FastDecoder")
+    seen = []  # each step's guided log-probabilities, (prompts, vocab)
+
+    def argmax(logp, t, p, gen):
+        seen.append(logp)
+        return logp.argmax(-1)
+
+    monkeypatch.setattr(distill_mod, "_top_p", argmax)
     prompts = ["Write a poem.", "Explain how a refrigerator keeps food cold, in detail please."]
-    got = distill_mod._batch(teacher, tok, prompts, 6, 1.7, torch.Generator())
     end = distill_mod._end_ids(tok, teacher)
-    for prompt, answer in zip(prompts, got):
+    got = distill_mod._batch(step, tok, prompts, 6, 1.7, torch.Generator(), end)
+    for r, (prompt, answer) in enumerate(zip(prompts, got)):
         ids = tok(format_prompt(tok, prompt), return_tensors="pt", add_special_tokens=False)["input_ids"]
         out = []
         for _ in range(6):
@@ -66,7 +79,9 @@ def test_cached_mixed_batch_sampler_matches_uncached_passes(monkeypatch, base_di
                 lt = teacher(input_ids=ids).logits[:, -1]
                 with teacher.disable_adapter():
                     lb = teacher(input_ids=ids).logits[:, -1]
-            nxt = guided_logprobs(lb, lt, end, 1.7).argmax(-1)
+            want = guided_logprobs(lb, lt, end, 1.7)
+            assert torch.allclose(seen[len(out)][r], want[0], atol=1e-4)  # the same distribution, step by step
+            nxt = want.argmax(-1)
             if nxt.item() in end.tolist():
                 break
             out.append(nxt.item())

@@ -44,39 +44,64 @@ def _top_p(logp: torch.Tensor, temperature: float, top_p: float, gen: torch.Gene
     return order.gather(-1, torch.multinomial(sorted_p, 1, generator=gen)).squeeze(-1)
 
 
-@torch.no_grad()
-def _batch(model, tok, prompts: list[str], tokens: int, strength: float, gen: torch.Generator) -> list[str]:
-    from transformers import DynamicCache
+def teacher_step(base: ModelRef, teacher: Path):
+    """The engine's model step over the base model with the teacher as its one adapter: the fast decoder, or the
+    exact recompute step for architectures it does not support."""
+    from .engine import FastDecoder, unsupported_reason
+    from .engine.recompute import RecomputeStep
+    from .runtime import LoraWeights, MixedRuntime
 
-    enc = tok([format_prompt(tok, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
-    b = len(prompts)
-    mask = enc["attention_mask"].repeat(2, 1)
-    pos = mask.cumsum(-1) - 1
-    names = ["__base__"] * b + ["default"] * b  # PEFT's mixed batch: the first rows without the adapter
-    end = _end_ids(tok, model)
-    cache = DynamicCache()
-    inp = enc["input_ids"].repeat(2, 1)
+    model = load_model(base, dtype=torch.float32)
+    adapters = [LoraWeights.load(teacher)]
+    if unsupported_reason(model, adapters) is None:
+        return FastDecoder(model, adapters), model
+    return RecomputeStep(model, MixedRuntime(model, adapters)), model
+
+
+@torch.inference_mode()
+def _batch(step, tok, prompts: list[str], tokens: int, strength: float, gen: torch.Generator, end) -> list[str]:
+    """Guided answers to ``prompts``: rows 0..b-1 run the base model (teacher coefficient 0), rows b..2b-1 the
+    teacher (coefficient 1), every prompt in both, in one cache of the engine's step."""
+    from .engine import StepPlan
+
+    ids = [tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    b = len(ids)
+    lens = torch.tensor([len(r) for r in ids + ids])
+    coeffs = torch.tensor([0.0] * b + [1.0] * b)[:, None]
+    cache = step.new_cache(2 * b, int(lens.max()) + tokens)
+    plan = StepPlan(  # every prompt as one prefill chunk; logits of each prompt's last token
+        tokens=torch.tensor([t for r in ids + ids for t in r]),
+        positions=torch.cat([torch.arange(n) for n in lens.tolist()]),
+        slots=torch.arange(2 * b).repeat_interleave(lens),
+        coeffs=coeffs.repeat_interleave(lens, 0),
+        active=(0, 1),
+        decode_slots=[],
+        decode_len=0,
+        prefill=[(j, 0, n) for j, n in enumerate(lens.tolist())],
+        logit_index=lens.cumsum(0) - 1,
+    )
     out = torch.full((b, tokens), tok.pad_token_id)
     done = torch.zeros(b, dtype=torch.bool)
     for t in range(tokens):
-        step_pos = pos[:, -inp.shape[1] :].clamp(min=0)
-        logits = model(
-            input_ids=inp,
-            attention_mask=mask,
-            position_ids=step_pos,
-            cache=cache,
-            use_cache=True,
-            adapter_names=names,
-        ).logits[:, -1]
+        logits = step(plan, cache)
         nxt = _top_p(guided_logprobs(logits[:b].float(), logits[b:].float(), end, strength), 0.8, 0.95, gen)
         nxt = torch.where(done, tok.pad_token_id, nxt)
         out[:, t] = nxt
         done |= torch.isin(nxt, end)
         if done.all():
             break
-        inp = nxt.repeat(2)[:, None]
-        mask = torch.cat([mask, mask.new_ones(2 * b, 1)], -1)
-        pos = torch.cat([pos, pos[:, -1:] + 1], -1)
+        positions = lens + t  # the token just sampled goes in after the prompt and the t tokens before it
+        plan = StepPlan(
+            tokens=nxt.repeat(2),
+            positions=positions,
+            slots=torch.arange(2 * b),
+            coeffs=coeffs,
+            active=(0, 1),
+            decode_slots=list(range(2 * b)),
+            decode_len=int(positions.max()) + 1,
+            prefill=[],
+            logit_index=torch.arange(2 * b),
+        )
     texts = []
     for row in out.tolist():
         cut = next((i for i, x in enumerate(row) if x in set(end.tolist())), len(row))
@@ -88,14 +113,13 @@ def guided_answers(
     base: ModelRef, teacher: Path, prompts: list[str], tokens: int, strength: float, seed: int
 ) -> list[str]:
     """One answer per prompt sampled (temperature 0.8, top-p 0.95) from base x teacher as the module says."""
-    from peft import PeftModel
     from tqdm.auto import tqdm
 
     tok = load_tokenizer(base)
-    tok.padding_side = "left"
-    model = PeftModel.from_pretrained(load_model(base, dtype=torch.float32), str(teacher)).eval()
+    step, model = teacher_step(base, teacher)
+    end = _end_ids(tok, model)
     gen = torch.Generator().manual_seed(seed)
     out: list[str] = []
     for i in tqdm(range(0, len(prompts), BATCH), desc="guided answers", leave=False):
-        out += _batch(model, tok, prompts[i : i + BATCH], tokens, strength, gen)
+        out += _batch(step, tok, prompts[i : i + BATCH], tokens, strength, gen, end)
     return out
