@@ -151,11 +151,8 @@ class LerpModel:
         self, input_ids: torch.Tensor, coeffs: torch.Tensor | None, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Full-sequence logits under the given coefficients (None = base model)."""
-        self.runtime.set_coefficients(coeffs)
-        try:
+        with self.runtime.coefficients(coeffs):
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        finally:
-            self.runtime.set_coefficients(None)
 
     @torch.inference_mode()
     def nll(
@@ -185,7 +182,8 @@ class LerpModel:
             if cached:
                 ids, mask, scored, forward = self._rows_after_cached_prefixes(prefix_cache, rows, pre, txt)
             else:
-                ids, mask, scored, forward = self._rows([pre[r] + txt[r] for r in rows], [len(pre[r]) for r in rows])
+                ids, mask, scored = self._rows([pre[r] + txt[r] for r in rows], [len(pre[r]) for r in rows])
+                forward = {}
             c = None if coeffs is None else coeffs[rows]
             nll = self._next_token_nll(ids, c, mask, scored, **forward).cpu()
             counts = scored.sum(1).cpu()
@@ -204,14 +202,14 @@ class LerpModel:
             ids[j, : len(seq)] = torch.tensor(seq)
             mask[j, : len(seq)] = 1
             scored[j, start - 1 : len(seq) - 1] = True
-        return ids.to(self.device), mask.to(self.device), scored.to(self.device), {}
+        return ids.to(self.device), mask.to(self.device), scored.to(self.device)
 
     def _cache_prefixes(self, cache: dict, prefixes: set[tuple[int, ...]], batch_size: int) -> None:
         """The base model's keys and values of each new prefix, per layer."""
         todo = sorted((p for p in prefixes if p not in cache), key=len)
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            ids, mask, _, _ = self._rows([list(p) for p in chunk], [1] * len(chunk))
+            ids, mask, _ = self._rows([list(p) for p in chunk], [1] * len(chunk))
             kv = self.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=True).cache
             for j, p in enumerate(chunk):
                 cache[p] = [(lay.keys[j, :, : len(p)].clone(), lay.values[j, :, : len(p)].clone()) for lay in kv.layers]
@@ -223,7 +221,7 @@ class LerpModel:
 
         past = [cache.get(tuple(pre[r][:-1]), []) for r in rows]
         width = max(p[0][0].shape[1] if p else 0 for p in past)  # keys are (heads, length, dim)
-        ids, mask, scored, _ = self._rows([pre[r][-1:] + txt[r] for r in rows], [1] * len(rows))
+        ids, mask, scored = self._rows([pre[r][-1:] + txt[r] for r in rows], [1] * len(rows))
         n_pre = torch.tensor([len(pre[r]) - 1 for r in rows], device=self.device)
         forward = {"position_ids": n_pre[:, None] + torch.arange(ids.shape[1], device=self.device)}
         if width:
@@ -242,16 +240,13 @@ class LerpModel:
     ) -> torch.Tensor:
         """-log p(next token) at the ``scored`` positions, in row-major order."""
         targets = ids[:, 1:][scored[:, :-1]]
-        self.runtime.set_coefficients(coeffs)
-        try:
+        with self.runtime.coefficients(coeffs):
             # models whose forward scales or caps the logits: the output layer is not one projection
             if any(getattr(self.model.config, k, None) for k in ("final_logit_softcapping", "logit_scale")):
                 logits = self.model(input_ids=ids, attention_mask=mask, **forward).logits[scored].float()
             else:
                 hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask, **forward).last_hidden_state
                 logits = self.model.get_output_embeddings()(hidden[scored]).float()
-        finally:
-            self.runtime.set_coefficients(None)
         return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
     def chat_prefixes(self, prompts: Sequence[str], chat: bool | None = None) -> list[str]:

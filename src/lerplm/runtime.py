@@ -241,6 +241,15 @@ class MixedRuntime:
             coeffs = torch.tensor(coeffs, dtype=torch.float32)
         self.state.set(coeffs)
 
+    @contextmanager
+    def coefficients(self, coeffs: torch.Tensor | Sequence | None) -> Iterator[None]:
+        """``set_coefficients`` for the block, the base model again after it (also when it raises)."""
+        self.set_coefficients(coeffs)
+        try:
+            yield
+        finally:
+            self.set_coefficients(None)
+
     def delta_weights(self, coeffs: torch.Tensor | Sequence[float]) -> dict[str, torch.Tensor]:
         coeffs = torch.as_tensor(coeffs, dtype=torch.float32)
         return {name: layer.delta_weight(coeffs) for name, layer in self.layers.items()}

@@ -45,13 +45,10 @@ class RecomputeStep:
             ids[r, width - n :] = torch.tensor(cache[s][0])
             mask[r, width - n :] = 1
             per_token[r, width - n :] = torch.tensor(cache[s][1])
-        self.runtime.set_coefficients(per_token.to(self.device))
-        try:
+        with self.runtime.coefficients(per_token.to(self.device)):
             out = self.model(
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
             )
-        finally:
-            self.runtime.set_coefficients(None)
         return out.logits[:, -1].float()

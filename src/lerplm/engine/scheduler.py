@@ -51,6 +51,11 @@ def _common(held: list[int], prompt: list[int]) -> int:
     return len(os.path.commonprefix([held, prompt[:-1]]))
 
 
+def _longest(donors: Iterable[tuple[int, list[int], int]], prompt: list[int]) -> tuple[int, int]:
+    """(slot, positions) of the donor (slot, tokens, positions written) that provides most of ``prompt``."""
+    return max(((slot, min(_common(held, prompt), n)) for slot, held, n in donors), key=lambda d: d[1], default=(-1, 0))
+
+
 class QueueFull(Exception):
     """The waiting queue is at its bound; the HTTP layer answers 503 with Retry-After."""
 
@@ -107,16 +112,20 @@ class Sequence:
     def context(self) -> list[int]:
         return self.prompt_ids + self.tokens
 
-    def coeffs_at(self, index: int) -> list[float]:
+    def mix_at(self, index: int) -> list[float]:
         """The coefficients that produce the ``index``-th new token (index 0: also the prompt's)."""
-        c = self.schedule(index) if self.schedule is not None else self.coeffs
+        return self.schedule(index) if self.schedule is not None else self.coeffs
+
+    def coeffs_at(self, index: int) -> list[float]:
+        """``mix_at(index)``, recorded in ``mix_log`` when it changes."""
+        c = self.mix_at(index)
         if not self.mix_log or self.mix_log[-1][1] != c:
             self.mix_log.append((index, list(c)))
         return c
 
     def changes_at(self, index: int) -> bool:
         """Whether the mix for token ``index`` differs from the one before it."""
-        return index > 0 and self.mix_log[-1][1] != (self.schedule(index) if self.schedule is not None else self.coeffs)
+        return index > 0 and self.mix_log[-1][1] != self.mix_at(index)
 
     @property
     def held(self) -> int:
@@ -310,18 +319,20 @@ class Engine:
     def _slot_for(self, s: Sequence) -> int:
         """A free slot for ``s``: one whose cache already starts ``s``'s prompt under its mix (nothing to copy),
         else the lowest (rows kept in low slots keep the quantised step's decode range short)."""
-        mix = s.schedule(0) if s.schedule is not None else s.coeffs
-        fits = {slot: _common(held, s.prompt_ids) for slot, (m, held) in self.kept.items() if m == mix}
-        best = max(fits, key=fits.get, default=-1)
-        if self.share_prompts and best >= 0 and fits[best] >= MIN_SHARED:
-            slot, s.prefilled = best, fits[best]
-            self.stats.shared_positions += fits[best]
+        best, n = _longest(self._kept_donors(s.mix_at(0)), s.prompt_ids)
+        if self.share_prompts and n >= MIN_SHARED:
+            slot, s.prefilled = best, n
+            self.stats.shared_positions += n
         else:
             slot = self.free[0]
         self.free.remove(slot)
         heapq.heapify(self.free)
         self.kept.pop(slot, None)  # the new row writes over what it does not share
         return slot
+
+    def _kept_donors(self, mix: list[float]) -> list[tuple[int, list[int], int]]:
+        """Free slots whose cache still holds a finished row's context under ``mix``: (slot, tokens, positions)."""
+        return [(slot, held, len(held)) for slot, (m, held) in self.kept.items() if m == mix]
 
     def _share_prompt(self, s: Sequence, written: dict[int, int]) -> bool:
         """Copy the start of ``s``'s prompt from a slot that holds it under the same coefficients: a running
@@ -331,19 +342,15 @@ class Engine:
         copy = getattr(self.model, "copy_prefix", None)
         if copy is None or not self.share_prompts:
             return False
-        mix = s.schedule(0) if s.schedule is not None else s.coeffs
-        donors = [(slot, held) for slot, (m, held) in self.kept.items() if m == mix]
+        mix = s.mix_at(0)
+        donors = self._kept_donors(mix)
         coming = 0
         for d in self.running:  # one mix so far: every position in its cache was written under mix_log[0]
             if d is not s and len(d.mix_log) == 1 and d.mix_log[0][1] == mix:
-                donors.append((d.slot, d.context[: written[d.id]]))
+                donors.append((d.slot, d.context, written[d.id]))
                 if written[d.id] < len(d.prompt_ids):  # its prompt is being computed
                     coming = max(coming, _common(d.prompt_ids, s.prompt_ids))
-        best, ready = -1, 0
-        for slot, held in donors:
-            n = _common(held, s.prompt_ids)
-            if n > ready:
-                best, ready = slot, n
+        best, ready = _longest(donors, s.prompt_ids)
         if ready >= MIN_SHARED:
             copy(self.cache, best, s.slot, ready)
             s.prefilled = ready
