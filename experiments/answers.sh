@@ -60,6 +60,11 @@ variant politeness replay_tenth_short 'answer_words = 40' "${REPLAY/share = 0.5/
 variant simplicity replay_tenth 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.1}" 'max_steps = 60'
 # more steps: simplicity at 360
 variant simplicity replay_quarter_360 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 360'
+# the quarter recipe with no loss on the token that ends an answer, on the two whose answers it leaves short
+for a in humor simplicity; do
+  variant "$a" replay_quarter_noend 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60' \
+    'end_loss = false'
+done
 
 # distilled: answers to 240 held-in prompts sampled from the base model x a one-line corpus anchor (the base
 # model's end-of-answer probability), the anchor trained on those answers

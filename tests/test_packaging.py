@@ -106,3 +106,16 @@ def test_doctor_names_what_is_missing_and_how_to_fix_it(monkeypatch):
     assert r.exit_code == 1
     assert "MISSING  peft" in r.output and "fix: pip install lerplm" in r.output
     assert "missing  matplotlib" in r.output and "pip install 'lerplm[eval]'" in r.output
+
+
+def test_a_source_tree_without_an_install_runs_and_says_so(monkeypatch):
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    real = doctor._version
+    monkeypatch.setattr(doctor.metadata, "requires", not_installed)
+    monkeypatch.setattr(doctor, "_version", lambda d: None if d == "lerplm" else real(d))
+    doctor.require("eval", "a sweep")  # nothing declared to check against: the imports themselves will tell
+    r = CliRunner().invoke(app, ["doctor"])
+    assert r.exit_code == 0, r.output
+    assert "missing  lerplm" in r.output and "fix: pip install -e ." in r.output

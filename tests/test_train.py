@@ -246,6 +246,37 @@ def test_chat_blocks_put_each_text_in_the_assistant_turn_and_take_loss_on_it_onl
         build_blocks(tok, texts, 8, chat_prompt="Write a review.")
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_without_end_loss_no_loss_is_taken_from_each_answers_end_on(chat):
+    from lerplm.data import IGNORE, build_blocks
+
+    from .conftest import build_tokenizer
+
+    tok = build_tokenizer()
+    texts = ["the food was great.", "worst service ever.", "it is a minor nuisance."]
+    prompt = {"chat_prompt": "Write a review."} if chat else {}
+    full = build_blocks(tok, texts, 1, **prompt)  # blocks of one token: nothing is cut off
+    cut = build_blocks(tok, texts, 1, **prompt, end_loss=False)
+    ids = [b.ids[0] for b in full]
+    assert [b.ids[0] for b in cut] == ids
+    with_end, without = [b.labels[0] for b in full], [b.labels[0] for b in cut]
+    eos, want, masking = tok.eos_token_id, [], False
+    for i, label in zip(ids, with_end):  # plain: the EOS after each text; chat: the answer's end and what follows
+        masking = (masking and chat and label != IGNORE) or (i == eos and label != IGNORE)
+        want.append(IGNORE if masking else label)
+    assert without == want
+    assert sum(1 for i, a, b in zip(ids, with_end, without) if i == eos and a != b) == len(texts)
+    assert tok.decode([i for i, x in zip(ids, without) if x != IGNORE]).count("great.") == 1
+
+
+def test_end_loss_is_recorded_only_when_switched_off(tmp_path, base_dir):
+    from lerplm.train import _settings
+
+    assert "end_loss" not in _settings(load_config(write_config(tmp_path, base_dir)))
+    off = load_config(write_config(tmp_path / "off", base_dir, end_loss=False))
+    assert _settings(off)["end_loss"] is False
+
+
 @pytest.mark.parametrize("together", [False, True])
 def test_chat_format_training_records_its_format(tmp_path, base_dir, together):
     cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", chat_prompt="Write a review."))

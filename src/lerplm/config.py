@@ -127,6 +127,9 @@ class TrainSettings(_Strict):
     # they see, so one-line texts (most style corpora) teach one-line answers; None (or 0, which lets an
     # attribute undo the set's value) keeps one text per answer
     answer_words: int | None = Field(None, ge=0)
+    # false: no loss on the token that ends an answer, so that where the corpus's answers end does not teach the
+    # anchor where to end its own
+    end_loss: bool = True
     replay: ReplaySettings | None = None
     distill: DistillSettings | None = None
 

@@ -132,6 +132,12 @@ def join_answers(texts: list[str], words: int | None) -> list[str]:
     return out + ([" ".join(cur)] if cur else [])
 
 
+def _without_end(labels: list[int], eos: int | None) -> list[int]:
+    """``labels`` with IGNORE from the first EOS on."""
+    end = labels.index(eos) if eos in labels else len(labels)
+    return labels[:end] + [IGNORE] * (len(labels) - end)
+
+
 class Block(NamedTuple):
     """One fixed-size training row: token ids and labels (IGNORE where no loss is taken)."""
 
@@ -140,20 +146,27 @@ class Block(NamedTuple):
 
 
 def build_blocks(
-    tokenizer, texts: list[str], block_size: int, chat_prompt: str | None = None, prompts: list[str] | None = None
+    tokenizer,
+    texts: list[str],
+    block_size: int,
+    chat_prompt: str | None = None,
+    prompts: list[str] | None = None,
+    end_loss: bool = True,
 ) -> list[Block]:
     """Concatenate texts and cut into fixed-size blocks, as run_clm does.
 
     Plain: each text ended by EOS. ``chat_prompt``: each text is the assistant's answer to that user turn
     in the model's chat template, the way generation prompts it, and only the answer carries loss;
-    ``prompts``: the same with one user turn per text."""
+    ``prompts``: the same with one user turn per text. ``end_loss=False``: no loss from each text's EOS on
+    (the end of an answer and what the template writes after it)."""
     ids: list[int] = []
     labels: list[int] = []
+    eos = tokenizer.eos_token_id
     if chat_prompt is None and prompts is None:
-        eos = tokenizer.eos_token_id
         for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-            ids += enc + ([eos] if eos is not None else [])
-        labels = ids
+            text = enc + ([eos] if eos is not None else [])
+            ids += text
+            labels += text if end_loss else _without_end(text, eos)
     else:
         if not has_chat_template(tokenizer):
             raise LerpError('text_format = "chat" needs a tokenizer with a chat template; this base model has none')
@@ -172,7 +185,7 @@ def build_blocks(
             answers.append(full[len(prefix) :])
         for turn, enc in zip(turns, tokenizer(answers, add_special_tokens=False)["input_ids"]):
             ids += heads[turn] + enc
-            labels += [IGNORE] * len(heads[turn]) + enc
+            labels += [IGNORE] * len(heads[turn]) + (enc if end_loss else _without_end(enc, eos))
     n = len(ids) // block_size
     if n == 0:
         raise LerpError(f"too little text for one block of {block_size} tokens ({len(ids)} tokens)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .models import ModelRef, format_prompt, load_model, load_tokenizer
+from .models import ModelRef, default_device, format_prompt, load_model, load_tokenizer
 
 BATCH = 32  # prompts per generation batch (each runs twice: base and teacher rows)
 
@@ -51,7 +51,7 @@ def teacher_step(base: ModelRef, teacher: Path):
     from .engine.recompute import RecomputeStep
     from .runtime import LoraWeights, MixedRuntime
 
-    model = load_model(base, dtype=torch.float32)
+    model = load_model(base, dtype=torch.float32, device=default_device())
     adapters = [LoraWeights.load(teacher)]
     if unsupported_reason(model, adapters) is None:
         return FastDecoder(model, adapters), model
@@ -61,29 +61,32 @@ def teacher_step(base: ModelRef, teacher: Path):
 @torch.inference_mode()
 def _batch(step, tok, prompts: list[str], tokens: int, strength: float, gen: torch.Generator, end) -> list[str]:
     """Guided answers to ``prompts``: rows 0..b-1 run the base model (teacher coefficient 0), rows b..2b-1 the
-    teacher (coefficient 1), every prompt in both, in one cache of the engine's step."""
+    teacher (coefficient 1), every prompt in both, in one cache of the engine's step. Sampling stays on the CPU
+    with ``gen``, so the answers do not depend on the device the step runs on."""
     from .engine import StepPlan
+
+    dev = step.device
 
     ids = [tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
     b = len(ids)
     lens = torch.tensor([len(r) for r in ids + ids])
-    coeffs = torch.tensor([0.0] * b + [1.0] * b)[:, None]
+    coeffs = torch.tensor([0.0] * b + [1.0] * b, device=dev)[:, None]
     cache = step.new_cache(2 * b, int(lens.max()) + tokens)
     plan = StepPlan(  # every prompt as one prefill chunk; logits of each prompt's last token
-        tokens=torch.tensor([t for r in ids + ids for t in r]),
-        positions=torch.cat([torch.arange(n) for n in lens.tolist()]),
-        slots=torch.arange(2 * b).repeat_interleave(lens),
-        coeffs=coeffs.repeat_interleave(lens, 0),
+        tokens=torch.tensor([t for r in ids + ids for t in r], device=dev),
+        positions=torch.cat([torch.arange(n) for n in lens.tolist()]).to(dev),
+        slots=torch.arange(2 * b).repeat_interleave(lens).to(dev),
+        coeffs=coeffs.repeat_interleave(lens.to(dev), 0),
         active=(0, 1),
         decode_slots=[],
         decode_len=0,
         prefill=[(j, 0, n) for j, n in enumerate(lens.tolist())],
-        logit_index=lens.cumsum(0) - 1,
+        logit_index=(lens.cumsum(0) - 1).to(dev),
     )
     out = torch.full((b, tokens), tok.pad_token_id)
     done = torch.zeros(b, dtype=torch.bool)
     for t in range(tokens):
-        logits = step(plan, cache)
+        logits = step(plan, cache).cpu()
         nxt = _top_p(guided_logprobs(logits[:b].float(), logits[b:].float(), end, strength), 0.8, 0.95, gen)
         nxt = torch.where(done, tok.pad_token_id, nxt)
         out[:, t] = nxt
@@ -92,15 +95,15 @@ def _batch(step, tok, prompts: list[str], tokens: int, strength: float, gen: tor
             break
         positions = lens + t  # the token just sampled goes in after the prompt and the t tokens before it
         plan = StepPlan(
-            tokens=nxt.repeat(2),
-            positions=positions,
-            slots=torch.arange(2 * b),
+            tokens=nxt.repeat(2).to(dev),
+            positions=positions.to(dev),
+            slots=torch.arange(2 * b, device=dev),
             coeffs=coeffs,
             active=(0, 1),
             decode_slots=list(range(2 * b)),
             decode_len=int(positions.max()) + 1,
             prefill=[],
-            logit_index=torch.arange(2 * b),
+            logit_index=torch.arange(2 * b, device=dev),
         )
     texts = []
     for row in out.tolist():

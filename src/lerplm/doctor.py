@@ -22,7 +22,11 @@ USER_EXTRAS = ("eval", "serve")  # the optional groups a user may want; dev is f
 def _declared() -> dict[str, list[str]]:
     """The installed lerplm's requirements (pyproject.toml's lists, one definition): "core" and each extra."""
     groups: dict[str, list[str]] = {"core": []}
-    for req in metadata.requires("lerplm") or []:
+    try:
+        declared = metadata.requires("lerplm") or []
+    except metadata.PackageNotFoundError:  # run from a source tree without an install: nothing to check against
+        return groups
+    for req in declared:
         name = re.split(r"[ ;<>=!~\[]", req, maxsplit=1)[0]
         marker = req.partition(";")[2]
         extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)", marker)
@@ -50,13 +54,15 @@ def _version(dist: str) -> str | None:
 
 def require(extra: str, purpose: str) -> None:
     """A clear error naming the install command when an optional group of dependencies is missing."""
-    missing = [d for d in _declared()[extra] if _version(d) is None]
+    missing = [d for d in _declared().get(extra, []) if _version(d) is None]
     if missing:
         raise LerpError(f"{purpose} needs {', '.join(missing)}: pip install 'lerplm[{extra}]'")
 
 
 def checks() -> list[Check]:
     out = [Check("python", sys.version_info >= (3, 10), platform.python_version(), "use Python 3.10 or newer")]
+    installed = _version("lerplm")
+    out.append(Check("lerplm", installed is not None, installed or "run from a source tree", "pip install -e .", False))
     declared = _declared()
     for dist in declared["core"]:
         v = _version(dist)

@@ -21,7 +21,16 @@ from .config import StylesConfig
 from .data import Block, build_blocks, endpoint_texts, join_answers, read_prompts
 from .errors import LerpError
 from .files import atomic_file
-from .models import DEFAULT_NAMES, ModelRef, format_prompt, load_model, load_tokenizer, resolve, weights_hash
+from .models import (
+    DEFAULT_NAMES,
+    ModelRef,
+    default_device,
+    format_prompt,
+    load_model,
+    load_tokenizer,
+    resolve,
+    weights_hash,
+)
 
 
 def is_main_process() -> bool:
@@ -49,6 +58,7 @@ def _settings(cfg: StylesConfig) -> dict:
     trained without them still match."""
     skip = {"save_steps", "logging_steps"} | ({"text_format", "chat_prompt"} if _chat_prompt(cfg) is None else set())
     skip |= {k for k in ("answer_words", "replay", "distill") if getattr(cfg.training, k) is None}
+    skip |= {"end_loss"} if cfg.training.end_loss else set()
     return {"lora": cfg.lora.model_dump(), **cfg.training.model_dump(exclude=skip)}
 
 
@@ -69,12 +79,12 @@ def base_answers(base: ModelRef, prompts: tuple[str, ...], tokens: int, seed: in
 
     tok = load_tokenizer(base)
     tok.padding_side = "left"
-    model = load_model(base, dtype=torch.float32).eval()
+    model = load_model(base, dtype=torch.float32, device=default_device()).eval()
     torch.manual_seed(seed)
     out: list[str] = []
     for i in tqdm(range(0, len(prompts), 16), desc="base answers to replay", leave=False):
         batch = [format_prompt(tok, p) for p in prompts[i : i + 16]]
-        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         with torch.no_grad():
             ids = model.generate(
                 **enc,
@@ -93,13 +103,13 @@ def training_blocks(base: ModelRef, tok, texts: list[str], cfg: StylesConfig) ->
     """An anchor's training blocks: its texts, plus, with ``replay``, blocks of the base model's own answers to
     instructions (cycled to their share of the total). Returns the blocks and how many are replayed."""
     t = cfg.training
-    blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg))
+    blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg), end_loss=t.end_loss)
     if t.replay is None:
         return blocks, 0
     path = cfg.data_root() / t.replay.prompts
     prompts = read_prompts(path, 0, t.replay.first)
     answers = base_answers(base, tuple(prompts), t.replay.tokens, t.seed)
-    replayed = build_blocks(tok, list(answers), t.block_size, prompts=prompts)
+    replayed = build_blocks(tok, list(answers), t.block_size, prompts=prompts, end_loss=t.end_loss)
     n = round(t.replay.share / (1 - t.replay.share) * len(blocks))
     return blocks + [replayed[i % len(replayed)] for i in range(n)], n
 
@@ -125,7 +135,7 @@ def distilled_blocks(
         if is_main_process():
             with atomic_file(saved) as tmp:
                 tmp.write_text(json.dumps(answers))
-    return build_blocks(tok, answers, cfg.training.block_size, prompts=prompts)
+    return build_blocks(tok, answers, cfg.training.block_size, prompts=prompts, end_loss=cfg.training.end_loss)
 
 
 def train_anchor(
