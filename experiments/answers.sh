@@ -96,5 +96,6 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_replay_quarter_{long,noend}
   echo
-  python experiments/answers_table.py simplicity docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend}
+  python experiments/answers_table.py simplicity \
+    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend}
 } > docs/results/answers_table.md
