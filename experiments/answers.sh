@@ -73,6 +73,7 @@ variant politeness distill "$DISTILL" 'max_steps = 60'
 variant politeness distill_half 'distill = { prompts = "prompts/writing_prompts.txt", strength = 0.5 }' \
   'max_steps = 60'  # the teacher at half weight in the product
 variant politeness distill_noend "$DISTILL" 'max_steps = 60' 'end_loss = false'  # no loss on each answer's end
+variant simplicity distill "$DISTILL" 'max_steps = 60'  # the narrowest attribute under replay
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -97,5 +98,5 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
   python experiments/answers_table.py humor docs/results/answers_humor_replay_quarter_{long,noend}
   echo
   python experiments/answers_table.py simplicity \
-    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend}
+    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_distill
 } > docs/results/answers_table.md
