@@ -267,6 +267,9 @@ def test_without_end_loss_no_loss_is_taken_from_each_answers_end_on(chat):
     assert without == want
     assert sum(1 for i, a, b in zip(ids, with_end, without) if i == eos and a != b) == len(texts)
     assert tok.decode([i for i, x in zip(ids, without) if x != IGNORE]).count("great.") == 1
+    tok.eos_token = "<|endoftext|>"  # turns end with <|im_end|>, so an answer has no EOS to start from
+    with pytest.raises(LerpError, match="end_loss = false"):
+        build_blocks(tok, texts, 1, chat_prompt="Write a review.", end_loss=False)
 
 
 def test_end_loss_is_recorded_only_when_switched_off(tmp_path, base_dir):

@@ -133,8 +133,11 @@ def join_answers(texts: list[str], words: int | None) -> list[str]:
 
 
 def _without_end(labels: list[int], eos: int | None) -> list[int]:
-    """``labels`` with IGNORE from the first EOS on."""
-    end = labels.index(eos) if eos in labels else len(labels)
+    """``labels`` with IGNORE from the first EOS on; an answer with no EOS (a chat template that ends turns with
+    another token) is an error, not a silent no-op."""
+    if eos not in labels:
+        raise LerpError("end_loss = false needs each answer to end with the tokenizer's EOS; this model's does not")
+    end = labels.index(eos)
     return labels[:end] + [IGNORE] * (len(labels) - end)
 
 
