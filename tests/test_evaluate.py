@@ -101,6 +101,7 @@ def test_finetuned_scorer_learns_saves_and_reloads(tmp_path, base_dir):
     good, bad = scorer.score(GOOD), scorer.score(BAD)
     assert good.min() > 0.5 > bad.max()  # learned the words, on a random-init tiny model
     assert 0.05 <= scorer.temperature <= 20 and scorer.score([]).shape == (0,)
+    assert not scorer._base().use_kernels  # the classifier keeps its own layers too
     saved = scorer.save(tmp_path / "sentiment.finetune")
     again = FinetunedScorer.load(tmp_path, saved, KindOptions())
     np.testing.assert_allclose(again.score(GOOD + BAD), np.concatenate([good, bad]), atol=1e-5)

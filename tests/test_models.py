@@ -3,7 +3,7 @@ import importlib.util
 import pytest
 
 from lerplm import LerpError
-from lerplm.models import EMBEDDED_GGUF, ModelRef, format_prompt, load_tokenizer, resolve, weights_hash
+from lerplm.models import EMBEDDED_GGUF, ModelRef, format_prompt, load_model, load_tokenizer, resolve, weights_hash
 
 
 def test_resolve_local_dirs_gguf_paths_and_hub_ids(base_dir, tmp_path):
@@ -23,6 +23,11 @@ def test_weights_hash_tracks_the_files(base_dir):
     h = weights_hash(ModelRef(str(base_dir)))
     assert h and len(h) == 64 and h == weights_hash(ModelRef(str(base_dir)))
     assert weights_hash(ModelRef("some/hub-id")) is None
+
+
+def test_models_keep_their_own_layers(base_dir):
+    """transformers turns Hub kernels on by default (on a GPU: a download at run time); lerplm never loads them."""
+    assert not load_model(ModelRef(str(base_dir))).use_kernels
 
 
 def test_chat_template_is_used_when_present(base_dir):

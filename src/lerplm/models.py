@@ -115,6 +115,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LERPLM_CACHE", Path.home() / ".cache" / "lerplm"))
 
 
+# transformers >= 5.25 loads models with `use_kernels` on: on a GPU it swaps layers for kernels fetched from the Hub,
+# a download at run time (which fails offline) and numerics other than the exact model's.
+LOCAL_LAYERS = {"use_kernels": False}
+
+
 def _clear_quantization(model) -> None:
     """A dequantized GGUF model is plain fp32 weights; drop the flags that block ``save_pretrained``."""
     model.hf_quantizer = None
@@ -136,7 +141,9 @@ def materialize(ref: ModelRef) -> ModelRef:
         return ModelRef(str(target))
     with atomic_dir(target, shared=True) as tmp:  # a process that finishes first wins
         tok = AutoTokenizer.from_pretrained(ref.name_or_path, gguf_file=ref.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(ref.name_or_path, gguf_file=ref.gguf_file, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            ref.name_or_path, gguf_file=ref.gguf_file, dtype=torch.float32, **LOCAL_LAYERS
+        )
         _clear_quantization(model)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -157,7 +164,7 @@ def load_model(ref: ModelRef, dtype: torch.dtype = torch.float32, device: str | 
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(materialize(ref).name_or_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(materialize(ref).name_or_path, dtype=dtype, **LOCAL_LAYERS)
     except OSError as e:
         raise LerpError(f"cannot load model {ref.describe()!r}: {str(e).splitlines()[0]}") from e
     if device:

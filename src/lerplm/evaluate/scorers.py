@@ -95,9 +95,11 @@ class HFScorer:
     def __init__(self, path: str, positive_label: int = 1, device: str = "cpu", batch_size: int = 32) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from ..models import LOCAL_LAYERS
+
         try:
             self.tok = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, **LOCAL_LAYERS).to(device).eval()
         except OSError as e:
             raise LerpError(f"cannot load classifier {path!r}: {str(e).splitlines()[0]}") from None
         self.positive_label, self.device, self.batch_size = positive_label, device, batch_size
@@ -253,12 +255,12 @@ class FinetunedScorer:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from ..models import load_tokenizer, materialize, resolve
+        from ..models import LOCAL_LAYERS, load_tokenizer, materialize, resolve
 
         ref = resolve(self.model_name)
         self.tok = load_tokenizer(ref)
         net = AutoModelForSequenceClassification.from_pretrained(
-            materialize(ref).name_or_path, num_labels=2, dtype=torch.float32
+            materialize(ref).name_or_path, num_labels=2, dtype=torch.float32, **LOCAL_LAYERS
         )
         net.config.pad_token_id = self.tok.pad_token_id  # the head reads each row's last non-pad token
         return net
