@@ -3,12 +3,12 @@
 # trains what is missing, sweeps, and writes exactly what docs/results/README.md and docs/anchors.md show.
 #   bash experiments/paper.sh [SECTION...]   sections: answers single focus simplex schedule corpus anchors
 #                                            (default: all)
-#   anchors/styles    examples/styles.toml (60 steps per anchor; ~90 min on 2 cores for all ten; a section trains only
+#   anchors/styles    examples/styles.toml (60 steps per anchor; ~100 min on 2 cores for all ten; a section trains only
 #                     the attributes it needs)
 #   scorers/styles    TF-IDF scorers on the same files (~2 min)
 #   docs/results/{answers,single,single_b,focus,simplex}/  report.md, summary.json, plots, generations.csv.gz;
 #   docs/results/answer_examples.md, docs/anchors.md
-# The anchors train on answers to prompts 0-239 (replay: 0-79, politeness distilled: 0-239); every sweep prompts
+# The anchors train on answers to prompts 0-239 (replay: 0-79, distilled: 0-239); every sweep prompts
 # them with later lines of the same file.
 # Every step resumes: run it again after an interruption. Run nothing else CPU-heavy beside it.
 set -euo pipefail

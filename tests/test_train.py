@@ -169,10 +169,13 @@ def test_example_config_is_valid():
     assert cfg.training.text_format == "chat"  # the measured better format for the instruct default
     recipes = {a.name: cfg.training_for(a.name) for a in cfg.attributes}
     assert {n: t.max_steps for n, t in recipes.items()} == dict.fromkeys(recipes, 60)
-    assert recipes["politeness"].distill is not None and recipes["politeness"].replay is None
-    for name in ("sentiment", "formality", "simplicity", "humor"):  # the quarter recipe for answers
+    for name in ("politeness", "simplicity"):  # distilled: one corpus text per teacher answer
+        t = recipes[name]
+        assert not t.answer_words and t.replay is None and t.distill is not None
+    for name in ("sentiment", "formality", "humor"):  # the quarter recipe for answers
         t = recipes[name]
         assert (t.answer_words, t.replay.share, t.distill) == (80, 0.25, None)
+    assert [n for n, t in recipes.items() if not t.end_loss] == ["politeness", "humor"]
     for t in recipes.values():  # held-in prompts end before the first prompt the recipes evaluate on (240)
         held = t.replay or t.distill
         assert (cfg.data_root() / held.prompts).is_file() and held.first <= 240
