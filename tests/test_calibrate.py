@@ -245,6 +245,9 @@ def test_eval_targets_cli(anchor_dir, tmp_path):
     df = pd.read_csv(tmp_path / "run" / "results.csv")
     assert len(df) == 4 * 2 * 2 and set(df["prompt_id"]) == {0, 1}
     assert json.loads((tmp_path / "run" / "sweep.json").read_text())["prompts"] == ["the food", "could you"]
+    generations = pd.read_csv(tmp_path / "run" / "generations.csv.gz")  # committed beside the report
+    assert set(generations["prompt"]) == {"the food", "could you"} and len(generations) == len(df)
+    assert {"text", "score_sentiment", "point"} <= set(generations.columns)
     r = CliRunner().invoke(app, args + ["--pair", "sentiment,nope"])
     assert r.exit_code == 2 and "--pair takes two different attributes" in r.output
     r = CliRunner().invoke(app, args[:-2] + ["--skip-prompts", "9", "--out", str(tmp_path / "r2")])

@@ -147,9 +147,8 @@ def _scorer_gaps(settings: dict) -> dict[str, float]:
 GENERATIONS = "generations.csv.gz"  # committed beside a report: anyone can rescore them with their own judges
 
 
-def _write_generations(df: pd.DataFrame, settings: dict, path: Path) -> None:
+def write_generations(df: pd.DataFrame, prompts: list[str] | None, path: Path) -> None:
     """Prompt, mix, sample, text and scores of every generation, one row each (gzip-compressed CSV)."""
-    prompts = settings.get("prompts")
     out = df.copy()
     if prompts and "prompt_id" in out:
         out.insert(0, "prompt", out["prompt_id"].map(lambda i: prompts[int(i)]))
@@ -336,7 +335,7 @@ def build_report(
                     text = str(r["text"]).replace("|", "/").replace("\n", " ")
                     lines.append(f"| {label} | {r[f'score_{a}']:.2f} | {text} |")
                 lines.append("")
-    _write_generations(df, settings, run / GENERATIONS)
+    write_generations(df, settings.get("prompts"), run / GENERATIONS)
     (run / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (run / "report.md").write_text("\n".join(lines) + "\n")
     return run / "report.md"

@@ -309,11 +309,12 @@ def evaluate_targets(
 ) -> dict:
     """Generate at the calibrated and the naive mix of each target (a grid inside the reachable range, or
     explicit ``targets`` such as "sentiment=0.4"), and with ``closed`` once more refined by the measured
-    scores; score, and write the report into ``out`` (resumable). Returns the summary."""
+    scores; score, and write the report and the generations into ``out`` (resumable). Returns the summary."""
     from ..anchors import AnchorSet
     from ..calibrate import CALIBRATION
     from ..generate import LerpModel, SamplingParams
     from ..mix import parse_assignments
+    from .report import GENERATIONS, write_generations
     from .scorers import ScorerSet
     from .sweep import run_sweep
 
@@ -332,6 +333,7 @@ def evaluate_targets(
     df = run_sweep(lm, scorer_set, points, prompts, out, 1, params, batch_rows)
     if closed:
         df = run_sweep(lm, scorer_set, points + refined_points(model, chosen, df), prompts, out, 1, params, batch_rows)
+    write_generations(df, list(prompts), Path(out) / GENERATIONS)
     return write_report(df, out, ranges, {"prompts": len(prompts), "calibration": str(calibration), **(meta or {})})
 
 
