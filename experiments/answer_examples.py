@@ -24,6 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="RUN_DIR (all its attributes) or ATTRIBUTE=RUN_DIR")
     ap.add_argument("--prompts", type=int, default=3, help="the first N prompts the runs share")
+    ap.add_argument("--levels", type=float, nargs="+", default=[0, 0.5, 1], help="the levels shown")
     args = ap.parse_args()
     runs = {}
     for spec in args.runs:
@@ -39,6 +40,7 @@ def main() -> None:
         print(f"### {cell(prompt)}\n\n| answer | text |\n|---|---|\n| base model alone | {cell(base)} |")
         for attribute, (run, frame) in runs.items():
             rows = frame[(frame["prompt"] == prompt) & frame["point"].str.startswith(f"single-{attribute}-")]
+            rows = rows[rows[f"level_{attribute}"].isin(args.levels)]
             for _, row in rows.sort_values(f"level_{attribute}").iterrows():
                 print(f"| {attribute} = {row[f'level_{attribute}']:g} (`{run}`) | {cell(row['text'])} |")
         print()

@@ -1,6 +1,6 @@
 """Compare anchors by how they answer: one row per sweep run (made with `--grid base` and single grids) and
-attribute, words and prompt fit at every level against the base model's, the control range and fluency. Prints a
-Markdown table.
+attribute, words and prompt fit at levels 0 / 0.5 / 1 and over all levels against the base model's, the control range
+and fluency. Prints a Markdown table.
 
 python experiments/answers_table.py sentiment runs/answers_base runs/answers_join
 python experiments/answers_table.py all runs/answers     # a row per attribute the run varies
@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+SHOWN = (0.0, 0.5, 1.0)  # the levels whose words and fit are shown one by one
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -19,10 +21,10 @@ def main() -> None:
     ap.add_argument("runs", type=Path, nargs="+")
     args = ap.parse_args()
     print(
-        "| run | words at levels 0 / 0.5 / 1 (base) | words / base | prompt fit at 0 / 0.5 / 1 (base) "
-        "| fit / base, lowest | range ± 95% | held-out ppl over levels (base) |"
+        "| run | words at levels 0 / 0.5 / 1 (base) | words / base, all levels | prompt fit at 0 / 0.5 / 1 (base) "
+        "| fit / base, lowest | range ± 95% | ρ, levels | fitted range ± 95% | held-out ppl over levels (base) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         s = json.loads((run / "summary.json").read_text())
         for attribute in s["single"]["control"] if args.attribute == "all" else [args.attribute]:
@@ -32,18 +34,21 @@ def main() -> None:
 def row(run: Path, attribute: str, s: dict, named: bool) -> str:
     """One table row: the run's anchors of one attribute against the base model."""
     curves = [c for c in s["single"]["curves"] if c["attribute"] == attribute]
+    shown = [c for c in curves if c["level"] in SHOWN]
     e, base = s["single"]["control"][attribute], s["base"]
-    words = " / ".join(f"{c['words']:.1f}" for c in curves)
-    ratio = " / ".join(f"{c['words'] / base['words']:.2f}" for c in curves)
-    fit = " / ".join(f"{c['prompt_fit']:.2f}" for c in curves)
+    words = " / ".join(f"{c['words']:.1f}" for c in shown)
+    ratios = [c["words"] / base["words"] for c in curves]
+    fit = " / ".join(f"{c['prompt_fit']:.2f}" for c in shown)
     held = [c["heldout_ppl"] for c in curves]
     cells = [
         f"`{run}` {attribute}" if named else f"`{run}`",
         f"{words} ({base['words']:.1f})",
-        ratio,
+        f"{min(ratios):.2f}-{max(ratios):.2f}",
         f"{fit} ({base['prompt_fit']:.2f})",
         f"{min(c['prompt_fit'] for c in curves) / base['prompt_fit']:.2f}",
         f"{e['score_range']:.3f} ± {e['range_ci95']:.3f}",
+        f"{e['spearman_rho']:.2f}, {len(curves)}",
+        f"{e['fitted_range']:.3f} ± {e['fitted_range_ci95']:.3f}",
         f"{min(held):.0f}-{max(held):.0f} ({base['heldout_ppl']:.0f})",
     ]
     return "| " + " | ".join(cells) + " |"

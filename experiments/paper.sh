@@ -27,11 +27,11 @@ needs() {  # needs [ATTRIBUTE...]: the set's anchors of these attributes (all wh
 
 source experiments/publish.sh
 
-answers() {  # how the anchors answer: levels 0 / 0.5 / 1 of each attribute beside the base model, 64 prompts (336-399),
-  needs      # 128 new tokens: words, prompt fit, fluency and control; three prompts' answers side by side (~35 min)
-  lerplm sweep "${SWEEP[@]}" --max-new-tokens 128 --grid single:all --grid base --levels 3 --skip-prompts 336 \
+answers() {  # how the anchors answer: 11 levels of each attribute beside the base model, 64 prompts (336-399), 128 new
+  needs      # tokens: words, prompt fit, fluency and control; three prompts' answers at 0 / 0.5 / 1 side by side (~75 min)
+  lerplm sweep "${SWEEP[@]}" --max-new-tokens 128 --grid single:all --grid base --levels 11 --skip-prompts 336 \
     --max-prompts 64 --heldout-per-endpoint 5 --out runs/answers  # the last --max-new-tokens wins
-  publish answers "How the anchors answer (64 prompts x 3 levels, 128 new tokens)"
+  publish answers "How the anchors answer (64 prompts x 11 levels, 128 new tokens)"
   python experiments/answers_table.py all docs/results/answers > docs/results/answers/table.md
   {
     echo "# Answers at each level beside the base model's"

@@ -2,7 +2,8 @@
 # Target control on the example anchor set: a calibration pooled over 128 prompts (400-527), evaluated on 96 other
 # prompts (240-335), one-attribute targets at the calibration's predicted scores for levels 0.15/0.5/0.85 and
 # two-attribute targets at level corners 0.15/0.85 of two entangled pairs. Writes docs/results/targets{,_pairs}/
-# and docs/results/calibration.json. Needs experiments/paper.sh's anchors, scorers and runs/single (~2 h more).
+# (with every generation: generations.csv.gz) and docs/results/calibration.json. Needs experiments/paper.sh's
+# anchors, scorers and runs/single (~45 min more on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=../shared/data/styles/prompts/writing_prompts.txt
@@ -23,6 +24,6 @@ mapfile -t TARGETS < <(python experiments/target_args.py "$CAL" --no-singles --p
 lerplm eval-targets "${EVAL[@]}" "${TARGETS[@]}" --out runs/targets_pairs
 
 for r in targets targets_pairs; do
-  mkdir -p "docs/results/$r" && cp runs/$r/targets.{md,json,csv,png} "docs/results/$r/"
+  mkdir -p "docs/results/$r" && cp runs/$r/{targets.{md,json,csv,png},generations.csv.gz} "docs/results/$r/"
 done
 cp "$CAL" docs/results/calibration.json
