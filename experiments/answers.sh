@@ -74,6 +74,7 @@ variant politeness distill_half 'distill = { prompts = "prompts/writing_prompts.
   'max_steps = 60'  # the teacher at half weight in the product
 variant politeness distill_noend "$DISTILL" 'max_steps = 60' 'end_loss = false'  # no loss on each answer's end
 variant simplicity distill "$DISTILL" 'max_steps = 60'  # the narrowest attribute under replay
+variant humor distill_noend "$DISTILL" 'max_steps = 60' 'end_loss = false'  # does distilling widen humor's range?
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -95,7 +96,8 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
   python experiments/answers_table.py politeness docs/results/answers_politeness_replay_{quarter_fast,quarter_short} \
     docs/results/answers_politeness_{replay_tenth_short,distill,distill_half,distill_noend}
   echo
-  python experiments/answers_table.py humor docs/results/answers_humor_replay_quarter_{long,noend}
+  python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
+    docs/results/answers_humor_distill_noend
   echo
   python experiments/answers_table.py simplicity \
     docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_distill
