@@ -5,8 +5,14 @@ int4; the quantised ones on ONNX Runtime), all in one run:
   first token and decode tok/s, and their ratios;
 - a mix that changes at every token (a live slider) against an unchanged mix: tok/s ratio;
 - 16 rows with 16 different mixes: decode tok/s;
+- the model step alone, with and without adapters, every scheme's runs interleaved round by round (the
+  least noisy comparison on a shared machine): median ms of a decode step at 1 and 16 rows and of a
+  42-token prefill;
 - quality against fp32: teacher-forced greedy agreement on fp32's own continuations and perplexity on
   held-out corpus text, both under a mix and teacher-forced through decode steps.
+
+The scheme ``int8-b32`` is int8 with every layer in blocks of 32 inputs, the baseline for int8's
+larger blocks.
 
 python benchmarks/engine.py --anchors anchors/quickstart
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import statistics
 import time
 from pathlib import Path
 
@@ -85,6 +92,63 @@ def teacher_forced(model, ids: list[int], start: int, coeffs: list[float]) -> to
 
 
 @torch.inference_mode()
+def step_times(models: dict[str, tuple], adapters: int, rounds: int = 10) -> dict[str, dict[str, float]]:
+    """Median ms of one step of each (mixed, bare) step model: decode at 1 and 16 rows (at cache position 80,
+    random tokens and mixes) and a 42-token prefill; the models take turns, ``rounds`` times."""
+    from lerplm.engine.decoder import StepPlan
+
+    gen = torch.Generator().manual_seed(0)
+
+    def plan(rows: int, n: int, mixed: bool) -> StepPlan:
+        tokens = torch.randint(0, 1000, (max(rows, n),), generator=gen)
+        coeffs = torch.rand(len(tokens), adapters, generator=gen) if mixed else None
+        active = (0, adapters) if mixed else None
+        if n == 1:  # decoding rows in slots 0..rows-1
+            return StepPlan(
+                tokens,
+                torch.full((rows,), 80),
+                torch.arange(rows),
+                coeffs,
+                active,
+                list(range(rows)),
+                81,
+                [],
+                torch.arange(rows),
+            )
+        return StepPlan(
+            tokens,
+            torch.arange(n),
+            torch.zeros(n, dtype=torch.long),
+            coeffs,
+            active,
+            [],
+            0,
+            [(0, 0, n)],
+            torch.tensor([n - 1]),
+        )
+
+    shapes = {"decode1_ms": (1, 1), "decode16_ms": (16, 1), "prefill42_ms": (1, 42)}
+    steps = {f"{name}/{kind}": m for name, pair in models.items() for kind, m in zip(("mix", "base"), pair)}
+    caches = {key: m.new_cache(16, 128) for key, m in steps.items()}
+    times = {key: {s: [] for s in shapes} for key in steps}
+    for shape, (rows, n) in shapes.items():
+        plans = {key: plan(rows, n, key.endswith("/mix")) for key in steps}
+        reps = 10 if n == 1 else 3
+        for r in range(rounds):
+            for key in list(steps)[
+                :: 1 if r % 2 else -1
+            ]:  # every other round in reverse: no model always follows another
+                m = steps[key]
+                for _ in range(reps):  # the previous session's threads still spin for a while after its last call
+                    m(plans[key], caches[key])
+                t = time.perf_counter()
+                for _ in range(reps):
+                    m(plans[key], caches[key])
+                times[key][shape].append((time.perf_counter() - t) / reps * 1e3)
+    return {key: {s: statistics.median(v) for s, v in t.items()} for key, t in times.items()}
+
+
+@torch.inference_mode()
 def quality(lm, ref, model, coeffs, prompts, texts, tokens: int) -> dict:
     """Greedy agreement on ref's own continuations and perplexity on ``texts``, both teacher-forced
     through decode steps."""
@@ -109,18 +173,30 @@ def quality(lm, ref, model, coeffs, prompts, texts, tokens: int) -> dict:
     return {"greedy_agreement": agree / total if total else 1.0, "perplexity": math.exp(nll / count)}
 
 
+def step_models(lm, scheme: str):
+    """(mixed, bare) steps for ``scheme``; ``int8-b32``: int8 with 32-input blocks in every layer."""
+    from lerplm.engine import ortstep
+
+    blocks = ortstep.INT8_BLOCKS
+    if scheme == "int8-b32":
+        scheme, ortstep.INT8_BLOCKS = "int8", (32,)
+    try:
+        return ortstep.fast_step(lm.model, lm.adapters, scheme), ortstep.fast_step(lm.model, [], scheme)
+    finally:
+        ortstep.INT8_BLOCKS = blocks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--anchors", required=True)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--schemes", nargs="+", default=["fp32", "int8", "int4"])
+    ap.add_argument("--schemes", nargs="+", default=["fp32", "int8", "int8-b32", "int4"])
     ap.add_argument("--quality-prompts", type=int, default=16)
     args = ap.parse_args()
 
     import lerplm
     from lerplm.engine import SamplingParams, Sequence
-    from lerplm.engine.ortstep import fast_step
 
     lm = lerplm.load(args.anchors)
     names = lm.anchors.names
@@ -131,8 +207,11 @@ def main() -> None:
     held = [t.strip() for t in (STYLES / "sentiment" / "positive.test.txt").read_text().splitlines() if t.strip()][:24]
     ref = lm.step_model
     results = {"anchors": args.anchors, "tokens": args.tokens, "mix": mix, "schemes": {}}
-    for scheme in args.schemes:
-        mixed, bare = fast_step(lm.model, lm.adapters, scheme), fast_step(lm.model, [], scheme)
+    models = {scheme: step_models(lm, scheme) for scheme in args.schemes}
+    results["step_ms"] = step_times(models, len(lm.adapters))
+    for key, row in results["step_ms"].items():
+        print(f"step {key}: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+    for scheme, (mixed, bare) in models.items():
         params = SamplingParams(args.tokens, 0)
 
         def one(model, coeffs, schedule=None):

@@ -154,7 +154,8 @@ def in_process(lm, work, max_tokens: int, slots: int) -> dict:
     """The served fixed-length workload straight through the engine, every request queued at once: what the
     engine delivers with no HTTP, no clients and no event loop sharing the cores (the served runs' ceiling).
     ``little_s`` is the mean latency a closed loop of ``slots`` clients would see at that rate (Little's law:
-    clients x tokens per request / tok/s), under any first-come-first-served order."""
+    clients x tokens per request / tok/s), under any first-come-first-served order. The phases: seconds in
+    model steps that prefill (with the decoding rows), in steps that only decode, and in sampling."""
     from lerplm.engine import SamplingParams, Sequence
 
     ids = lm.prompt_ids([p for p, _ in work])
@@ -163,6 +164,21 @@ def in_process(lm, work, max_tokens: int, slots: int) -> dict:
     engine = lm.engine(max_batch=slots, max_len=1024)
     engine.eos = set()  # fixed lengths, as ignore_eos
     engine.run([Sequence(ids[0], coeffs[0], params, 0)])  # warm-up
+    warm_steps = engine.stats.steps
+    phases = dict.fromkeys(("prefill_steps_s", "decode_steps_s", "sampling_s"), 0.0)
+    model, sample = engine.model, engine._sample
+
+    def timed(fn, key):
+        def run(*a):
+            t = time.perf_counter()
+            out = fn(*a)
+            phases[key(*a) if callable(key) else key] += time.perf_counter() - t
+            return out
+
+        return run
+
+    engine.model = timed(model, lambda plan, _: "prefill_steps_s" if plan.prefill else "decode_steps_s")
+    engine._sample = timed(sample, "sampling_s")
     t0 = time.perf_counter()
     seqs = engine.run([Sequence(i, c, params, n) for n, (i, c) in enumerate(zip(ids, coeffs))])
     wall = time.perf_counter() - t0
@@ -171,10 +187,12 @@ def in_process(lm, work, max_tokens: int, slots: int) -> dict:
         "clients": slots,
         "requests": len(work),
         "tokens": tokens,
+        "prompt_tokens": sum(map(len, ids)),
+        "steps": engine.stats.steps - warm_steps,
         "wall_s": wall,
         "tok_s": tokens / wall,
         "little_s": slots * max_tokens / (tokens / wall),
-    }
+    } | phases
 
 
 def bodies_for(kind: str, work, lm, max_tokens: int, bare: bool = False, fixed: bool = False) -> list[dict]:

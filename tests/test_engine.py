@@ -315,8 +315,8 @@ def test_engine_samples_on_the_threads_its_step_asks_for(lm, quantized, monkeypa
 
 def test_int4_blocks_reproduce_a_q4_1_grid_exactly():
     """Weights on GGUF's Q4_1 grid (lo + q * scale per 32 inputs: the embedded default's own weights) come
-    back exactly; int8 blocks stay within half a step."""
-    from lerplm.engine.ortstep import dequantize_blocks, quantize_blocks
+    back exactly; int8 blocks (the largest of 128, 64, 32 inputs that divides a layer's) stay within half a step."""
+    from lerplm.engine.ortstep import block_size, dequantize_blocks, quantize_blocks
 
     gen = torch.Generator().manual_seed(0)
     lo, scale = torch.randn(48, 3, 1, generator=gen) * 0.1, torch.rand(48, 3, 1, generator=gen) * 0.02 + 1e-3
@@ -324,10 +324,11 @@ def test_int4_blocks_reproduce_a_q4_1_grid_exactly():
     q[..., 0], q[..., -1] = 0, 15  # as GGUF's quantiser makes them, every block spans its whole grid
     w = (lo + q * scale).reshape(48, 96)
     assert torch.allclose(dequantize_blocks(*quantize_blocks(w, 4), 96), w, atol=1e-6)
-    for in_f in (96, 72):  # a partial last block
+    for in_f, block in ((96, 32), (72, 32), (192, 64), (256, 128)):  # 72: a partial last block
+        assert block_size(in_f, 8) == block and block_size(in_f, 4) == 32
         x = torch.randn(48, in_f, generator=gen)
         step = x.abs().amax(1, keepdim=True) / 127
-        assert ((dequantize_blocks(*quantize_blocks(x, 8), in_f) - x).abs() <= step / 2 + 1e-6).all()
+        assert ((dequantize_blocks(*quantize_blocks(x, 8, block), in_f) - x).abs() <= step / 2 + 1e-6).all()
 
 
 def _params(n, temperature=1.0, top_p=1.0, top_k=0, seed=0, step=0):
@@ -399,6 +400,18 @@ def test_top_p_on_a_large_vocabulary_equals_a_full_sort():
         for i, (t, tp, tk) in enumerate(zip(*lists[:3])):
             want = int(logits[i].argmax()) if t == 0 else _full_sort_draw(logits[i], t, tp, tk, u[i])
             assert got[i] == want, (step, i)
+
+
+def test_only_rows_with_a_wide_nucleus_search_further(monkeypatch):
+    """A flat row looks among more tokens on its own: the peaked rows' search stops at the first cap."""
+    import lerplm.engine.sampling as sampling
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 20000, generator=g) * torch.tensor([8.0, 0.3, 8.0, 8.0])[:, None]  # row 1 is flat
+    calls, real = [], torch.topk
+    monkeypatch.setattr(sampling.torch, "topk", lambda x, k, **kw: (calls.append((x.shape[0], k)), real(x, k, **kw))[1])
+    sample(logits, _params(4, temperature=1.0, top_p=0.95))
+    assert calls == [(4, 512), (1, 4096), (1, 20000)]
 
 
 def test_sampler_reports_log_probabilities():

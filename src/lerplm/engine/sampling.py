@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-TOPK_CAPS = (512, 4096)  # top-p is tried on the 512, then 4096 most likely tokens; a full sort only if they fall short
+TOPK_CAPS = (512, 4096)  # a row looks for its nucleus among its 512, then 4096 likeliest tokens, then all
 _M32 = 0xFFFFFFFF
 
 
@@ -51,9 +51,25 @@ class BatchParams:
     seeds: torch.Tensor  # int64 stream seeds
     steps: torch.Tensor  # int64: index of the token being drawn
     all_greedy: bool = False
+    any_greedy: bool = True
     any_full: bool = True  # some sampled row uses the whole distribution (no top-k, no top-p)
     any_filtered: bool = True  # some sampled row uses top-k or top-p
     max_top_k: int = -1  # -1: not given, read from top_k
+
+    def select(self, rows: torch.Tensor) -> BatchParams:
+        """The parameters of ``rows`` (the batch summary is kept: it still holds for a subset)."""
+        return BatchParams(
+            self.temperature[rows],
+            self.top_p[rows],
+            self.top_k[rows],
+            self.seeds[rows],
+            self.steps[rows],
+            self.all_greedy,
+            self.any_greedy,
+            self.any_full,
+            self.any_filtered,
+            self.max_top_k,
+        )
 
     @classmethod
     def from_lists(
@@ -75,6 +91,7 @@ class BatchParams:
             torch.tensor(seeds, dtype=torch.long, device=device),
             torch.tensor(steps, dtype=torch.long, device=device),
             all_greedy=not sampled,
+            any_greedy=len(sampled) < len(temperature),
             any_full=not all(filtered),
             any_filtered=any(filtered),
             max_top_k=max(top_k, default=0),
@@ -87,10 +104,12 @@ def sample(
     """Tokens (B,) from logits (B, V), and optionally the log-probabilities (B, V) of the model's
     unfiltered, untempered distribution (what OpenAI's ``logprobs`` report)."""
     logits = logits.float()
-    greedy = p.temperature <= 0
-    tokens = logits.argmax(-1)
-    if not p.all_greedy:
-        tokens = torch.where(greedy, tokens, _draw(logits, p))
+    if p.all_greedy:
+        tokens = logits.argmax(-1)
+    else:
+        tokens = _draw(logits, p)
+        if p.any_greedy:
+            tokens = torch.where(p.temperature <= 0, logits.argmax(-1), tokens)
     logprobs = None
     if want_logprobs:
         logprobs = torch.log_softmax(logits, -1)
@@ -109,21 +128,20 @@ def _draw(logits: torch.Tensor, p: BatchParams) -> torch.Tensor:
         cdf = probs.double().cumsum(-1)
         tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=vocab - 1)
     if p.any_filtered:
-        top = None
         kmax = p.max_top_k if p.max_top_k >= 0 else int(p.top_k.max())
-        for cap in [*(c for c in TOPK_CAPS if c > kmax), vocab]:
-            top = _filtered_draw(scaled, probs, p, u, min(cap, vocab))
-            if top is not None:  # else the top tokens hold less than some row's top_p: look wider
-                break
+        caps = [*(c for c in TOPK_CAPS if c > kmax), vocab]
+        top = _filtered_draw(scaled, probs, p, u, caps)
         tokens = top if tokens is None else torch.where(filtered, top, tokens)
     return tokens
 
 
 def _filtered_draw(
-    scaled: torch.Tensor, full: torch.Tensor, p: BatchParams, u: torch.Tensor, cap: int
-) -> torch.Tensor | None:
-    """Top-k / top-p draw among the ``cap`` most likely tokens (``scaled`` logits, ``full`` their probabilities);
-    None if they do not hold some row's nucleus."""
+    scaled: torch.Tensor, full: torch.Tensor, p: BatchParams, u: torch.Tensor, caps: list[int]
+) -> torch.Tensor:
+    """Top-k / top-p draw among the ``caps[0]`` most likely tokens (``scaled`` logits, ``full`` their
+    probabilities); the rows whose nucleus those do not hold draw again among ``caps[1]``, and so on: a row
+    with a flat distribution costs its own wider search, not the whole batch's."""
+    cap = min(caps[0], full.shape[-1])
     idx = torch.topk(scaled, cap, dim=-1).indices  # sorted, descending (faster on logits than on probabilities)
     probs = full.gather(1, idx).double()
     rank = torch.arange(cap, device=probs.device)
@@ -132,11 +150,14 @@ def _filtered_draw(
     probs = torch.where(p.top_k[:, None] > 0, probs / probs.sum(-1, keepdim=True), probs)  # renormalise top-k
     cum = probs.cumsum(-1)
     top_p = p.top_p.double()[:, None]
-    needs_p = p.top_p < 1
-    if cap < full.shape[-1] and bool((needs_p & (cum[:, -1] < p.top_p.double()) & (p.top_k == 0)).any()):
-        return None  # the one read-back a step may need: whether the top tokens hold every row's nucleus
     keep_p = (cum - probs) <= top_p  # the smallest prefix whose mass reaches top_p
     probs = probs * keep_p
     cdf = probs.cumsum(-1)
     pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=cap - 1)
-    return idx.gather(1, pick)[:, 0]
+    tokens = idx.gather(1, pick)[:, 0]
+    if cap < full.shape[-1]:
+        short = (p.top_p < 1) & (cum[:, -1] < p.top_p.double()) & (p.top_k == 0)
+        rows = short.nonzero()[:, 0]  # the one read-back a step may need: which rows' nuclei reach further
+        if len(rows):
+            tokens[rows] = _filtered_draw(scaled[rows], full[rows], p.select(rows), u[rows], caps[1:])
+    return tokens
