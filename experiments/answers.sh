@@ -75,6 +75,7 @@ variant politeness distill_half 'distill = { prompts = "prompts/writing_prompts.
 variant politeness distill_noend "$DISTILL" 'max_steps = 60' 'end_loss = false'  # no loss on each answer's end
 variant simplicity distill "$DISTILL" 'max_steps = 60'  # the narrowest attribute under replay
 variant humor distill_noend "$DISTILL" 'max_steps = 60' 'end_loss = false'  # does distilling widen humor's range?
+variant simplicity distill_noend "$DISTILL" 'max_steps = 60' 'end_loss = false'  # and lengthen simplicity's answers?
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -100,5 +101,5 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
     docs/results/answers_humor_distill_noend
   echo
   python experiments/answers_table.py simplicity \
-    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_distill
+    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend}
 } > docs/results/answers_table.md
