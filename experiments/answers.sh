@@ -76,6 +76,8 @@ variant politeness distill_noend "$DISTILL" 'max_steps = 60' 'end_loss = false' 
 variant simplicity distill "$DISTILL" 'max_steps = 60'  # the narrowest attribute under replay
 variant humor distill_noend "$DISTILL" 'max_steps = 60' 'end_loss = false'  # does distilling widen humor's range?
 variant simplicity distill_noend "$DISTILL" 'max_steps = 60' 'end_loss = false'  # and lengthen simplicity's answers?
+variant politeness distill_075_noend 'distill = { prompts = "prompts/writing_prompts.txt", strength = 0.75 }' \
+  'max_steps = 60' 'end_loss = false'  # a weaker teacher: politeness's answers nearer the base model's length?
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -95,7 +97,7 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
   done
   echo
   python experiments/answers_table.py politeness docs/results/answers_politeness_replay_{quarter_fast,quarter_short} \
-    docs/results/answers_politeness_{replay_tenth_short,distill,distill_half,distill_noend}
+    docs/results/answers_politeness_{replay_tenth_short,distill,distill_half,distill_noend,distill_075_noend}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
     docs/results/answers_humor_distill_noend

@@ -5,7 +5,7 @@ of each operator. ONNX Runtime's ``MatMulNBits`` (int4 in GGUF's blocks of 32 in
 up to 128; activations quantised to int8 per block on the fly) reads int4 or int8 weights near memory
 speed, and its graph runs the step's ~700 operators with far less overhead per operator than eager
 torch: on this project's 2-core machine a SmolLM2-135M decode step with four stacked anchors takes
-~8 ms in int8, against ~50 ms for the fp32 torch step and ~23 ms for torch's packed int4 kernels
+~8 ms in int8, against ~60 ms for the fp32 torch step and ~23 ms for torch's packed int4 kernels
 (docs/performance.md).
 
 The graph is the same computation as ``FastDecoder``: every token of a call is a row with its own
