@@ -135,11 +135,10 @@ def step_times(models: dict[str, tuple], adapters: int, rounds: int = 10) -> dic
         plans = {key: plan(rows, n, key.endswith("/mix")) for key in steps}
         reps = 10 if n == 1 else 3
         for r in range(rounds):
-            for key in list(steps)[
-                :: 1 if r % 2 else -1
-            ]:  # every other round in reverse: no model always follows another
+            order = list(steps) if r % 2 else list(steps)[::-1]  # no model always follows the same other one
+            for key in order:
                 m = steps[key]
-                for _ in range(reps):  # the previous session's threads still spin for a while after its last call
+                for _ in range(reps):  # untimed: the model that ran before leaves its worker threads spinning a while
                     m(plans[key], caches[key])
                 t = time.perf_counter()
                 for _ in range(reps):

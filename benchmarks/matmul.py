@@ -1,8 +1,9 @@
 """One matrix product of the embedded default's shapes on ONNX Runtime: int8 ``MatMulNBits`` (the quantised
 step's kernel, activations quantised per block) in blocks of 32, 64 and 128 inputs against fp32 ``MatMul``,
-at 1, 16, 64 and 256 rows (a decode step, a full batch, prefill chunks). Each product alone in a session
-of two threads, the sessions of one shape taking turns, the fastest of three turns; the smaller products'
-weights stay in cache, so one-row times here are lower than inside a step, which reads ~143 MB of weights.
+at 1, 16, 64 and 256 rows (a decode step, a full batch, prefill chunks). Each product alone in an ONNX
+Runtime session of two threads, the sessions of one shape taking turns, the fastest of three turns; the
+smaller products' weights stay in cache, so one-row times here are lower than inside a step, which reads
+~143 MB of weights.
 
 python benchmarks/matmul.py
 """
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from common import save
 
-from lerplm.engine.ortstep import quantize_blocks
+from lerplm.engine.ortstep import Graph, new_session
 
 SHAPES = {  # (inputs, outputs): SmolLM2-135M's fused layers and head, and a four-anchor q/k/v adapter product
     "gate_up": (576, 3072),
@@ -29,34 +30,26 @@ BLOCKS = (32, 64, 128)
 
 
 def session(w: torch.Tensor, block: int | None):
-    """A session computing x wᵀ: int8 ``MatMulNBits`` in ``block``-input blocks, or fp32 ``MatMul`` (None)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    """A session computing x wᵀ: int8 ``MatMulNBits`` in ``block``-input blocks as the quantised step builds it,
+    or fp32 ``MatMul`` (None)."""
+    from onnx import TensorProto, helper
 
     out_f, in_f = w.shape
+    g = Graph()
+    if block is None:
+        g.op("MatMul", ["x", g.const(w.T)])
+    else:
+        g.matmul("x", w, 8, block)
+    g.nodes[-1].output[0] = "y"
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", in_f])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", out_f])
-    if block is None:
-        node = helper.make_node("MatMul", ["x", "w"], ["y"])
-        inits = [numpy_helper.from_array(w.T.contiguous().numpy(), "w")]
-    else:
-        packed, scale, _ = quantize_blocks(w, 8, block)
-        attrs = dict(K=in_f, N=out_f, bits=8, block_size=block, accuracy_level=4)
-        node = helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", **attrs)
-        inits = [numpy_helper.from_array(packed, "w"), numpy_helper.from_array(scale, "s")]
-    graph = helper.make_graph([node], "product", [x], [y], inits)
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.log_severity_level = 3
-    model = helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return new_session(g.serialize("product", [x], [y]), 2)
 
 
 def time_us(sessions: dict, x: np.ndarray, rounds: int = 3) -> dict[str, float]:
     """Fastest µs of one run of each session over ``rounds`` turns (the fastest: a burst of other work on the
-    machine only slows a turn down); each turn runs ~50 ms untimed first, as the previous session's worker
-    threads spin on the cores for a while after its last run, then ~30 ms timed."""
+    machine only slows a turn down); each turn runs ~50 ms untimed first, as the product that ran before leaves its
+    worker threads spinning on the cores for a while, then ~30 ms timed."""
     best = dict.fromkeys(sessions, float("inf"))
     for _ in range(rounds):
         for label, sess in sessions.items():

@@ -33,8 +33,8 @@ INT8_BLOCKS = (128, 64, 32)  # int8 takes the largest that divides a layer's inp
 
 
 def block_size(in_f: int, bits: int) -> int:
-    """Inputs per quantisation block: int4 keeps GGUF's 32; int8 takes larger blocks, whose kernels run
-    10-30% faster (fewer per-block scales to apply and to read), when they divide the inputs."""
+    """Inputs per quantisation block: int4 keeps GGUF's 32; int8 takes larger blocks, whose kernels run faster
+    (fewer per-block scales to apply and to read; benchmarks/matmul.py), when they divide the inputs."""
     if bits == 4:
         return BLOCK
     return next((b for b in INT8_BLOCKS if in_f % b == 0), INT8_BLOCKS[-1])
@@ -77,7 +77,7 @@ def dequantize_blocks(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray 
     return w.reshape(out_f, -1)[:, :in_f].float()
 
 
-class _Graph:
+class Graph:
     """A small ONNX graph builder: nodes, initialisers and fresh names."""
 
     def __init__(self) -> None:
@@ -104,6 +104,12 @@ class _Graph:
         names = [self.name(kind) for _ in range(outputs)] if isinstance(outputs, int) else outputs
         self.nodes.append(self.helper.make_node(kind, inputs, names, domain=domain, **attrs))
         return names[0] if len(names) == 1 else names
+
+    def serialize(self, name: str, inputs: list, outputs: list) -> bytes:
+        """The model of these nodes (opset 17 and ONNX Runtime's contrib operators), serialised."""
+        graph = self.helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
+        opsets = [self.helper.make_opsetid("", 17), self.helper.make_opsetid("com.microsoft", 1)]
+        return self.helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
 
     def matmul(self, x: str, w: torch.Tensor, bits: int, block: int | None = None) -> str:
         out_f, in_f = w.shape
@@ -138,7 +144,7 @@ def build_graph(dec, bits: int) -> bytes:
     and present_key_i / present_value_i, bound to the past buffers."""
     from onnx import TensorProto, helper
 
-    g = _Graph()
+    g = Graph()
     hq, hkv, d, eps = dec.heads, dec.kv_heads, dec.head_dim, float(dec.eps)
     hidden = dec.embed.shape[1]
     has_adapters = bool(_adapter_layers(dec))
@@ -211,9 +217,17 @@ def build_graph(dec, bits: int) -> bytes:
     y = g.op("SimplifiedLayerNormalization", [rows, g.const(dec.norm, "norm")], epsilon=eps)
     g.matmul(y, dec.lm_head.weight, 8)
     g.nodes[-1].output[0] = "logits"  # the head's product is the graph's output
-    graph = helper.make_graph(g.nodes, "lerplm_step", inputs, outputs, g.inits)
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
+    return g.serialize("lerplm_step", inputs, outputs)
+
+
+def new_session(model: bytes, threads: int):
+    """An ONNX Runtime CPU session of ``model`` on ``threads`` intra-op threads, quiet on the terminal."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # no optimiser notices on the terminal
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def fast_step(model, adapters, scheme: str = "fp32"):
@@ -232,7 +246,7 @@ class OrtDecoder:
         if dec.device.type != "cpu" or dec.dtype != torch.float32:
             raise LerpError(f"{scheme} weights run on the CPU in float32 only")
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (new_session imports it; a missing one is reported here)
         except ImportError as e:  # a declared dependency; only a broken install lacks it
             raise LerpError(f"quantize={scheme} needs onnxruntime: pip install onnxruntime ({e})") from e
         self.scheme = scheme
@@ -245,10 +259,7 @@ class OrtDecoder:
         layers = _adapter_layers(dec)
         self.num_adapters = len(layers[0].offsets) - 1 if layers else 0
         self._new_cache = dec.new_cache
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.log_severity_level = 3  # no optimiser notices on the terminal
-        self.session = ort.InferenceSession(build_graph(dec, BITS[scheme]), options, providers=["CPUExecutionProvider"])
+        self.session = new_session(build_graph(dec, BITS[scheme]), torch.get_num_threads())
         self._owner: tuple | None = None  # the cache the kept bindings point into
         self._bindings: dict[tuple[int, int], object] = {}  # (first slot, batch) -> binding
 

@@ -8,6 +8,7 @@ rows share its batch, and no per-row generator objects or Python loops over rows
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -58,18 +59,8 @@ class BatchParams:
 
     def select(self, rows: torch.Tensor) -> BatchParams:
         """The parameters of ``rows`` (the batch summary is kept: it still holds for a subset)."""
-        return BatchParams(
-            self.temperature[rows],
-            self.top_p[rows],
-            self.top_k[rows],
-            self.seeds[rows],
-            self.steps[rows],
-            self.all_greedy,
-            self.any_greedy,
-            self.any_full,
-            self.any_filtered,
-            self.max_top_k,
-        )
+        per_row = ("temperature", "top_p", "top_k", "seeds", "steps")
+        return dataclasses.replace(self, **{f: getattr(self, f)[rows] for f in per_row})
 
     @classmethod
     def from_lists(
