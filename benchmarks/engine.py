@@ -72,19 +72,10 @@ def teacher_forced(model, ids: list[int], start: int, coeffs: list[float]) -> to
     c = torch.tensor([coeffs])
 
     def plan(lo: int, hi: int) -> StepPlan:
-        n = hi - lo
-        decode = n == 1 and lo > 0
-        return StepPlan(
-            tokens=torch.tensor(ids[lo:hi]),
-            positions=torch.arange(lo, hi),
-            slots=torch.zeros(n, dtype=torch.long),
-            coeffs=c.expand(n, -1),
-            active=(0, len(coeffs)),
-            decode_slots=[0] if decode else [],
-            decode_len=hi if decode else 0,
-            prefill=[] if decode else [(0, lo, n)],
-            logit_index=torch.tensor([n - 1]),
-        )
+        tokens, mix = torch.tensor(ids[lo:hi]), c.expand(hi - lo, -1)
+        if hi - lo == 1 and lo > 0:
+            return StepPlan.decoding(tokens, torch.tensor([lo]), [0], mix)
+        return StepPlan.prefilling(tokens, [(0, lo, hi - lo)], mix)
 
     out = [model(plan(0, start), cache)]
     out += [model(plan(p, p + 1), cache) for p in range(start, len(ids) - 1)]
@@ -102,30 +93,9 @@ def step_times(models: dict[str, tuple], adapters: int, rounds: int = 10) -> dic
     def plan(rows: int, n: int, mixed: bool) -> StepPlan:
         tokens = torch.randint(0, 1000, (max(rows, n),), generator=gen)
         coeffs = torch.rand(len(tokens), adapters, generator=gen) if mixed else None
-        active = (0, adapters) if mixed else None
         if n == 1:  # decoding rows in slots 0..rows-1
-            return StepPlan(
-                tokens,
-                torch.full((rows,), 80),
-                torch.arange(rows),
-                coeffs,
-                active,
-                list(range(rows)),
-                81,
-                [],
-                torch.arange(rows),
-            )
-        return StepPlan(
-            tokens,
-            torch.arange(n),
-            torch.zeros(n, dtype=torch.long),
-            coeffs,
-            active,
-            [],
-            0,
-            [(0, 0, n)],
-            torch.tensor([n - 1]),
-        )
+            return StepPlan.decoding(tokens, torch.full((rows,), 80), list(range(rows)), coeffs)
+        return StepPlan.prefilling(tokens, [(0, 0, n)], coeffs)
 
     shapes = {"decode1_ms": (1, 1), "decode16_ms": (16, 1), "prefill42_ms": (1, 42)}
     steps = {f"{name}/{kind}": m for name, pair in models.items() for kind, m in zip(("mix", "base"), pair)}

@@ -13,7 +13,7 @@ from lerplm import distill as distill_mod
 from lerplm.config import load_config
 from lerplm.data import build_blocks, read_texts
 from lerplm.distill import guided_logprobs
-from lerplm.models import ModelRef, format_prompt, load_tokenizer
+from lerplm.models import ModelRef, end_ids, format_prompt, load_tokenizer
 from lerplm.train import train_anchors
 
 from .conftest import STYLES
@@ -69,9 +69,9 @@ def test_engine_step_sampler_matches_uncached_passes(monkeypatch, base_dir, tmp_
 
     monkeypatch.setattr(distill_mod, "_top_p", argmax)
     prompts = ["Write a poem.", "Explain how a refrigerator keeps food cold, in detail please."]
-    end = distill_mod._end_ids(tok, teacher)
+    end = torch.tensor(sorted(end_ids(tok, teacher)))
     got = distill_mod._batch(step, tok, prompts, 6, 1.7, torch.Generator(), end)
-    for r, (prompt, answer) in enumerate(zip(prompts, got)):
+    for r, (prompt, (answer, ended)) in enumerate(zip(prompts, got)):
         ids = tok(format_prompt(tok, prompt), return_tensors="pt", add_special_tokens=False)["input_ids"]
         out = []
         for _ in range(6):
@@ -87,6 +87,7 @@ def test_engine_step_sampler_matches_uncached_passes(monkeypatch, base_dir, tmp_
             out.append(nxt.item())
             ids = torch.cat([ids, nxt[:, None]], -1)
         assert answer == tok.decode(out, skip_special_tokens=True).strip()
+        assert ended == (len(out) < 6)  # an answer that reached the token limit was cut, not ended
 
 
 def test_distill_trains_the_anchor_on_guided_answers_to_the_prompts(monkeypatch, tmp_path, base_dir):
@@ -107,7 +108,7 @@ def test_distill_trains_the_anchor_on_guided_answers_to_the_prompts(monkeypatch,
     for name in ("sentiment.negative", "sentiment.positive"):
         summary = json.loads((anchors / name / "lerplm_training.json").read_text())
         assert summary["settings"]["distill"]["strength"] == 1.5
-        assert summary["blocks"] == len(build_blocks(tok, seen[name], 16, prompts=prompts))
+        assert summary["blocks"] == len(build_blocks(tok, seen[name][0], 16, prompts=prompts))
     assert not (anchors / ".work").exists()  # the teacher and the answers go once the anchor is in place
 
 
@@ -116,7 +117,8 @@ def test_saved_guided_answers_are_not_sampled_again(monkeypatch, tmp_path, base_
     for name in ("sentiment.negative", "sentiment.positive"):
         work = tmp_path / "anchors" / ".work" / name
         work.mkdir(parents=True)
-        (work / "guided_answers.json").write_text(json.dumps(["A kind answer.", "Another one.", "A third."]))
+        saved = [["A kind answer.", "Another one.", "A third."], [True, False, True]]  # answers, ended
+        (work / "guided_answers.json").write_text(json.dumps(saved))
     monkeypatch.setattr(distill_mod, "guided_answers", lambda *a: pytest.fail("sampled again"))
     train_anchors(cfg, tmp_path / "anchors", log=lambda s: None)
     assert (tmp_path / "anchors" / "anchors.json").is_file()

@@ -20,15 +20,10 @@ COEFFS = torch.tensor([[0.2, 0.8, 0.0, 0.0], [0.5, 0.0, 0.1, 0.4], [0.0, 0.0, 0.
 def prefill_plan(ids: torch.Tensor, coeffs: torch.Tensor | None, slots: list[int]) -> StepPlan:
     """Every row of ``ids`` (B, T) as one prefill chunk; logits for every token."""
     b, t = ids.shape
-    return StepPlan(
-        tokens=ids.reshape(-1),
-        positions=torch.arange(t).repeat(b),
-        slots=torch.tensor(slots).repeat_interleave(t),
-        coeffs=None if coeffs is None else coeffs.reshape(b * t, -1),
-        active=None if coeffs is None else (0, coeffs.shape[-1]),
-        decode_slots=[],
-        decode_len=0,
-        prefill=[(s, 0, t) for s in slots],
+    return StepPlan.prefilling(
+        ids.reshape(-1),
+        [(s, 0, t) for s in slots],
+        None if coeffs is None else coeffs.reshape(b * t, -1),
         logit_index=torch.arange(b * t),
     )
 
@@ -215,17 +210,7 @@ def test_quantised_steps_stay_within_their_tolerance(lm, quantized):
     )
     tol = QUANTIZED_TOL[step.scheme] * want.abs().max()
     assert 1e-4 < (got[:, -1] - want[:, 10]).abs().max() <= tol
-    decode = StepPlan(
-        tokens=ids[:, 11],
-        positions=torch.full((3,), 11),
-        slots=torch.tensor([0, 2, 3]),
-        coeffs=per_token[:, 11],
-        active=(0, 4),
-        decode_slots=[0, 2, 3],  # slot 1 is a dummy row of the slot range
-        decode_len=12,
-        prefill=[],
-        logit_index=torch.arange(3),
-    )
+    decode = StepPlan.decoding(ids[:, 11], torch.full((3,), 11), [0, 2, 3], per_token[:, 11])  # slot 1: a dummy row
     assert (step(decode, cache) - want[:, 11]).abs().max() <= tol
     assert (lm.logits(ids, per_token * 0.5) - want).abs().max() > 2 * tol  # the tolerance is finer than a mix change
 
@@ -240,33 +225,13 @@ def test_quantised_chunks_and_scattered_rows_equal_whole_runs(lm, quantized):
     want = step(prefill_plan(ids[:1, :12], c[:1, :12], [0]), whole)[-1]
     first = prefill_plan(ids[:1, :5], c[:1, :5], [0])
     step(first, chunked)
-    second = StepPlan(
-        tokens=ids[0, 5:12],
-        positions=torch.arange(5, 12),
-        slots=torch.zeros(7, dtype=torch.long),
-        coeffs=c[0, 5:12],
-        active=(0, 4),
-        decode_slots=[],
-        decode_len=0,
-        prefill=[(0, 5, 7)],
-        logit_index=torch.tensor([6]),
-    )
+    second = StepPlan.prefilling(ids[0, 5:12], [(0, 5, 7)], c[0, 5:12])
     assert torch.allclose(step(second, chunked)[0], want, atol=1e-5)
     assert all(torch.allclose(a[:, :, :, :12], b[:, :, :, :12], atol=1e-5) for a, b in zip(whole, chunked))
 
     def decode(slots: list[int], rows: list[int], cache, order: list[int] | None = None) -> torch.Tensor:
-        n = len(rows)
-        plan = StepPlan(
-            tokens=ids[rows, 12],
-            positions=torch.full((n,), 12),
-            slots=torch.tensor(slots),
-            coeffs=COEFFS[rows],
-            active=(0, 4),
-            decode_slots=slots,
-            decode_len=13,
-            prefill=[],
-            logit_index=torch.tensor(order) if order else torch.arange(n),
-        )
+        order_t = torch.tensor(order) if order else None
+        plan = StepPlan.decoding(ids[rows, 12], torch.full((len(rows),), 12), slots, COEFFS[rows], order_t)
         return step(plan, cache)
 
     alone = []

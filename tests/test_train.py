@@ -275,12 +275,37 @@ def test_without_end_loss_no_loss_is_taken_from_each_answers_end_on(chat):
         build_blocks(tok, texts, 1, chat_prompt="Write a review.", end_loss=False)
 
 
-def test_end_loss_is_recorded_only_when_switched_off(tmp_path, base_dir):
+def test_end_loss_is_recorded_only_when_not_the_default(tmp_path, base_dir):
     from lerplm.train import _settings
 
     assert "end_loss" not in _settings(load_config(write_config(tmp_path, base_dir)))
     off = load_config(write_config(tmp_path / "off", base_dir, end_loss=False))
     assert _settings(off)["end_loss"] is False
+    finished = load_config(write_config(tmp_path / "finished", base_dir, end_loss="finished"))
+    assert _settings(finished)["end_loss"] == "finished"
+    with pytest.raises(LerpError, match="end_loss"):
+        load_config(write_config(tmp_path / "bad", base_dir, end_loss="sometimes"))
+
+
+@pytest.mark.parametrize("end_loss", [True, "finished", False])
+def test_answers_cut_at_their_token_limit_teach_no_end_when_only_finished_ones_should(tmp_path, base_dir, end_loss):
+    from lerplm.data import IGNORE
+    from lerplm.models import ModelRef, load_tokenizer
+    from lerplm.train import answer_blocks
+
+    def ends(end_loss) -> list[bool]:  # per EOS of the blocks: does it take loss?
+        cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", end_loss=end_loss))
+        one = cfg.model_copy(update={"training": cfg.training.model_copy(update={"block_size": 1})})  # nothing cut off
+        blocks = answer_blocks(tok, answers, ended, prompts, one)
+        return [b.labels[0] != IGNORE for b in blocks if b.ids[0] == tok.eos_token_id]
+
+    tok = load_tokenizer(ModelRef(str(base_dir)))
+    answers, ended = ["the food was great.", "worst service", "it is fine."], [True, False, True]
+    prompts = ["Write a review.", "Write another.", "And one more."]
+    every = ends(True)
+    assert sum(every) == 3  # each answer's end (the chat template's other EOS are prompt, without loss)
+    got = [x for x, answer_end in zip(ends(end_loss), every) if answer_end]
+    assert got == {True: [True, True, True], "finished": ended, False: [False, False, False]}[end_loss]
 
 
 @pytest.mark.parametrize("together", [False, True])
@@ -389,7 +414,7 @@ def test_replay_mixes_the_base_models_own_answers_into_training(tmp_path, base_d
     blocks, replayed = training_blocks(base, tok, texts, cfg)
     assert replayed == len(style) and blocks[: len(style)] == style  # share 0.5: as many replayed as style blocks
     prompts = read_texts(STYLES / "prompts" / "writing_prompts.txt")[:4]
-    answers = base_answers(base, tuple(prompts), 6, cfg.training.seed)
+    answers, ended = base_answers(base, tuple(prompts), 6, cfg.training.seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
     tok.padding_side = "left"
     enc = tok([format_prompt(tok, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -397,8 +422,10 @@ def test_replay_mixes_the_base_models_own_answers_into_training(tmp_path, base_d
     sampled = model.generate(
         **enc, max_new_tokens=6, do_sample=True, temperature=0.8, top_p=0.95, top_k=0, pad_token_id=tok.pad_token_id
     )
-    want = tok.batch_decode(sampled[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    new = sampled[:, enc["input_ids"].shape[1] :]
+    want = tok.batch_decode(new, skip_special_tokens=True)
     assert list(answers) == [t.strip() for t in want]
+    assert list(ended) == [tok.eos_token_id in row for row in new.tolist()]
     rep = build_blocks(tok, list(answers), 16, prompts=prompts)  # each answer under its own prompt, cycled
     assert blocks[len(style) :] == [rep[i % len(rep)] for i in range(replayed)]
 

@@ -128,8 +128,9 @@ class TrainSettings(_Strict):
     # attribute undo the set's value) keeps one text per answer
     answer_words: int | None = Field(None, ge=0)
     # false: no loss on the token that ends an answer, so that where the corpus's answers end does not teach the
-    # anchor where to end its own
-    end_loss: bool = True
+    # anchor where to end its own; "finished": that loss only on answers that ended on their own, none on replayed
+    # or distilled answers cut at their token limit (true teaches those cuts as ends)
+    end_loss: bool | Literal["finished"] = True
     replay: ReplaySettings | None = None
     distill: DistillSettings | None = None
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -155,21 +155,24 @@ def build_blocks(
     chat_prompt: str | None = None,
     prompts: list[str] | None = None,
     end_loss: bool = True,
+    ended: Sequence[bool] | None = None,
 ) -> list[Block]:
     """Concatenate texts and cut into fixed-size blocks, as run_clm does.
 
     Plain: each text ended by EOS. ``chat_prompt``: each text is the assistant's answer to that user turn
     in the model's chat template, the way generation prompts it, and only the answer carries loss;
     ``prompts``: the same with one user turn per text. ``end_loss=False``: no loss from each text's EOS on
-    (the end of an answer and what the template writes after it)."""
+    (the end of an answer and what the template writes after it); ``ended``: per text, False for a sampled
+    answer cut at its token limit, which takes no end loss either (where it was cut is not where it ends)."""
     ids: list[int] = []
     labels: list[int] = []
     eos = tokenizer.eos_token_id
+    learn_end = [end_loss and e for e in (ended if ended is not None else [True] * len(texts))]
     if chat_prompt is None and prompts is None:
-        for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        for enc, learn in zip(tokenizer(texts, add_special_tokens=False)["input_ids"], learn_end):
             text = enc + ([eos] if eos is not None else [])
             ids += text
-            labels += text if end_loss else _without_end(text, eos)
+            labels += text if learn else _without_end(text, eos)
     else:
         if not has_chat_template(tokenizer):
             raise LerpError('text_format = "chat" needs a tokenizer with a chat template; this base model has none')
@@ -186,9 +189,9 @@ def build_blocks(
             if not full.startswith(prefix):
                 raise LerpError("this chat template renders an answer differently from a generation prompt")
             answers.append(full[len(prefix) :])
-        for turn, enc in zip(turns, tokenizer(answers, add_special_tokens=False)["input_ids"]):
+        for turn, enc, learn in zip(turns, tokenizer(answers, add_special_tokens=False)["input_ids"], learn_end):
             ids += heads[turn] + enc
-            labels += [IGNORE] * len(heads[turn]) + (enc if end_loss else _without_end(enc, eos))
+            labels += [IGNORE] * len(heads[turn]) + (enc if learn else _without_end(enc, eos))
     n = len(ids) // block_size
     if n == 0:
         raise LerpError(f"too little text for one block of {block_size} tokens ({len(ids)} tokens)")

@@ -13,16 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .models import ModelRef, default_device, format_prompt, load_model, load_tokenizer
+from .models import ModelRef, default_device, end_ids, format_prompt, load_model, load_tokenizer
 
 BATCH = 32  # prompts per generation batch (each runs twice: base and teacher rows)
-
-
-def _end_ids(tok, model) -> torch.Tensor:
-    """Every token that ends an answer: the tokenizer's EOS and the generation config's."""
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    return torch.tensor(sorted({tok.eos_token_id, *ids}))
 
 
 def guided_logprobs(base: torch.Tensor, teacher: torch.Tensor, end: torch.Tensor, strength: float) -> torch.Tensor:
@@ -59,10 +52,13 @@ def teacher_step(base: ModelRef, teacher: Path):
 
 
 @torch.inference_mode()
-def _batch(step, tok, prompts: list[str], tokens: int, strength: float, gen: torch.Generator, end) -> list[str]:
-    """Guided answers to ``prompts``: rows 0..b-1 run the base model (teacher coefficient 0), rows b..2b-1 the
-    teacher (coefficient 1), every prompt in both, in one cache of the engine's step. Sampling stays on the CPU
-    with ``gen``, so the answers do not depend on the device the step runs on."""
+def _batch(
+    step, tok, prompts: list[str], tokens: int, strength: float, gen: torch.Generator, end
+) -> list[tuple[str, bool]]:
+    """Guided answers to ``prompts`` and whether each ended before ``tokens``: rows 0..b-1 run the base model
+    (teacher coefficient 0), rows b..2b-1 the teacher (coefficient 1), every prompt in both, in one cache of the
+    engine's step. Sampling stays on the CPU with ``gen``, so the answers do not depend on the device the step
+    runs on."""
     from .engine import StepPlan
 
     dev = step.device
@@ -72,16 +68,10 @@ def _batch(step, tok, prompts: list[str], tokens: int, strength: float, gen: tor
     lens = torch.tensor([len(r) for r in ids + ids])
     coeffs = torch.tensor([0.0] * b + [1.0] * b, device=dev)[:, None]
     cache = step.new_cache(2 * b, int(lens.max()) + tokens)
-    plan = StepPlan(  # every prompt as one prefill chunk; logits of each prompt's last token
-        tokens=torch.tensor([t for r in ids + ids for t in r], device=dev),
-        positions=torch.cat([torch.arange(n) for n in lens.tolist()]).to(dev),
-        slots=torch.arange(2 * b).repeat_interleave(lens).to(dev),
-        coeffs=coeffs.repeat_interleave(lens.to(dev), 0),
-        active=(0, 1),
-        decode_slots=[],
-        decode_len=0,
-        prefill=[(j, 0, n) for j, n in enumerate(lens.tolist())],
-        logit_index=(lens.cumsum(0) - 1).to(dev),
+    plan = StepPlan.prefilling(  # every prompt as one prefill chunk; logits of each prompt's last token
+        torch.tensor([t for r in ids + ids for t in r], device=dev),
+        [(j, 0, n) for j, n in enumerate(lens.tolist())],
+        coeffs.repeat_interleave(lens.to(dev), 0),
     )
     out = torch.full((b, tokens), tok.pad_token_id)
     done = torch.zeros(b, dtype=torch.bool)
@@ -94,35 +84,26 @@ def _batch(step, tok, prompts: list[str], tokens: int, strength: float, gen: tor
         if done.all():
             break
         positions = lens + t  # the token just sampled goes in after the prompt and the t tokens before it
-        plan = StepPlan(
-            tokens=nxt.repeat(2).to(dev),
-            positions=positions.to(dev),
-            slots=torch.arange(2 * b, device=dev),
-            coeffs=coeffs,
-            active=(0, 1),
-            decode_slots=list(range(2 * b)),
-            decode_len=int(positions.max()) + 1,
-            prefill=[],
-            logit_index=torch.arange(2 * b, device=dev),
-        )
-    texts = []
+        plan = StepPlan.decoding(nxt.repeat(2).to(dev), positions.to(dev), list(range(2 * b)), coeffs)
+    answers = []
     for row in out.tolist():
-        cut = next((i for i, x in enumerate(row) if x in set(end.tolist())), len(row))
-        texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
-    return texts
+        cut = next((i for i, x in enumerate(row) if x in set(end.tolist())), None)
+        answers.append((tok.decode(row[:cut], skip_special_tokens=True).strip(), cut is not None))
+    return answers
 
 
 def guided_answers(
     base: ModelRef, teacher: Path, prompts: list[str], tokens: int, strength: float, seed: int
-) -> list[str]:
-    """One answer per prompt sampled (temperature 0.8, top-p 0.95) from base x teacher as the module says."""
+) -> tuple[list[str], list[bool]]:
+    """One answer per prompt sampled (temperature 0.8, top-p 0.95) from base x teacher as the module says, and
+    whether each ended on its own (False: cut at ``tokens``)."""
     from tqdm.auto import tqdm
 
     tok = load_tokenizer(base)
     step, model = teacher_step(base, teacher)
-    end = _end_ids(tok, model)
+    end = torch.tensor(sorted(end_ids(tok, model)))
     gen = torch.Generator().manual_seed(seed)
-    out: list[str] = []
+    out: list[tuple[str, bool]] = []
     for i in tqdm(range(0, len(prompts), BATCH), desc="guided answers", leave=False):
         out += _batch(step, tok, prompts[i : i + BATCH], tokens, strength, gen, end)
-    return out
+    return [t for t, _ in out], [e for _, e in out]

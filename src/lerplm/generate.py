@@ -21,7 +21,7 @@ from .engine.ortstep import SCHEMES, fast_step
 from .engine.recompute import RecomputeStep
 from .errors import LerpError
 from .mix import Mix, Schedule
-from .models import default_device, format_prompt, has_chat_template, load_model, load_tokenizer
+from .models import default_device, end_ids, format_prompt, has_chat_template, load_model, load_tokenizer
 from .runtime import LoraWeights, MixedRuntime
 
 MixLike = Mix | Mapping | str
@@ -320,8 +320,4 @@ class LerpModel:
 
     def eos_ids(self) -> list[int]:
         """Token ids that end a generation: the model's generation config plus the tokenizer's EOS."""
-        ids = self.model.generation_config.eos_token_id
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
+        return end_ids(self.tokenizer, self.model)

@@ -172,6 +172,15 @@ def load_model(ref: ModelRef, dtype: torch.dtype = torch.float32, device: str | 
     return model.eval()
 
 
+def end_ids(tokenizer, model) -> list[int]:
+    """Token ids that end a generation: the model's generation config plus the tokenizer's EOS."""
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
 def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 

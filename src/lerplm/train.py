@@ -11,7 +11,7 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from transformers.trainer_callback import ProgressCallback
@@ -25,6 +25,7 @@ from .models import (
     DEFAULT_NAMES,
     ModelRef,
     default_device,
+    end_ids,
     format_prompt,
     load_model,
     load_tokenizer,
@@ -58,7 +59,7 @@ def _settings(cfg: StylesConfig) -> dict:
     trained without them still match."""
     skip = {"save_steps", "logging_steps"} | ({"text_format", "chat_prompt"} if _chat_prompt(cfg) is None else set())
     skip |= {k for k in ("answer_words", "replay", "distill") if getattr(cfg.training, k) is None}
-    skip |= {"end_loss"} if cfg.training.end_loss else set()
+    skip |= {"end_loss"} if cfg.training.end_loss is True else set()
     return {"lora": cfg.lora.model_dump(), **cfg.training.model_dump(exclude=skip)}
 
 
@@ -70,18 +71,22 @@ class QuietProgress(ProgressCallback):
 
 
 @functools.lru_cache(maxsize=4)
-def base_answers(base: ModelRef, prompts: tuple[str, ...], tokens: int, seed: int) -> tuple[str, ...]:
+def base_answers(
+    base: ModelRef, prompts: tuple[str, ...], tokens: int, seed: int
+) -> tuple[tuple[str, ...], tuple[bool, ...]]:
     """The base model's answers to ``prompts`` (through the chat template), sampled as generation samples
     (temperature 0.8, top-p 0.95): greedy answers of a small model loop, and an anchor trained on them would
-    learn the loops. Computed once per run."""
+    learn the loops. Also whether each ended before ``tokens``. Computed once per run."""
     import torch
     from tqdm.auto import tqdm
 
     tok = load_tokenizer(base)
     tok.padding_side = "left"
     model = load_model(base, dtype=torch.float32, device=default_device()).eval()
+    end = torch.tensor(end_ids(tok, model), device=model.device)
     torch.manual_seed(seed)
-    out: list[str] = []
+    texts: list[str] = []
+    ended: list[bool] = []
     for i in tqdm(range(0, len(prompts), 16), desc="base answers to replay", leave=False):
         batch = [format_prompt(tok, p) for p in prompts[i : i + 16]]
         enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -95,21 +100,31 @@ def base_answers(base: ModelRef, prompts: tuple[str, ...], tokens: int, seed: in
                 top_k=0,
                 pad_token_id=tok.pad_token_id,
             )
-        out += tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return tuple(t.strip() for t in out)
+        new = ids[:, enc["input_ids"].shape[1] :]
+        texts += tok.batch_decode(new, skip_special_tokens=True)
+        ended += torch.isin(new, end).any(-1).tolist()
+    return tuple(t.strip() for t in texts), tuple(ended)
+
+
+def answer_blocks(tok, answers: list[str], ended: Sequence[bool], prompts: list[str], cfg: StylesConfig) -> list[Block]:
+    """Blocks of sampled answers, each under its prompt; with ``end_loss = "finished"`` the answers cut at their
+    token limit take no end loss."""
+    t = cfg.training
+    kept = ended if t.end_loss == "finished" else None
+    return build_blocks(tok, answers, t.block_size, prompts=prompts, end_loss=t.end_loss is not False, ended=kept)
 
 
 def training_blocks(base: ModelRef, tok, texts: list[str], cfg: StylesConfig) -> tuple[list[Block], int]:
     """An anchor's training blocks: its texts, plus, with ``replay``, blocks of the base model's own answers to
     instructions (cycled to their share of the total). Returns the blocks and how many are replayed."""
     t = cfg.training
-    blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg), end_loss=t.end_loss)
+    blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg), end_loss=t.end_loss is not False)
     if t.replay is None:
         return blocks, 0
     path = cfg.data_root() / t.replay.prompts
     prompts = read_prompts(path, 0, t.replay.first)
-    answers = base_answers(base, tuple(prompts), t.replay.tokens, t.seed)
-    replayed = build_blocks(tok, list(answers), t.block_size, prompts=prompts, end_loss=t.end_loss)
+    answers, ended = base_answers(base, tuple(prompts), t.replay.tokens, t.seed)
+    replayed = answer_blocks(tok, list(answers), ended, prompts, cfg)
     n = round(t.replay.share / (1 - t.replay.share) * len(blocks))
     return blocks + [replayed[i % len(replayed)] for i in range(n)], n
 
@@ -125,17 +140,17 @@ def distilled_blocks(
     prompts = read_prompts(cfg.data_root() / d.prompts, 0, d.first)
     saved = work / "guided_answers.json"
     if saved.is_file():
-        answers = json.loads(saved.read_text())
+        answers, ended = json.loads(saved.read_text())
     else:
         teacher = work / "teacher"
         if not (teacher / "adapter_config.json").is_file():
             plain = cfg.model_copy(update={"training": cfg.training.model_copy(update={"distill": None})})
             train_anchor(base, texts, plain, teacher, work / "teacher.work", f"{label} teacher", **kw)
-        answers = guided_answers(base, teacher, prompts, d.tokens, d.strength, cfg.training.seed)
+        answers, ended = guided_answers(base, teacher, prompts, d.tokens, d.strength, cfg.training.seed)
         if is_main_process():
             with atomic_file(saved) as tmp:
-                tmp.write_text(json.dumps(answers))
-    return build_blocks(tok, answers, cfg.training.block_size, prompts=prompts, end_loss=cfg.training.end_loss)
+                tmp.write_text(json.dumps([answers, ended]))
+    return answer_blocks(tok, answers, ended, prompts, cfg)
 
 
 def train_anchor(

@@ -70,6 +70,56 @@ class StepPlan:
     logit_index: torch.Tensor  # (M,) which tokens need next-token logits
     _ranks: dict = field(default_factory=dict)
 
+    @classmethod
+    def decoding(
+        cls,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        slots: list[int],
+        coeffs: torch.Tensor | None = None,
+        logit_index: torch.Tensor | None = None,
+    ) -> StepPlan:
+        """Rows that decode one token each, row i in slot ``slots[i]``; logits of every row unless
+        ``logit_index`` says which (and in which order)."""
+        dev, n = tokens.device, len(tokens)
+        return cls(
+            tokens,
+            positions,
+            torch.tensor(slots, device=dev),
+            coeffs,
+            None if coeffs is None else (0, coeffs.shape[1]),
+            list(slots),
+            int(positions.max()) + 1,
+            [],
+            torch.arange(n, device=dev) if logit_index is None else logit_index.to(dev),
+        )
+
+    @classmethod
+    def prefilling(
+        cls,
+        tokens: torch.Tensor,
+        chunks: list[tuple[int, int, int]],
+        coeffs: torch.Tensor | None = None,
+        logit_index: torch.Tensor | None = None,
+    ) -> StepPlan:
+        """Prefill chunks (slot, start position, length), their tokens one after another in ``tokens``; logits of
+        each chunk's last token unless ``logit_index`` says which."""
+        dev = tokens.device
+        lens = torch.tensor([n for _, _, n in chunks])
+        if logit_index is None:
+            logit_index = lens.cumsum(0) - 1
+        return cls(
+            tokens,
+            torch.cat([torch.arange(start, start + n) for _, start, n in chunks]).to(dev),
+            torch.tensor([slot for slot, _, _ in chunks]).repeat_interleave(lens).to(dev),
+            coeffs,
+            None if coeffs is None else (0, coeffs.shape[1]),
+            [],
+            0,
+            list(chunks),
+            logit_index.to(dev),
+        )
+
     def per_rank(self, seg: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """c[:, seg] for a rank layout, computed once per step and shared by every layer using it."""
         out = self._ranks.get((id(seg), dtype))
