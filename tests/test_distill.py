@@ -109,6 +109,7 @@ def test_distill_trains_the_anchor_on_guided_answers_to_the_prompts(monkeypatch,
         summary = json.loads((anchors / name / "lerplm_training.json").read_text())
         assert summary["settings"]["distill"]["strength"] == 1.5
         assert summary["blocks"] == len(build_blocks(tok, seen[name][0], 16, prompts=prompts))
+        assert (summary["answers"], summary["answers_cut"]) == (3, seen[name][1].count(False))
     assert not (anchors / ".work").exists()  # the teacher and the answers go once the anchor is in place
 
 

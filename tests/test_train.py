@@ -411,7 +411,8 @@ def test_replay_mixes_the_base_models_own_answers_into_training(tmp_path, base_d
     base, tok = ModelRef(str(base_dir)), load_tokenizer(ModelRef(str(base_dir)))
     texts = read_texts(STYLES / "sentiment" / "positive.train.txt")[:24]
     style = build_blocks(tok, texts, 16, cfg.training.chat_prompt)
-    blocks, replayed = training_blocks(base, tok, texts, cfg)
+    blocks, stats = training_blocks(base, tok, texts, cfg)
+    replayed = stats["replayed_blocks"]
     assert replayed == len(style) and blocks[: len(style)] == style  # share 0.5: as many replayed as style blocks
     prompts = read_texts(STYLES / "prompts" / "writing_prompts.txt")[:4]
     answers, ended = base_answers(base, tuple(prompts), 6, cfg.training.seed)
@@ -426,6 +427,7 @@ def test_replay_mixes_the_base_models_own_answers_into_training(tmp_path, base_d
     want = tok.batch_decode(new, skip_special_tokens=True)
     assert list(answers) == [t.strip() for t in want]
     assert list(ended) == [tok.eos_token_id in row for row in new.tolist()]
+    assert (stats["answers"], stats["answers_cut"]) == (4, list(ended).count(False))
     rep = build_blocks(tok, list(answers), 16, prompts=prompts)  # each answer under its own prompt, cycled
     assert blocks[len(style) :] == [rep[i % len(rep)] for i in range(replayed)]
 

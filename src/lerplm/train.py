@@ -114,26 +114,33 @@ def answer_blocks(tok, answers: list[str], ended: Sequence[bool], prompts: list[
     return build_blocks(tok, answers, t.block_size, prompts=prompts, end_loss=t.end_loss is not False, ended=kept)
 
 
-def training_blocks(base: ModelRef, tok, texts: list[str], cfg: StylesConfig) -> tuple[list[Block], int]:
+def _answer_stats(ended: Sequence[bool]) -> dict:
+    """How many answers were sampled and how many of them the token limit cut, for the anchor's summary."""
+    return {"answers": len(ended), "answers_cut": list(ended).count(False)}
+
+
+def training_blocks(base: ModelRef, tok, texts: list[str], cfg: StylesConfig) -> tuple[list[Block], dict]:
     """An anchor's training blocks: its texts, plus, with ``replay``, blocks of the base model's own answers to
-    instructions (cycled to their share of the total). Returns the blocks and how many are replayed."""
+    instructions (cycled to their share of the total). Returns the blocks and, for the summary, how many are
+    replayed (and with replay, ``_answer_stats``)."""
     t = cfg.training
     blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg), end_loss=t.end_loss is not False)
     if t.replay is None:
-        return blocks, 0
+        return blocks, {"replayed_blocks": 0}
     path = cfg.data_root() / t.replay.prompts
     prompts = read_prompts(path, 0, t.replay.first)
     answers, ended = base_answers(base, tuple(prompts), t.replay.tokens, t.seed)
     replayed = answer_blocks(tok, list(answers), ended, prompts, cfg)
     n = round(t.replay.share / (1 - t.replay.share) * len(blocks))
-    return blocks + [replayed[i % len(replayed)] for i in range(n)], n
+    return blocks + [replayed[i % len(replayed)] for i in range(n)], {"replayed_blocks": n, **_answer_stats(ended)}
 
 
 def distilled_blocks(
     base: ModelRef, tok, texts: list[str], cfg: StylesConfig, work: Path, label: str, **kw
-) -> list[Block]:
+) -> tuple[list[Block], dict]:
     """With ``distill``: train the teacher on the texts (``cfg`` without distill) into ``work``, sample its guided
-    answers to the instructions (kept in ``work``, so a resumed run samples them once) and return their blocks."""
+    answers to the instructions (kept in ``work``, so a resumed run samples them once) and return their blocks
+    and, for the summary, ``_answer_stats``."""
     from .distill import guided_answers
 
     d = cfg.training.distill
@@ -150,7 +157,7 @@ def distilled_blocks(
         if is_main_process():
             with atomic_file(saved) as tmp:
                 tmp.write_text(json.dumps([answers, ended]))
-    return answer_blocks(tok, answers, ended, prompts, cfg)
+    return answer_blocks(tok, answers, ended, prompts, cfg), {"replayed_blocks": 0, **_answer_stats(ended)}
 
 
 def train_anchor(
@@ -172,10 +179,10 @@ def train_anchor(
 
     tok = load_tokenizer(base)
     if cfg.training.distill is None:
-        blocks, replayed = training_blocks(base, tok, texts, cfg)
+        blocks, stats = training_blocks(base, tok, texts, cfg)
     else:
         kw = {"callbacks": callbacks, "activation_checkpointing": activation_checkpointing}
-        blocks, replayed = distilled_blocks(base, tok, texts, cfg, work, label, **kw), 0
+        blocks, stats = distilled_blocks(base, tok, texts, cfg, work, label, **kw)
     ds = Dataset.from_dict({"input_ids": [b.ids for b in blocks], "labels": [b.labels for b in blocks]})
     model = load_model(base, dtype=torch.float32)
     set_seed(cfg.training.seed)  # the adapter's initial A: the same in every process and every run
@@ -217,7 +224,7 @@ def train_anchor(
         "train_loss": _mean_loss(result.training_loss, result.global_step, trainer.state.log_history, last),
         "steps": result.global_step,
         "blocks": len(blocks),
-        "replayed_blocks": replayed,
+        **stats,
         "texts": len(texts),
         "resumed_from": Path(last).name if last else None,
     }
@@ -266,7 +273,8 @@ def train_together(
     from .train_mixed import save_adapter, train_mixed
 
     tok = load_tokenizer(base)
-    blocks = [training_blocks(base, tok, texts, cfg)[0] for _, texts in todo]
+    made = [training_blocks(base, tok, texts, cfg) for _, texts in todo]
+    blocks = [b for b, _ in made]
     model = load_model(base, dtype=torch.float32)
     adapters, loss_log = train_mixed(model, blocks, cfg, activation_checkpointing=activation_checkpointing)
     summaries = {}
@@ -280,6 +288,7 @@ def train_together(
             "train_loss": sum(losses) / len(losses),
             "steps": loss_log[-1]["step"],
             "blocks": len(blocks[k]),
+            **made[k][1],
             "texts": len(texts),
             "resumed_from": None,
             "trained_together": len(todo),
