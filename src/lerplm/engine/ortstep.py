@@ -220,13 +220,17 @@ def build_graph(dec, bits: int) -> bytes:
     return g.serialize("lerplm_step", inputs, outputs)
 
 
-def new_session(model: bytes, threads: int):
-    """An ONNX Runtime CPU session of ``model`` on ``threads`` intra-op threads, quiet on the terminal."""
+def new_session(model: bytes, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session of ``model`` on ``threads`` intra-op threads, quiet on the terminal; with
+    ``profile_prefix``, ONNX Runtime's profiler on (its file: ``session.end_profiling()``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # no optimiser notices on the terminal
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 

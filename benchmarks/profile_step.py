@@ -1,0 +1,118 @@
+"""Where the int8 step's time goes, with the anchors attached and without: ONNX Runtime's own profiler over one-row
+decode steps of the engine's graph (the step ``--quantize int8`` runs), kernel time per operator type, beside the
+weight bytes each graph's matrix products read per step and the unprofiled step time (the two graphs taking turns).
+
+python benchmarks/profile_step.py --anchors anchors/quickstart
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from common import save
+
+STEPS = 300
+
+
+def product_bytes(model: bytes) -> int:
+    """Bytes of the weights and scales the graph's ``MatMulNBits`` products read: what a step reads besides the
+    cache and one embedding row."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(model).graph
+    sizes = {t.name: numpy_helper.to_array(t).nbytes for t in graph.initializer}
+    return sum(sizes.get(name, 0) for n in graph.node if n.op_type == "MatMulNBits" for name in n.input[1:3])
+
+
+def feeds(dec, adapters: int) -> dict[str, np.ndarray]:
+    """One decoding row at position 80 of a 128-position cache, under a random mix."""
+    f = {
+        "input_ids": np.array([[5]], np.int64),
+        "seqlens_k": np.array([80], np.int32),
+        "total_seq_len": np.array(128, np.int32),
+        "logit_index": np.array([0], np.int64),
+    }
+    if adapters:
+        f["coeffs"] = np.random.default_rng(0).random((1, 1, adapters), np.float32)
+    for i in range(dec.num_layers):
+        for part in ("key", "value"):
+            f[f"past_{part}_{i}"] = np.zeros((1, dec.kv_heads, 128, dec.head_dim), np.float32)
+    return f
+
+
+def profile(model: bytes, inputs: dict, threads: int) -> dict[str, dict[str, float]]:
+    """Kernel ms per step and nodes per step of each operator type, from ONNX Runtime's profiler."""
+    from lerplm.engine.ortstep import new_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        session = new_session(model, threads, os.path.join(tmp, "step"))
+        for _ in range(STEPS):
+            session.run(["logits"], inputs)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    time_us, count = defaultdict(float), defaultdict(int)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            time_us[e["args"]["op_name"]] += e["dur"]
+            count[e["args"]["op_name"]] += 1
+    return {op: {"ms": time_us[op] / STEPS / 1e3, "nodes": count[op] // STEPS} for op in time_us}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--anchors", required=True)
+    ap.add_argument("--rounds", type=int, default=15)
+    args = ap.parse_args()
+
+    import torch
+
+    import lerplm
+    from lerplm.engine.decoder import FastDecoder
+    from lerplm.engine.ortstep import build_graph, new_session
+
+    lm = lerplm.load(args.anchors)
+    threads = torch.get_num_threads()
+    graphs, inputs, sessions = {}, {}, {}
+    for name, adapters in (("base", []), ("mix", lm.adapters)):
+        dec = FastDecoder(lm.model, adapters)
+        graphs[name] = build_graph(dec, 8)
+        inputs[name] = feeds(dec, len(adapters))
+        sessions[name] = new_session(graphs[name], threads)
+    times = {name: [] for name in graphs}
+    for r in range(args.rounds):  # unprofiled step times, the two graphs taking turns
+        for name in list(graphs) if r % 2 else list(graphs)[::-1]:
+            for _ in range(10):  # untimed: the other session's worker threads spin a while after its run
+                sessions[name].run(["logits"], inputs[name])
+            t = time.perf_counter()
+            for _ in range(30):
+                sessions[name].run(["logits"], inputs[name])
+            times[name].append((time.perf_counter() - t) / 30 * 1e3)
+    results = {"anchors": args.anchors, "threads": threads, "steps_profiled": STEPS, "graphs": {}}
+    for name, model in graphs.items():
+        ops = profile(model, inputs[name], threads)
+        results["graphs"][name] = {
+            "step_ms": statistics.median(times[name]),
+            "product_mb": product_bytes(model) / 1e6,
+            "kernel_ms": sum(o["ms"] for o in ops.values()),
+            "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]["ms"])),
+        }
+    for name, row in results["graphs"].items():
+        print(
+            f"{name}: step {row['step_ms']:.2f} ms, products read {row['product_mb']:.1f} MB, kernels (profiled) "
+            f"{row['kernel_ms']:.2f} ms"
+        )
+        for op, o in row["ops"].items():
+            print(f"  {op:34s} {o['ms']:6.3f} ms  {o['nodes']:4d} nodes")
+    print("wrote", save("profile_step", results))
+
+
+if __name__ == "__main__":
+    main()
