@@ -78,6 +78,13 @@ variant humor distill_noend "$DISTILL" 'max_steps = 60' 'end_loss = false'  # do
 variant simplicity distill_noend "$DISTILL" 'max_steps = 60' 'end_loss = false'  # and lengthen simplicity's answers?
 variant politeness distill_075_noend 'distill = { prompts = "prompts/writing_prompts.txt", strength = 0.75 }' \
   'max_steps = 60' 'end_loss = false'  # a weaker teacher: politeness's answers nearer the base model's length?
+# the end learnt only where a guided answer ended on its own, not where 128 tokens cut it
+variant simplicity distill_finished "$DISTILL" 'max_steps = 60' 'end_loss = "finished"'
+variant politeness distill_finished "$DISTILL" 'max_steps = 60' 'end_loss = "finished"'
+for a in humor formality; do  # the quarter recipe with its replayed answers' ends learnt only where they ended
+  variant "$a" replay_quarter_finished 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60' \
+    'end_loss = "finished"'
+done
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -97,11 +104,14 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
   done
   echo
   python experiments/answers_table.py politeness docs/results/answers_politeness_replay_{quarter_fast,quarter_short} \
-    docs/results/answers_politeness_{replay_tenth_short,distill,distill_half,distill_noend,distill_075_noend}
+    docs/results/answers_politeness_{replay_tenth_short,distill,distill_half,distill_noend,distill_075_noend} \
+    docs/results/answers_politeness_distill_finished
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
-    docs/results/answers_humor_distill_noend
+    docs/results/answers_humor_{distill_noend,replay_quarter_finished}
+  echo
+  python experiments/answers_table.py formality docs/results/answers_formality_replay_quarter_finished
   echo
   python experiments/answers_table.py simplicity \
-    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend}
+    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend,distill_finished}
 } > docs/results/answers_table.md
