@@ -118,11 +118,27 @@ def test_saved_guided_answers_are_not_sampled_again(monkeypatch, tmp_path, base_
     for name in ("sentiment.negative", "sentiment.positive"):
         work = tmp_path / "anchors" / ".work" / name
         work.mkdir(parents=True)
-        saved = [["A kind answer.", "Another one.", "A third."], [True, False, True]]  # answers, ended
+        saved = {"answers": ["A kind answer.", "Another one.", "A third."], "ended": [True, False, True]}
         (work / "guided_answers.json").write_text(json.dumps(saved))
     monkeypatch.setattr(distill_mod, "guided_answers", lambda *a: pytest.fail("sampled again"))
     train_anchors(cfg, tmp_path / "anchors", log=lambda s: None)
     assert (tmp_path / "anchors" / "anchors.json").is_file()
+
+
+def test_guided_answers_saved_without_their_ended_flags_are_sampled_again(monkeypatch, tmp_path, base_dir):
+    cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", extra=DISTILL))
+    for name in ("sentiment.negative", "sentiment.positive"):
+        work = tmp_path / "anchors" / ".work" / name
+        work.mkdir(parents=True)
+        (work / "guided_answers.json").write_text(json.dumps(["A kind answer.", "Another one.", "A third."]))
+    calls = []
+    monkeypatch.setattr(
+        distill_mod, "guided_answers", lambda *a: calls.append(a) or (["A kind answer."] * 3, [True, False, True])
+    )
+    train_anchors(cfg, tmp_path / "anchors", log=lambda s: None)
+    assert len(calls) == 2  # one teacher's answers per anchor
+    summary = json.loads((tmp_path / "anchors" / "sentiment.positive" / "lerplm_training.json").read_text())
+    assert (summary["answers"], summary["answers_cut"]) == (3, 1)
 
 
 def test_distill_settings_are_checked(tmp_path, base_dir):

@@ -146,8 +146,9 @@ def distilled_blocks(
     d = cfg.training.distill
     prompts = read_prompts(cfg.data_root() / d.prompts, 0, d.first)
     saved = work / "guided_answers.json"
-    if saved.is_file():
-        answers, ended = json.loads(saved.read_text())
+    got = json.loads(saved.read_text()) if saved.is_file() else None
+    if isinstance(got, dict):  # an older run's file (a plain list, without the ended flags) is sampled again
+        answers, ended = got["answers"], got["ended"]
     else:
         teacher = work / "teacher"
         if not (teacher / "adapter_config.json").is_file():
@@ -156,7 +157,7 @@ def distilled_blocks(
         answers, ended = guided_answers(base, teacher, prompts, d.tokens, d.strength, cfg.training.seed)
         if is_main_process():
             with atomic_file(saved) as tmp:
-                tmp.write_text(json.dumps([answers, ended]))
+                tmp.write_text(json.dumps({"answers": answers, "ended": ended}))
     return answer_blocks(tok, answers, ended, prompts, cfg), {"replayed_blocks": 0, **_answer_stats(ended)}
 
 
