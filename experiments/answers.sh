@@ -81,7 +81,7 @@ variant politeness distill_075_noend 'distill = { prompts = "prompts/writing_pro
 # the end learnt only where a guided answer ended on its own, not where 128 tokens cut it
 variant simplicity distill_finished "$DISTILL" 'max_steps = 60' 'end_loss = "finished"'
 variant politeness distill_finished "$DISTILL" 'max_steps = 60' 'end_loss = "finished"'
-for a in humor formality; do  # the quarter recipe with its replayed answers' ends learnt only where they ended
+for a in humor formality sentiment; do  # the quarter recipe, replayed answers' ends learnt only where they ended
   variant "$a" replay_quarter_finished 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60' \
     'end_loss = "finished"'
 done
@@ -97,7 +97,7 @@ trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the on
 }
 trained_request answers_simplicity_replay_quarter_360 simplicity  # does the style live on under that request?
 {
-  python experiments/answers_table.py sentiment docs/results/answers_{one_line,plain,joined,replay,replay_quarter}
+  python experiments/answers_table.py sentiment docs/results/answers_{one_line,plain,joined,replay,replay_quarter,replay_quarter_finished}
   for a in formality politeness simplicity humor; do
     echo
     python experiments/answers_table.py "$a" "docs/results/answers_${a}_replay_quarter"
