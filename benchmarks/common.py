@@ -6,6 +6,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -79,6 +80,22 @@ def timed(fn, device: str, repeat: int, warmup: int = 1) -> list[float]:
         fn()
         sync(device)
         out.append(time.perf_counter() - t)
+    return out
+
+
+def taking_turns(calls: dict[str, Callable[[], object]], rounds: int, warm: int, runs: int) -> dict[str, list[float]]:
+    """ms per call of each function, the functions taking turns ``rounds`` times (in reverse order every other
+    round, so that none always follows the same other one): each turn makes ``warm`` untimed calls first (an ONNX
+    Runtime session leaves its worker threads spinning a while after its run), then ``runs`` timed ones."""
+    out: dict[str, list[float]] = {key: [] for key in calls}
+    for r in range(rounds):
+        for key in list(calls) if r % 2 else list(calls)[::-1]:
+            for _ in range(warm):
+                calls[key]()
+            t = time.perf_counter()
+            for _ in range(runs):
+                calls[key]()
+            out[key].append((time.perf_counter() - t) / runs * 1e3)
     return out
 
 

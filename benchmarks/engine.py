@@ -20,6 +20,7 @@ python benchmarks/engine.py --anchors anchors/quickstart
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import random
 import statistics
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import save
+from common import save, taking_turns
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLES = ROOT.parent / "shared" / "data" / "styles"
@@ -100,21 +101,14 @@ def step_times(models: dict[str, tuple], adapters: int, rounds: int = 10) -> dic
     shapes = {"decode1_ms": (1, 1), "decode16_ms": (16, 1), "prefill42_ms": (1, 42)}
     steps = {f"{name}/{kind}": m for name, pair in models.items() for kind, m in zip(("mix", "base"), pair)}
     caches = {key: m.new_cache(16, 128) for key, m in steps.items()}
-    times = {key: {s: [] for s in shapes} for key in steps}
+    times: dict[str, dict[str, float]] = {key: {} for key in steps}
     for shape, (rows, n) in shapes.items():
         plans = {key: plan(rows, n, key.endswith("/mix")) for key in steps}
+        calls = {key: functools.partial(m, plans[key], caches[key]) for key, m in steps.items()}
         reps = 10 if n == 1 else 3
-        for r in range(rounds):
-            order = list(steps) if r % 2 else list(steps)[::-1]  # no model always follows the same other one
-            for key in order:
-                m = steps[key]
-                for _ in range(reps):  # untimed: the model that ran before leaves its worker threads spinning a while
-                    m(plans[key], caches[key])
-                t = time.perf_counter()
-                for _ in range(reps):
-                    m(plans[key], caches[key])
-                times[key][shape].append((time.perf_counter() - t) / reps * 1e3)
-    return {key: {s: statistics.median(v) for s, v in t.items()} for key, t in times.items()}
+        for key, ms in taking_turns(calls, rounds, reps, reps).items():
+            times[key][shape] = statistics.median(ms)
+    return times
 
 
 @torch.inference_mode()

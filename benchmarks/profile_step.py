@@ -8,16 +8,16 @@ python benchmarks/profile_step.py --anchors anchors/quickstart
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from common import save
+from common import save, taking_turns
 
 STEPS = 300
 
@@ -86,15 +86,8 @@ def main() -> None:
         graphs[name] = build_graph(dec, 8)
         inputs[name] = feeds(dec, len(adapters))
         sessions[name] = new_session(graphs[name], threads)
-    times = {name: [] for name in graphs}
-    for r in range(args.rounds):  # unprofiled step times, the two graphs taking turns
-        for name in list(graphs) if r % 2 else list(graphs)[::-1]:
-            for _ in range(10):  # untimed: the other session's worker threads spin a while after its run
-                sessions[name].run(["logits"], inputs[name])
-            t = time.perf_counter()
-            for _ in range(30):
-                sessions[name].run(["logits"], inputs[name])
-            times[name].append((time.perf_counter() - t) / 30 * 1e3)
+    runs = {name: functools.partial(sessions[name].run, ["logits"], inputs[name]) for name in graphs}
+    times = taking_turns(runs, args.rounds, 10, 30)  # unprofiled step times, the two graphs taking turns
     results = {"anchors": args.anchors, "threads": threads, "steps_profiled": STEPS, "graphs": {}}
     for name, model in graphs.items():
         ops = profile(model, inputs[name], threads)

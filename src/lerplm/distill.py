@@ -85,9 +85,9 @@ def _batch(
             break
         positions = lens + t  # the token just sampled goes in after the prompt and the t tokens before it
         plan = StepPlan.decoding(nxt.repeat(2).to(dev), positions.to(dev), list(range(2 * b)), coeffs)
-    answers = []
+    answers, stop = [], set(end.tolist())
     for row in out.tolist():
-        cut = next((i for i, x in enumerate(row) if x in set(end.tolist())), None)
+        cut = next((i for i, x in enumerate(row) if x in stop), None)
         answers.append((tok.decode(row[:cut], skip_special_tokens=True).strip(), cut is not None))
     return answers
 
