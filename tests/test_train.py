@@ -175,7 +175,8 @@ def test_example_config_is_valid():
     for name in ("sentiment", "formality", "humor"):  # the quarter recipe for answers
         t = recipes[name]
         assert (t.answer_words, t.replay.share, t.distill) == (80, 0.25, None)
-    assert [n for n, t in recipes.items() if not t.end_loss] == ["politeness", "humor"]
+    ends = {"sentiment": True, "politeness": False, "formality": True, "simplicity": "finished", "humor": False}
+    assert {n: t.end_loss for n, t in recipes.items()} == ends
     for t in recipes.values():  # held-in prompts end before the first prompt the recipes evaluate on (240)
         held = t.replay or t.distill
         assert (cfg.data_root() / held.prompts).is_file() and held.first <= 240
