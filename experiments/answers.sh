@@ -81,6 +81,9 @@ variant politeness distill_075_noend 'distill = { prompts = "prompts/writing_pro
 # the end learnt only where a guided answer ended on its own, not where 128 tokens cut it
 variant simplicity distill_finished "$DISTILL" 'max_steps = 60' 'end_loss = "finished"'
 variant politeness distill_finished "$DISTILL" 'max_steps = 60' 'end_loss = "finished"'
+# the same with guided answers of up to 256 tokens: at 128 only the short answers finish, so only they teach the end
+variant politeness distill_finished_256 'distill = { prompts = "prompts/writing_prompts.txt", tokens = 256 }' \
+  'max_steps = 60' 'end_loss = "finished"'
 for a in humor formality sentiment; do  # the quarter recipe, replayed answers' ends learnt only where they ended
   variant "$a" replay_quarter_finished 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60' \
     'end_loss = "finished"'
@@ -105,7 +108,7 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
   echo
   python experiments/answers_table.py politeness docs/results/answers_politeness_replay_{quarter_fast,quarter_short} \
     docs/results/answers_politeness_{replay_tenth_short,distill,distill_half,distill_noend,distill_075_noend} \
-    docs/results/answers_politeness_distill_finished
+    docs/results/answers_politeness_distill_{finished,finished_256}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
     docs/results/answers_humor_{distill_noend,replay_quarter_finished}
