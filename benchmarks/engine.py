@@ -2,14 +2,15 @@
 int4; the quantised ones on ONNX Runtime), all in one run:
 
 - one prompt under a two-attribute mix against the base model alone (no adapters attached): time to
-  first token and decode tok/s, and their ratios;
+  first token and decode tok/s, and their ratios; the same for the mix merged into the step's weights
+  (``generate --merge``);
 - a mix that changes at every token (a live slider) against an unchanged mix: tok/s ratio;
 - 16 rows with 16 different mixes: decode tok/s;
-- the model step alone, with and without adapters, every scheme's runs interleaved round by round (the
-  least noisy comparison on a shared machine): median ms of a decode step at 1 and 16 rows and of a
-  42-token prefill;
+- the model step alone, with adapters, without them and with the mix merged, every scheme's runs interleaved
+  round by round (the least noisy comparison on a shared machine): median ms of a decode step at 1 and 16 rows
+  and of a 42-token prefill;
 - quality against fp32: teacher-forced greedy agreement on fp32's own continuations and perplexity on
-  held-out corpus text, both under a mix and teacher-forced through decode steps.
+  held-out corpus text, both under a mix (mixed and merged) and teacher-forced through decode steps.
 
 The scheme ``int8-b32`` is int8 with every layer in blocks of 32 inputs, the baseline for int8's
 larger blocks.
@@ -66,14 +67,15 @@ def interleaved(fns: list, repeat: int) -> list[tuple[float, float]]:
 
 def teacher_forced(model, ids: list[int], start: int, coeffs: list[float]) -> torch.Tensor:
     """Next-token logits at positions start-1 .. len-2: ids[:start] prefilled in one chunk, then one
-    token per step (decode steps, which use the quantised kernels, as in generation)."""
+    token per step (decode steps, which use the quantised kernels, as in generation); ``coeffs`` empty: a
+    step without adapters."""
     from lerplm.engine.decoder import StepPlan
 
     cache = model.new_cache(1, len(ids))
-    c = torch.tensor([coeffs])
+    c = torch.tensor([coeffs]) if coeffs else None
 
     def plan(lo: int, hi: int) -> StepPlan:
-        tokens, mix = torch.tensor(ids[lo:hi]), c.expand(hi - lo, -1)
+        tokens, mix = torch.tensor(ids[lo:hi]), None if c is None else c.expand(hi - lo, -1)
         if hi - lo == 1 and lo > 0:
             return StepPlan.decoding(tokens, torch.tensor([lo]), [0], mix)
         return StepPlan.prefilling(tokens, [(0, lo, hi - lo)], mix)
@@ -85,8 +87,8 @@ def teacher_forced(model, ids: list[int], start: int, coeffs: list[float]) -> to
 
 @torch.inference_mode()
 def step_times(models: dict[str, tuple], adapters: int, rounds: int = 10) -> dict[str, dict[str, float]]:
-    """Median ms of one step of each (mixed, bare) step model: decode at 1 and 16 rows (at cache position 80,
-    random tokens and mixes) and a 42-token prefill; the models take turns, ``rounds`` times."""
+    """Median ms of one step of each (mixed, bare, merged) step model: decode at 1 and 16 rows (at cache position
+    80, random tokens and mixes) and a 42-token prefill; the models take turns, ``rounds`` times."""
     from lerplm.engine.decoder import StepPlan
 
     gen = torch.Generator().manual_seed(0)
@@ -99,7 +101,7 @@ def step_times(models: dict[str, tuple], adapters: int, rounds: int = 10) -> dic
         return StepPlan.prefilling(tokens, [(0, 0, n)], coeffs)
 
     shapes = {"decode1_ms": (1, 1), "decode16_ms": (16, 1), "prefill42_ms": (1, 42)}
-    steps = {f"{name}/{kind}": m for name, pair in models.items() for kind, m in zip(("mix", "base"), pair)}
+    steps = {f"{name}/{kind}": m for name, ms in models.items() for kind, m in zip(("mix", "base", "merged"), ms)}
     caches = {key: m.new_cache(16, 128) for key, m in steps.items()}
     times: dict[str, dict[str, float]] = {key: {} for key in steps}
     for shape, (rows, n) in shapes.items():
@@ -112,9 +114,9 @@ def step_times(models: dict[str, tuple], adapters: int, rounds: int = 10) -> dic
 
 
 @torch.inference_mode()
-def quality(lm, ref, model, coeffs, prompts, texts, tokens: int) -> dict:
-    """Greedy agreement on ref's own continuations and perplexity on ``texts``, both teacher-forced
-    through decode steps."""
+def quality(lm, ref, model, coeffs, prompts, texts, tokens: int, merged: bool = False) -> dict:
+    """Greedy agreement on ref's own continuations under ``coeffs`` and perplexity on ``texts``, both
+    teacher-forced through decode steps of ``model`` (``merged``: with the mix in its weights)."""
     from lerplm.engine import Engine, SamplingParams, Sequence
 
     agree = total = 0
@@ -122,7 +124,7 @@ def quality(lm, ref, model, coeffs, prompts, texts, tokens: int) -> dict:
         ids = lm.prompt_ids([p])[0]
         seq = Sequence(ids, coeffs, SamplingParams(tokens, 0), 0)
         Engine(ref, lm.eos_ids(), max_batch=1, max_len=len(ids) + tokens).run([seq])
-        got = teacher_forced(model, ids + seq.tokens, len(ids), coeffs).argmax(-1)
+        got = teacher_forced(model, ids + seq.tokens, len(ids), [] if merged else coeffs).argmax(-1)
         agree += int((got == torch.tensor(seq.tokens)).sum())
         total += len(seq.tokens)
     nll = count = 0.0
@@ -130,21 +132,23 @@ def quality(lm, ref, model, coeffs, prompts, texts, tokens: int) -> dict:
         ids = lm.tokenizer(t)["input_ids"][:64]
         if len(ids) < 2:
             continue
-        lp = torch.log_softmax(teacher_forced(model, ids, 1, coeffs), -1)
+        lp = torch.log_softmax(teacher_forced(model, ids, 1, [] if merged else coeffs), -1)
         nll -= float(lp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
         count += len(ids) - 1
     return {"greedy_agreement": agree / total if total else 1.0, "perplexity": math.exp(nll / count)}
 
 
-def step_models(lm, scheme: str):
-    """(mixed, bare) steps for ``scheme``; ``int8-b32``: int8 with 32-input blocks in every layer."""
+def step_models(lm, scheme: str, mix: list[float]):
+    """(mixed, bare, merged) steps for ``scheme``; ``int8-b32``: int8 with 32-input blocks in every layer."""
     from lerplm.engine import ortstep
 
     blocks = ortstep.INT8_BLOCKS
     if scheme == "int8-b32":
         scheme, ortstep.INT8_BLOCKS = "int8", (32,)
     try:
-        return ortstep.fast_step(lm.model, lm.adapters, scheme), ortstep.fast_step(lm.model, [], scheme)
+        with lm.runtime.merged(mix) as merged:
+            merged_step = ortstep.fast_step(merged, [], scheme)
+        return ortstep.fast_step(lm.model, lm.adapters, scheme), ortstep.fast_step(lm.model, [], scheme), merged_step
     finally:
         ortstep.INT8_BLOCKS = blocks
 
@@ -170,11 +174,11 @@ def main() -> None:
     held = [t.strip() for t in (STYLES / "sentiment" / "positive.test.txt").read_text().splitlines() if t.strip()][:24]
     ref = lm.step_model
     results = {"anchors": args.anchors, "tokens": args.tokens, "mix": mix, "schemes": {}}
-    models = {scheme: step_models(lm, scheme) for scheme in args.schemes}
+    models = {scheme: step_models(lm, scheme, mix) for scheme in args.schemes}
     results["step_ms"] = step_times(models, len(lm.adapters))
     for key, row in results["step_ms"].items():
         print(f"step {key}: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
-    for scheme, (mixed, bare) in models.items():
+    for scheme, (mixed, bare, merged) in models.items():
         params = SamplingParams(args.tokens, 0)
 
         def one(model, coeffs, schedule=None):
@@ -184,8 +188,8 @@ def main() -> None:
             r = random.Random(i)
             return lerplm.Mix({names[0]: r.random(), names[-1]: r.random()}).coefficients(names)
 
-        (base_ttft, base_tps), (ttft, tps), (_, live_tps) = interleaved(
-            [one(bare, []), one(mixed, mix), one(mixed, mix, live)], args.repeat
+        (base_ttft, base_tps), (ttft, tps), (_, live_tps), (merged_ttft, merged_tps) = interleaved(
+            [one(bare, []), one(mixed, mix), one(mixed, mix, live), one(merged, [])], args.repeat
         )
         batch = [Sequence(ids, live(i), params, i) for i in range(16)]
         _, batch_tps = timed_run(lm, mixed, [Sequence(s.prompt_ids, s.coeffs, params, s.seed) for s in batch])
@@ -196,14 +200,21 @@ def main() -> None:
             "mix_tok_s": tps,
             "ttft_ratio": ttft / base_ttft,
             "tok_s_ratio": base_tps / tps,
+            "merged_ttft_s": merged_ttft,
+            "merged_tok_s": merged_tps,
+            "merged_ttft_ratio": merged_ttft / base_ttft,
+            "merged_tok_s_ratio": base_tps / merged_tps,
             "live_mix_tok_s": live_tps,
             "live_cost_ratio": tps / live_tps,
             "batch16_tok_s": batch_tps,
         }
+        sample = rng.sample(prompts, args.quality_prompts)
         if scheme != "fp32":
-            row |= quality(lm, ref, mixed, mix, rng.sample(prompts, args.quality_prompts), held, 32)
+            row |= quality(lm, ref, mixed, mix, sample, held, 32)
         else:
             row |= quality(lm, ref, ref, mix, [], held, 32)
+        merged_quality = quality(lm, ref, merged, mix, sample, held, 32, merged=True)
+        row |= {f"merged_{k}": v for k, v in merged_quality.items()}
         results["schemes"][scheme] = row
         print(f"{scheme}: " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     print("wrote", save("engine", results))

@@ -102,6 +102,16 @@ def test_generate_json_lines_for_several_mixes(anchor_dir, tmp_path):
     assert {r_["seed"] for r_ in recs} == {3} and {r_["sample"] for r_ in recs} == {0, 1}
 
 
+def test_generate_with_a_merged_mix_writes_what_the_mixed_step_writes(anchor_dir):
+    args = ["generate", "--anchors", anchor_dir, "--prompt", "the food", "--max-new-tokens", "5", "--json"]
+    mix = ["--mix", "sentiment=0.8,formality=0.3", "--weights", "sentiment=2,formality=1", "--temperature", "0"]
+    mixed, merged = run(*args, *mix), run(*args, *mix, "--merge")
+    assert mixed.exit_code == 0 and merged.exit_code == 0, merged.output
+    assert json.loads(merged.stdout) == json.loads(mixed.stdout)
+    assert_user_error(run(*args, *mix, "--mix", "sentiment=0,formality=1", "--merge"), "--merge takes one mix; got 2")
+    assert_user_error(run(*args, "--schedule", "0:sentiment=0; 3:sentiment=1", "--merge"), "--merge takes one fixed")
+
+
 def test_info_and_export(anchor_dir, tmp_path):
     r = run("info", anchor_dir)
     assert r.exit_code == 0 and "level 0 = 'negative', level 1 = 'positive'" in r.output

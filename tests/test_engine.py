@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+from lerplm import LerpError
 from lerplm.engine import Engine, FastDecoder, SamplingParams, Sequence, StepPlan
 from lerplm.engine.recompute import RecomputeStep
 from lerplm.engine.sampling import BatchParams, sample, uniforms
@@ -173,7 +174,6 @@ def test_mix_changes_between_steps_act_on_the_next_token(lm):
 
 
 def test_engine_refuses_what_cannot_fit(lm):
-    from lerplm import LerpError
 
     eng = lm.engine(max_batch=1, max_len=16)
     with pytest.raises(LerpError, match="positions"):
@@ -420,3 +420,36 @@ def test_min_new_tokens_holds_the_end_tokens_back(lm):
     eng.run([free, held])
     assert free.tokens == [eos] and free.finish_reason == "stop"  # the end token is the model's favourite
     assert len(held.tokens) == 7 and eos not in held.tokens[:6] and held.tokens[6] == eos
+
+
+@pytest.mark.parametrize("scheme", ["fp32", "int8"])
+def test_a_merged_mix_steps_as_the_mixed_model_does_and_takes_that_mix_only(lm, scheme):
+    """``merge``: the step's weights carry one mix's ΔW, so it runs without adapters and computes what the mixed
+    model computes under that mix (fp32: to 1e-4; int8: within its tolerance), while the model's own weights and
+    likelihoods stay the base's."""
+    from lerplm.generate import LerpModel
+
+    mix = "sentiment=0.7, formality=0.2"
+    coeffs = lm.coefficients([mix])
+    ids = torch.randint(3, 300, (1, 12), generator=torch.Generator().manual_seed(9))
+    base_before = lm.logits(ids, None)
+    merged = LerpModel(lm.anchors, lm.model, lm.tokenizer, lm.runtime, lm.adapters, scheme)
+    merged.merge(mix)
+    step = merged.step_model
+    assert getattr(step, "num_adapters", 0) == 0 and all(b.qkv.seg is None for b in getattr(step, "layers", []))
+    want = lm.logits(ids, coeffs)
+    got = step(prefill_plan(ids, None, [0]), step.new_cache(1, 32))
+    tol = 1e-4 if scheme == "fp32" else QUANTIZED_TOL[scheme] * want.abs().max()
+    assert (got - want[0]).abs().max() <= tol
+    assert (lm.logits(ids, None) - base_before).abs().max() == 0  # the base weights came back untouched
+    params = SamplingParams(6, temperature=0)
+    mixed = LerpModel(lm.anchors, lm.model, lm.tokenizer, lm.runtime, lm.adapters, scheme)
+    if scheme == "fp32":
+        assert merged.generate(["a prompt"], mix, params=params) == mixed.generate(["a prompt"], mix, params=params)
+    else:
+        assert len(merged.generate(["a prompt"], {"formality": 0.2, "sentiment": 0.7}, params=params)) == 1
+    for other in ("sentiment=0.5", None):
+        with pytest.raises(LerpError, match="merged"):
+            merged.generate(["a prompt"], other, params=params)
+    with pytest.raises(LerpError, match="int4"):
+        LerpModel(lm.anchors, lm.model, lm.tokenizer, lm.runtime, lm.adapters, "int4").merge(mix)

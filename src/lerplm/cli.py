@@ -110,6 +110,9 @@ def generate(
     quantize: o.Quantize = "fp32",
     schedule: Annotated[list[str], opt(help='A mix over the new tokens: "0:sentiment=0; 64:sentiment=1".')] = [],
     interpolate: Annotated[str, opt(help="Between --schedule points: linear or step.")] = "linear",
+    merge: Annotated[
+        bool, opt(help="One mix: merge it into the weights first (the base model's speed; no other mix in the run).")
+    ] = False,
 ) -> None:
     """Generate under one or more mixes, schedules or a --target; every (prompt, mix) pair shares one batch."""
     from .anchors import AnchorSet
@@ -122,6 +125,8 @@ def generate(
         raise LerpError("give a --prompt or a --prompts-file")
     if sum(map(bool, (mix, schedule, target))) > 1:
         raise LerpError("give one of --mix, --schedule or --target")
+    if merge and (schedule or refine):
+        raise LerpError("--merge takes one fixed mix: not a --schedule or a --refine loop")
     params = SamplingParams(max_new_tokens, temperature, top_p, top_k, seed)
     if refine:
         from .evaluate.targets import steer
@@ -143,6 +148,10 @@ def generate(
         else:
             mixes = _mixes(anchors, mix, weights, extrapolate)
         lm = LerpModel.load(anchors, quantize=quantize)
+        if merge:
+            if len(mixes) != 1:
+                raise LerpError(f"--merge takes one mix; got {len(mixes)}")
+            lm.merge(mixes[0], extrapolate)
         rows = [(p, m) for m in mixes for p in prompts]
         outs = lm.generate([p for p, _ in rows], [m for _, m in rows], n=n, params=params, extrapolate=extrapolate)
     for (p, m), texts in zip([(p, m) for m in mixes for p in prompts], outs):

@@ -119,20 +119,9 @@ def export_grid(
 
 def export_merged(lm: LerpModel, mix: MixLike, out: str | Path, extrapolate: bool = False) -> Path:
     """Write base weights + ΔW(mix) as a transformers model directory (safetensors)."""
-    coeffs = lm.coefficients([mix], extrapolate)[0]
-    deltas = lm.runtime.delta_weights(coeffs)
-    with lm.runtime.detached() as model, torch.no_grad():
-        originals = {name: model.get_submodule(name).weight.detach().clone() for name in deltas}
-        try:
-            for name, delta in deltas.items():
-                w = model.get_submodule(name).weight
-                w.copy_((w.float() + delta).to(w.dtype))
-            with atomic_dir(out) as tmp:
-                model.save_pretrained(str(tmp))
-                lm.tokenizer.save_pretrained(str(tmp))
-        finally:  # the base weights are restored bit for bit
-            for name, w0 in originals.items():
-                model.get_submodule(name).weight.copy_(w0)
+    with lm.runtime.merged(lm.coefficients([mix], extrapolate)[0]) as model, atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp))
+        lm.tokenizer.save_pretrained(str(tmp))
     return Path(out)
 
 

@@ -74,6 +74,7 @@ class LerpModel:
         self.adapters = list(adapters)
         self.quantize = quantize
         self._step_model = None
+        self.merged: list[float] | None = None  # the coefficients merged into the step's weights (``merge``)
 
     @classmethod
     def load(
@@ -109,6 +110,23 @@ class LerpModel:
                 )
                 self._step_model = RecomputeStep(self.model, self.runtime)
         return self._step_model
+
+    def merge(self, mix: MixLike, extrapolate: bool = False) -> None:
+        """Build the engine's step with ``mix`` merged into its base weights (ΔW added before quantisation, as
+        ``export --format merged`` writes it): the base model's speed for one fixed mix, where the mixed step
+        reads every anchor at every token. Generation then takes that mix only; likelihoods stay exact."""
+        reason = unsupported_reason(self.model, self.adapters)
+        if reason is not None:
+            raise LerpError(f"merging a mix into the step needs the fast decoder, which does not support {reason}")
+        if self.quantize == "int4":
+            raise LerpError(
+                "int4 keeps the GGUF's own 4-bit grid, which merged weights leave, and much of the model's quality with"
+                " it (docs/performance.md); merge with int8 or fp32"
+            )
+        coeffs = to_mix(mix).coefficients(self.anchors.names, extrapolate)
+        with self.runtime.merged(coeffs) as model:
+            self._step_model = fast_step(model, [], self.quantize)
+        self.merged = coeffs
 
     def engine(self, max_batch: int = 16, max_len: int | None = None, **kwargs) -> Engine:
         """A new engine over this model's step: ``max_batch`` slots of ``max_len`` positions."""
@@ -296,6 +314,9 @@ class LerpModel:
     ) -> EngineSequence:
         """An engine sequence under a mix or a schedule (validated against this anchor set); ``None``: the
         base model alone."""
+        if self.merged is not None:
+            self._require_merged(mix, extrapolate)
+            return EngineSequence(prompt_ids, [], params, seed, **kwargs)
         if mix is None:
             return EngineSequence(prompt_ids, [0.0] * len(self.adapters), params, seed, **kwargs)
         if isinstance(mix, Schedule):
@@ -306,6 +327,13 @@ class LerpModel:
         return EngineSequence(
             prompt_ids, to_mix(mix).coefficients(self.anchors.names, extrapolate), params, seed, **kwargs
         )
+
+    def _require_merged(self, mix: MixOrSchedule | None, extrapolate: bool) -> None:
+        """Refuse what a step with a merged mix cannot run: another mix, a schedule, the base model alone."""
+        fixed = isinstance(mix, (str, Mix, Mapping))
+        got = to_mix(mix).coefficients(self.anchors.names, extrapolate) if fixed else None
+        if got is None or not all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(got, self.merged)):
+            raise LerpError("this model's step has one mix merged into its weights; it generates under that mix only")
 
     def _run(self, seqs: list[EngineSequence]) -> list[EngineSequence]:
         """Run sequences to completion on an engine sized for them."""

@@ -309,6 +309,23 @@ class MixedRuntime:
             setattr(self.model.get_submodule(parent_name), child, layer if attached else layer.base)
 
     @contextmanager
+    def merged(self, coeffs: torch.Tensor | Sequence[float]) -> Iterator[nn.Module]:
+        """The plain base model with ΔW(coeffs) in its adapted weights for the block: new tensors swapped in,
+        so what is built from them inside keeps the merged weights, and the base's own come back untouched."""
+        deltas = self.delta_weights(coeffs)
+        with self.detached() as model, torch.no_grad():
+            linears = {name: model.get_submodule(name) for name in deltas}
+            originals = {name: lin.weight for name, lin in linears.items()}
+            try:
+                for name, lin in linears.items():
+                    w = lin.weight
+                    lin.weight = nn.Parameter((w.float() + deltas[name]).to(w.dtype), requires_grad=False)
+                yield model
+            finally:
+                for name, lin in linears.items():
+                    lin.weight = originals[name]
+
+    @contextmanager
     def detached(self) -> Iterator[nn.Module]:
         """The plain base model (original linear layers back in place) for the duration of the block."""
         self._swap(False)
