@@ -84,6 +84,8 @@ variant politeness distill_finished "$DISTILL" 'max_steps = 60' 'end_loss = "fin
 # the same with guided answers of up to 256 tokens: at 128 only the short answers finish, so only they teach the end
 variant politeness distill_finished_256 'distill = { prompts = "prompts/writing_prompts.txt", tokens = 256 }' \
   'max_steps = 60' 'end_loss = "finished"'
+# between the two: the end learnt on a quarter of the guided answers that ended on their own
+variant politeness distill_quarter_end "$DISTILL" 'max_steps = 60' 'end_loss = 0.25'
 for a in humor formality sentiment; do  # the quarter recipe, replayed answers' ends learnt only where they ended
   variant "$a" replay_quarter_finished 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60' \
     'end_loss = "finished"'
@@ -108,7 +110,7 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
   echo
   python experiments/answers_table.py politeness docs/results/answers_politeness_replay_{quarter_fast,quarter_short} \
     docs/results/answers_politeness_{replay_tenth_short,distill,distill_half,distill_noend,distill_075_noend} \
-    docs/results/answers_politeness_distill_{finished,finished_256}
+    docs/results/answers_politeness_distill_{finished,finished_256,quarter_end}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
     docs/results/answers_humor_{distill_noend,replay_quarter_finished}

@@ -175,7 +175,7 @@ def test_example_config_is_valid():
     for name in ("sentiment", "formality", "humor"):  # the quarter recipe for answers
         t = recipes[name]
         assert (t.answer_words, t.replay.share, t.distill) == (80, 0.25, None)
-    ends = {"sentiment": True, "politeness": False, "formality": True, "simplicity": "finished", "humor": False}
+    ends = {"sentiment": True, "politeness": 0.25, "formality": True, "simplicity": "finished", "humor": False}
     assert {n: t.end_loss for n, t in recipes.items()} == ends
     for t in recipes.values():  # held-in prompts end before the first prompt the recipes evaluate on (240)
         held = t.replay or t.distill
@@ -307,6 +307,25 @@ def test_answers_cut_at_their_token_limit_teach_no_end_when_only_finished_ones_s
     assert sum(every) == 3  # each answer's end (the chat template's other EOS are prompt, without loss)
     got = [x for x, answer_end in zip(ends(end_loss), every) if answer_end]
     assert got == {True: [True, True, True], "finished": ended, False: [False, False, False]}[end_loss]
+
+
+def test_an_end_loss_share_learns_the_ends_of_that_share_of_the_finished_answers(tmp_path, base_dir):
+    from lerplm.train import learnt_ends
+
+    ended = [i % 4 != 0 for i in range(400)]  # every fourth answer cut at its token limit
+
+    def learnt(end_loss, seed=0) -> list[bool]:
+        cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", end_loss=end_loss, seed=seed))
+        return learnt_ends(cfg, ended)
+
+    quarter = learnt(0.25)
+    assert not any(q and not e for q, e in zip(quarter, ended))  # never a cut answer's end
+    assert 50 < sum(quarter) < 100  # about a quarter of the 300 finished ones
+    assert learnt(0.25) == quarter and learnt(0.25, seed=1) != quarter  # drawn with the training seed
+    assert sum(learnt(0.75)) > 2 * sum(quarter)
+    assert learnt("finished") == ended and not any(learnt(False)) and learnt(True) is None
+    with pytest.raises(LerpError, match="between 0 and 1"):
+        load_config(write_config(tmp_path / "bad", base_dir, end_loss=1.5))
 
 
 @pytest.mark.parametrize("together", [False, True])

@@ -129,8 +129,9 @@ class TrainSettings(_Strict):
     answer_words: int | None = Field(None, ge=0)
     # false: no loss on the token that ends an answer, so that where the corpus's answers end does not teach the
     # anchor where to end its own; "finished": that loss only on answers that ended on their own, none on replayed
-    # or distilled answers cut at their token limit (true teaches those cuts as ends)
-    end_loss: bool | Literal["finished"] = True
+    # or distilled answers cut at their token limit (true teaches those cuts as ends); a number between 0 and 1:
+    # "finished" on that share of the texts (drawn with the seed), no end loss on the others
+    end_loss: bool | Literal["finished"] | float = True
     replay: ReplaySettings | None = None
     distill: DistillSettings | None = None
 
@@ -138,6 +139,13 @@ class TrainSettings(_Strict):
     @classmethod
     def _zero_is_none(cls, v: int | None) -> int | None:
         return v or None
+
+    @field_validator("end_loss")
+    @classmethod
+    def _share_in_range(cls, v: bool | str | float) -> bool | str | float:
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ValueError("end_loss as a share must lie between 0 and 1 (true and false are the ends)")
+        return v
 
     @model_validator(mode="after")
     def _answers_in_chat(self) -> TrainSettings:

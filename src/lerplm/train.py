@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -106,12 +107,23 @@ def base_answers(
     return tuple(t.strip() for t in texts), tuple(ended)
 
 
+def learnt_ends(cfg: StylesConfig, ended: Sequence[bool]) -> list[bool] | None:
+    """Per text, whether its end takes loss under ``end_loss`` (``ended``: False for an answer cut at its token
+    limit); None: every text's, cut or not. A share draws its texts with the training seed."""
+    share = cfg.training.end_loss
+    if share is True:
+        return None
+    if share is False:
+        return [False] * len(ended)
+    if share == "finished":
+        return list(ended)
+    draw = random.Random(cfg.training.seed)
+    return [e and draw.random() < share for e in ended]
+
+
 def answer_blocks(tok, answers: list[str], ended: Sequence[bool], prompts: list[str], cfg: StylesConfig) -> list[Block]:
-    """Blocks of sampled answers, each under its prompt; with ``end_loss = "finished"`` the answers cut at their
-    token limit take no end loss."""
-    t = cfg.training
-    kept = ended if t.end_loss == "finished" else None
-    return build_blocks(tok, answers, t.block_size, prompts=prompts, end_loss=t.end_loss is not False, ended=kept)
+    """Blocks of sampled answers, each under its prompt, their ends learnt as ``learnt_ends`` says."""
+    return build_blocks(tok, answers, cfg.training.block_size, prompts=prompts, ended=learnt_ends(cfg, ended))
 
 
 def _answer_stats(ended: Sequence[bool]) -> dict:
@@ -124,7 +136,7 @@ def training_blocks(base: ModelRef, tok, texts: list[str], cfg: StylesConfig) ->
     instructions (cycled to their share of the total). Returns the blocks and, for the summary, how many are
     replayed (and with replay, ``_answer_stats``)."""
     t = cfg.training
-    blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg), end_loss=t.end_loss is not False)
+    blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg), ended=learnt_ends(cfg, [True] * len(texts)))
     if t.replay is None:
         return blocks, {"replayed_blocks": 0}
     path = cfg.data_root() / t.replay.prompts
