@@ -42,9 +42,9 @@ def timed_run(lm, step_model, seqs) -> tuple[float, float]:
     right after another one waits for them (~30 ms on a first token here), where a generate call runs one step alone."""
     from lerplm.engine import Engine, SamplingParams, Sequence
 
-    s = seqs[0]
+    first = seqs[0]
     Engine(step_model, lm.eos_ids(), max_batch=1, max_len=512).run(
-        [Sequence(s.prompt_ids, s.coeffs, SamplingParams(1, 0), 0)]
+        [Sequence(first.prompt_ids, first.coeffs, SamplingParams(1, 0), 0)]
     )
     eng = Engine(step_model, lm.eos_ids(), max_batch=len(seqs), max_len=512)
     eng.eos = set()  # fixed lengths: every row runs its full course
