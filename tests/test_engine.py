@@ -174,7 +174,6 @@ def test_mix_changes_between_steps_act_on_the_next_token(lm):
 
 
 def test_engine_refuses_what_cannot_fit(lm):
-
     eng = lm.engine(max_batch=1, max_len=16)
     with pytest.raises(LerpError, match="positions"):
         eng.submit(Sequence([1] * 10, [0.0] * 4, SamplingParams(10), 0))

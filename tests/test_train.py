@@ -260,7 +260,7 @@ def test_without_end_loss_no_loss_is_taken_from_each_answers_end_on(chat):
     texts = ["the food was great.", "worst service ever.", "it is a minor nuisance."]
     prompt = {"chat_prompt": "Write a review."} if chat else {}
     full = build_blocks(tok, texts, 1, **prompt)  # blocks of one token: nothing is cut off
-    cut = build_blocks(tok, texts, 1, **prompt, end_loss=False)
+    cut = build_blocks(tok, texts, 1, **prompt, learn_end=[False] * len(texts))
     ids = [b.ids[0] for b in full]
     assert [b.ids[0] for b in cut] == ids
     with_end, without = [b.labels[0] for b in full], [b.labels[0] for b in cut]
@@ -273,7 +273,7 @@ def test_without_end_loss_no_loss_is_taken_from_each_answers_end_on(chat):
     assert tok.decode([i for i, x in zip(ids, without) if x != IGNORE]).count("great.") == 1
     tok.eos_token = "<|endoftext|>"  # turns end with <|im_end|>, so an answer has no EOS to start from
     with pytest.raises(LerpError, match="end_loss = false"):
-        build_blocks(tok, texts, 1, chat_prompt="Write a review.", end_loss=False)
+        build_blocks(tok, texts, 1, chat_prompt="Write a review.", learn_end=[False] * len(texts))
 
 
 def test_end_loss_is_recorded_only_when_not_the_default(tmp_path, base_dir):

@@ -154,20 +154,19 @@ def build_blocks(
     block_size: int,
     chat_prompt: str | None = None,
     prompts: list[str] | None = None,
-    end_loss: bool = True,
-    ended: Sequence[bool] | None = None,
+    learn_end: Sequence[bool] | None = None,
 ) -> list[Block]:
     """Concatenate texts and cut into fixed-size blocks, as run_clm does.
 
     Plain: each text ended by EOS. ``chat_prompt``: each text is the assistant's answer to that user turn
     in the model's chat template, the way generation prompts it, and only the answer carries loss;
-    ``prompts``: the same with one user turn per text. ``end_loss=False``: no loss from each text's EOS on
-    (the end of an answer and what the template writes after it); ``ended``: per text, False for a sampled
-    answer cut at its token limit, which takes no end loss either (where it was cut is not where it ends)."""
+    ``prompts``: the same with one user turn per text. ``learn_end``: per text, False for no loss from its EOS on
+    (the end of an answer and what the template writes after it; ``train.learnt_ends`` says which, from the
+    ``end_loss`` setting); None: every text's end takes loss."""
     ids: list[int] = []
     labels: list[int] = []
     eos = tokenizer.eos_token_id
-    learn_end = [end_loss and e for e in (ended if ended is not None else [True] * len(texts))]
+    learn_end = list(learn_end) if learn_end is not None else [True] * len(texts)
     if chat_prompt is None and prompts is None:
         for enc, learn in zip(tokenizer(texts, add_special_tokens=False)["input_ids"], learn_end):
             text = enc + ([eos] if eos is not None else [])

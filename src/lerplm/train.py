@@ -123,7 +123,7 @@ def learnt_ends(cfg: StylesConfig, ended: Sequence[bool]) -> list[bool] | None:
 
 def answer_blocks(tok, answers: list[str], ended: Sequence[bool], prompts: list[str], cfg: StylesConfig) -> list[Block]:
     """Blocks of sampled answers, each under its prompt, their ends learnt as ``learnt_ends`` says."""
-    return build_blocks(tok, answers, cfg.training.block_size, prompts=prompts, ended=learnt_ends(cfg, ended))
+    return build_blocks(tok, answers, cfg.training.block_size, prompts=prompts, learn_end=learnt_ends(cfg, ended))
 
 
 def _answer_stats(ended: Sequence[bool]) -> dict:
@@ -136,7 +136,7 @@ def training_blocks(base: ModelRef, tok, texts: list[str], cfg: StylesConfig) ->
     instructions (cycled to their share of the total). Returns the blocks and, for the summary, how many are
     replayed (and with replay, ``_answer_stats``)."""
     t = cfg.training
-    blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg), ended=learnt_ends(cfg, [True] * len(texts)))
+    blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg), learn_end=learnt_ends(cfg, [True] * len(texts)))
     if t.replay is None:
         return blocks, {"replayed_blocks": 0}
     path = cfg.data_root() / t.replay.prompts
