@@ -102,12 +102,22 @@ def test_generate_json_lines_for_several_mixes(anchor_dir, tmp_path):
     assert {r_["seed"] for r_ in recs} == {3} and {r_["sample"] for r_ in recs} == {0, 1}
 
 
-def test_generate_with_a_merged_mix_writes_what_the_mixed_step_writes(anchor_dir):
+def test_generate_with_a_merged_mix_writes_what_the_mixed_step_writes(anchor_dir, monkeypatch):
+    from lerplm.generate import LerpModel
+
+    merges = []
+    merge = LerpModel.merge
+    monkeypatch.setattr(LerpModel, "merge", lambda self, *a: merges.append(a) or merge(self, *a))
     args = ["generate", "--anchors", anchor_dir, "--prompt", "the food", "--max-new-tokens", "5", "--json"]
     mix = ["--mix", "sentiment=0.8,formality=0.3", "--weights", "sentiment=2,formality=1", "--temperature", "0"]
-    mixed, merged = run(*args, *mix), run(*args, *mix, "--merge")
-    assert mixed.exit_code == 0 and merged.exit_code == 0, merged.output
-    assert json.loads(merged.stdout) == json.loads(mixed.stdout)
+    mixed, merged, default = run(*args, *mix, "--no-merge"), run(*args, *mix, "--merge"), run(*args, *mix)
+    assert mixed.exit_code == 0 and merged.exit_code == 0 and default.exit_code == 0, merged.output
+    assert json.loads(merged.stdout) == json.loads(mixed.stdout) == json.loads(default.stdout)
+    assert len(merges) == 2  # --merge and the default; not --no-merge
+    two = ["--mix", "sentiment=0", "--mix", "sentiment=1", "--temperature", "0"]
+    assert run(*args, *two).exit_code == 0 and run(*args, "--schedule", "0:sentiment=0; 3:sentiment=1").exit_code == 0
+    assert run(*args, *mix, "--quantize", "int4").exit_code == 0
+    assert len(merges) == 2  # several mixes, a schedule and int4 run the mixed step by default
     assert_user_error(run(*args, *mix, "--mix", "sentiment=0,formality=1", "--merge"), "--merge takes one mix; got 2")
     assert_user_error(run(*args, "--schedule", "0:sentiment=0; 3:sentiment=1", "--merge"), "--merge takes one fixed")
 

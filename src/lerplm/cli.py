@@ -111,8 +111,14 @@ def generate(
     schedule: Annotated[list[str], opt(help='A mix over the new tokens: "0:sentiment=0; 64:sentiment=1".')] = [],
     interpolate: Annotated[str, opt(help="Between --schedule points: linear or step.")] = "linear",
     merge: Annotated[
-        bool, opt(help="One mix: merge it into the weights first (the base model's speed; no other mix in the run).")
-    ] = False,
+        bool | None,
+        opt(
+            "--merge/--no-merge",
+            help="Merge the run's one fixed mix into the weights first: the base model's speed. Default: merge when"
+            " the run has one fixed mix and the step can take it (not int4).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Generate under one or more mixes, schedules or a --target; every (prompt, mix) pair shares one batch."""
     from .anchors import AnchorSet
@@ -148,9 +154,11 @@ def generate(
         else:
             mixes = _mixes(anchors, mix, weights, extrapolate)
         lm = LerpModel.load(anchors, quantize=quantize)
+        if merge and len(mixes) != 1:
+            raise LerpError(f"--merge takes one mix; got {len(mixes)}")
+        if merge is None:  # by default: one fixed mix runs merged wherever the step can take it
+            merge = len(mixes) == 1 and not schedule and lm.merge_refusal() is None
         if merge:
-            if len(mixes) != 1:
-                raise LerpError(f"--merge takes one mix; got {len(mixes)}")
             lm.merge(mixes[0], extrapolate)
         rows = [(p, m) for m in mixes for p in prompts]
         outs = lm.generate([p for p, _ in rows], [m for _, m in rows], n=n, params=params, extrapolate=extrapolate)

@@ -115,18 +115,23 @@ class LerpModel:
         """Build the engine's step with ``mix`` merged into its base weights (ΔW added before quantisation, as
         ``export --format merged`` writes it): the base model's speed for one fixed mix, where the mixed step
         reads every anchor at every token. Generation then takes that mix only; likelihoods stay exact."""
-        reason = unsupported_reason(self.model, self.adapters)
-        if reason is not None:
-            raise LerpError(f"merging a mix into the step needs the fast decoder, which does not support {reason}")
-        if self.quantize == "int4":
-            raise LerpError(
-                "int4 keeps the GGUF's own 4-bit grid, which merged weights leave, and much of the model's quality with"
-                " it (docs/performance.md); merge with int8 or fp32"
-            )
+        if reason := self.merge_refusal():
+            raise LerpError(reason)
         coeffs = to_mix(mix).coefficients(self.anchors.names, extrapolate)
         with self.runtime.merged(coeffs) as model:
             self._step_model = fast_step(model, [], self.quantize)
         self.merged = coeffs
+
+    def merge_refusal(self) -> str | None:
+        """Why this model's step cannot take a merged mix, or None when it can."""
+        if reason := unsupported_reason(self.model, self.adapters):
+            return f"merging a mix into the step needs the fast decoder, which does not support {reason}"
+        if self.quantize == "int4":
+            return (
+                "int4 keeps the GGUF's own 4-bit grid, which merged weights leave, and much of the model's quality with"
+                " it (docs/performance.md); merge with int8 or fp32"
+            )
+        return None
 
     def engine(self, max_batch: int = 16, max_len: int | None = None, **kwargs) -> Engine:
         """A new engine over this model's step: ``max_batch`` slots of ``max_len`` positions."""
