@@ -86,6 +86,14 @@ variant politeness distill_finished_256 'distill = { prompts = "prompts/writing_
   'max_steps = 60' 'end_loss = "finished"'
 # between the two: the end learnt on a quarter of the guided answers that ended on their own
 variant politeness distill_quarter_end "$DISTILL" 'max_steps = 60' 'end_loss = 0.25'
+# humor's jokes through a stronger teacher (its exponent 1.5 in the product), no loss on each answer's end
+variant humor distill_15_noend 'distill = { prompts = "prompts/writing_prompts.txt", strength = 1.5 }' \
+  'max_steps = 60' 'end_loss = false'
+# less replay for humor: a tenth, then 15% of the blocks the base model's answers, no loss on each answer's end
+for share in tenth:0.1 015:0.15; do
+  variant humor "replay_${share%%:*}_noend" 'answer_words = 80' "${REPLAY/share = 0.5/share = ${share#*:}}" \
+    'max_steps = 60' 'end_loss = false'
+done
 for a in humor formality sentiment; do  # the quarter recipe, replayed answers' ends learnt only where they ended
   variant "$a" replay_quarter_finished 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60' \
     'end_loss = "finished"'
@@ -113,7 +121,7 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
     docs/results/answers_politeness_distill_{finished,finished_256,quarter_end}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
-    docs/results/answers_humor_{distill_noend,replay_quarter_finished}
+    docs/results/answers_humor_{distill_noend,distill_15_noend,replay_tenth_noend,replay_015_noend,replay_quarter_finished}
   echo
   python experiments/answers_table.py formality docs/results/answers_formality_replay_quarter_finished
   echo
