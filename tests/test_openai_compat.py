@@ -124,6 +124,12 @@ def test_content_parts_are_accepted(served):
     a = c.chat.completions.create(model=s.model, messages=parts, max_tokens=6, temperature=0)
     b = c.chat.completions.create(model=s.model, messages=HELLO, max_tokens=6, temperature=0)
     assert a.choices[0].message.content == b.choices[0].message.content
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]
+    r = httpx.post(s.url + "/v1/chat/completions", json={"messages": image}, timeout=30)
+    assert r.status_code == 400 and "got 'image_url'" in r.json()["error"]["message"]
+    tools_turn = [*HELLO, {"role": "assistant", "content": None}, {"role": "user", "content": "and?"}]
+    r = httpx.post(s.url + "/v1/chat/completions", json={"messages": tools_turn, "max_tokens": 3}, timeout=30)
+    assert r.status_code == 200, r.text
 
 
 def test_the_openapi_schema_declares_every_status_and_content_type(served):

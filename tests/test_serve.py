@@ -4,6 +4,7 @@ batching invariance, bad input, API keys, cancellation, and queue overflow."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import socket
 import threading
 import time
@@ -135,6 +136,16 @@ def test_mix_changes_the_output(server):
     assert len(outs) > 1
 
 
+def test_a_mix_written_as_the_cli_writes_it_equals_its_mapping(server):
+    def text(mix) -> str:
+        body = {"prompt": "the food was", "max_tokens": 8, "seed": 3, "temperature": 0.9, "mix": mix}
+        r = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["text"]
+
+    assert text("sentiment=0.9,formality=0.2") == text({"levels": {"sentiment": 0.9, "formality": 0.2}})
+
+
 def test_concurrent_requests_with_different_mixes_equal_the_same_requests_alone(server):
     c = client(server)
     jobs = [("the food was", {"sentiment": i / 5}, 10 + i) for i in range(6)] + [("could you", {"formality": 0.3}, 99)]
@@ -174,10 +185,17 @@ def test_concurrent_requests_with_different_mixes_equal_the_same_requests_alone(
         ({"prompt": "hi", "max_tokens": 4, "min_tokens": 5}, "min_tokens must lie in [0, max_tokens]"),
         ({"prompt": 5, "mix": {"levels": {"sentiment": 0.5}}}, "prompt"),
         ({"mix": {"levels": {"sentiment": 0.5}}}, "prompt: Field required"),
+        ({"prompt": [1, 2, 3]}, "token ids are not accepted"),
+        ({"prompt": "hi", "n": 0}, "n must lie in [1, 8]"),
+        ({"prompt": "hi", "temperature": float("nan")}, "temperature must be a finite number"),
+        ({"prompt": "hi", "temperature": float("inf")}, "temperature must be a finite number"),
+        ({"prompt": "hi", "mix": "sentiment=high"}, "'high' is not a number"),
     ],
 )
 def test_bad_input_gets_an_openai_style_400(server, body, message):
-    r = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
+    raw = json.dumps(body)  # NaN and Infinity as JavaScript writes them, which httpx's json= refuses
+    headers = {"content-type": "application/json"}
+    r = httpx.post(server.url + "/v1/completions", content=raw, headers=headers, timeout=30)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert message in err["message"] and err["type"] == "invalid_request_error"

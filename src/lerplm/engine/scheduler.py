@@ -13,6 +13,7 @@ import collections
 import contextlib
 import heapq
 import itertools
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -72,8 +73,8 @@ class SamplingParams:
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise LerpError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise LerpError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise LerpError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise LerpError(f"top_p must lie in (0, 1], got {self.top_p}")
         if self.top_k < 0:

@@ -8,6 +8,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,16 +16,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine import QueueFull, SamplingParams, Sequence
 from ..errors import LerpError
-from ..generate import LerpModel
+from ..generate import LerpModel, to_mix
 from ..mix import Mix, Schedule
 
 API_KEY_ENV = "LERPLM_API_KEY"
 STATIC = Path(__file__).with_name("static")
+
+
+def _field_path(loc: tuple) -> str:
+    """A validation error's field, without "body" and pydantic's names of union members ("str", "list[TextPart]")."""
+    members = ("str", "int", "float", "bool")
+    return ".".join(str(x) for x in loc if x not in ("body", *members) and not str(x).startswith(("list[", "dict[")))
 
 
 class APIError(Exception):
@@ -50,14 +57,14 @@ class _Common(BaseModel):
     stop: str | list[str] | None = None
     logprobs: bool | int | None = None  # chat: true/false (+ top_logprobs); completions: 0-5 alternatives
     top_logprobs: int | None = None
-    mix: dict[str, Any] | None = None
+    mix: dict[str, Any] | str | None = None  # a mapping, or the CLI's "sentiment=0.9,formality=0.3"
     target: dict[str, float] | None = None  # target scores; the solved mix comes back in the response
     free_weights: bool = False
     user: str | None = None
 
 
 class CompletionBody(_Common):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # token ids: refused with a clear message
 
 
 class TextPart(BaseModel):
@@ -67,9 +74,20 @@ class TextPart(BaseModel):
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[TextPart]
+    content: str | list[TextPart] | None  # null: an assistant turn that only called tools
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, v: Any) -> Any:
+        for part in v if isinstance(v, list) else []:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text":
+                raise ValueError(f"only text content parts can be read, got {kind!r}")
+        return v
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
@@ -94,7 +112,7 @@ ERROR_SCHEMA = {
 
 
 class LiveMix(BaseModel):
-    mix: dict[str, Any]
+    mix: dict[str, Any] | str
     index: int = 0  # which choice, for n > 1
     reencode: bool = (
         False  # also re-read the text so far under the new mix (one prefill) instead of from the next token only
@@ -156,8 +174,9 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):
         first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"] if x != "body")
-        msg = "request body is not valid JSON" if first["type"] == "json_invalid" else f"{where}: {first['msg']}"
+        where = _field_path(first["loc"])
+        why = first["msg"].removeprefix("Value error, ")
+        msg = "request body is not valid JSON" if first["type"] == "json_invalid" else f"{where}: {why}"
         return error(400, msg, param=where or None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -204,11 +223,11 @@ def create_app(
         if body.mix is None:
             return base_mixes[body.model or model_id], None
         try:
-            if "schedule" in body.mix:
+            if isinstance(body.mix, Mapping) and "schedule" in body.mix:
                 sched = Schedule.from_dict(body.mix)
                 sched.coefficient_fn(names)
                 return sched, None
-            return Mix.from_dict(body.mix).coefficients(names), None
+            return to_mix(body.mix).coefficients(names), None
         except LerpError as e:
             raise APIError(400, str(e), param="mix") from None
 
@@ -217,8 +236,6 @@ def create_app(
         max_tokens = default_max_tokens if max_tokens is None else max_tokens
         if not 1 <= max_tokens <= max_tokens_limit:
             raise APIError(400, f"max_tokens must lie in [1, {max_tokens_limit}], got {max_tokens}", param="max_tokens")
-        if not 1 <= body.n <= 8:
-            raise APIError(400, f"n must lie in [1, 8], got {body.n}", param="n")
         if body.seed is not None and not -(2**62) <= body.seed < 2**62:
             raise APIError(400, "seed must lie in [-2**62, 2**62)", param="seed")
         if not 0 <= body.min_tokens <= max_tokens:
@@ -228,8 +245,9 @@ def create_app(
         p = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, seed, min_new_tokens=least)
         try:
             p.validate()
-        except LerpError as e:
-            raise APIError(400, str(e)) from None
+        except LerpError as e:  # the message starts with the field's name, as the engine knows it
+            field = str(e).split()[0]
+            raise APIError(400, str(e), param={"min_new_tokens": "min_tokens"}.get(field, field)) from None
         return p
 
     def encode(text: str) -> list[int]:
@@ -318,6 +336,8 @@ def create_app(
         }
 
     async def run(kind: str, prompt_ids: list[list[int]], body: _Common, route: str):
+        if not 1 <= body.n <= 8:
+            raise APIError(400, f"n must lie in [1, 8], got {body.n}", param="n")
         coeffs, solved = parse_mix(body)
         params = [sampling(body, j) for j in range(body.n)]
         stop, n_alts = stops(body), top_logprobs(body, kind)
@@ -490,6 +510,8 @@ def create_app(
     @app.post("/v1/completions", responses=generation)
     async def completions(body: CompletionBody):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not all(isinstance(p, str) for p in prompts):
+            raise APIError(400, "prompt must be text: token ids are not accepted", param="prompt")
         if not prompts or len(prompts) > 8:
             raise APIError(400, "prompt must be a string or a list of 1 to 8 strings", param="prompt")
         ids = [encode(text) for text in lm.chat_prefixes(prompts)]
@@ -515,7 +537,7 @@ def create_app(
         if not 0 <= body.index < len(reqs):
             raise APIError(400, f"index must lie in [0, {len(reqs) - 1}]", param="index")
         try:
-            coeffs = Mix.from_dict(body.mix).coefficients(names)
+            coeffs = to_mix(body.mix).coefficients(names)
         except LerpError as e:
             raise APIError(400, str(e), param="mix") from None
         seq = reqs[body.index]
