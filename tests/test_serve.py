@@ -287,3 +287,16 @@ def test_queue_overflow_answers_503(anchor_dir):
         busy = [r for r in rs if r.status_code == 503]
         assert busy and busy[0].headers["retry-after"] == "1" and busy[0].json()["error"]["type"] == "server_busy"
         assert any(r.status_code == 200 for r in rs)
+
+
+def test_an_address_in_use_fails_before_the_model_loads(anchor_dir, monkeypatch):
+    from lerplm.errors import LerpError
+    from lerplm.generate import LerpModel
+    from lerplm.serve.server import serve
+
+    monkeypatch.setattr(LerpModel, "load", lambda *a, **k: pytest.fail("the model loaded"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(LerpError, match="cannot listen on 127.0.0.1:.*in use"):
+            serve(anchor_dir, port=taken.getsockname()[1])

@@ -204,7 +204,7 @@ def export(
 def serve(
     anchors: o.Anchors,
     host: Annotated[str, opt(help="Bind address (loopback by default).")] = "127.0.0.1",
-    port: int = 8000,
+    port: Annotated[int, opt(min=1, max=65535, help="TCP port.")] = 8000,
     api_key: Annotated[str | None, opt(envvar="LERPLM_API_KEY", help="Require this bearer key.")] = None,
     max_batch: Annotated[int, opt(min=1, help="Rows in the running batch.")] = 16,
     max_queue: Annotated[int, opt(min=1, help="Waiting requests before 503.")] = 64,

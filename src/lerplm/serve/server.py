@@ -3,6 +3,7 @@ uvicorn's HTTP loop on a second thread, and a clean stop on Ctrl-C or when HTTP 
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +21,19 @@ def parse_presets(specs: Sequence[str]) -> dict[str, Mix]:
             raise LerpError(f"bad --preset {p!r}: write NAME=LEVELS, e.g. formal=formality=1")
         presets[name.strip()] = Mix.from_spec(spec)
     return presets
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model loads: an address that is taken or invalid fails at once,
+    in one line, instead of in the HTTP thread after the load."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except (OSError, OverflowError) as e:
+        raise LerpError(f"cannot listen on {host}:{port}: {e}") from None
+    return sock
 
 
 def serve(
@@ -45,6 +59,7 @@ def serve(
     from .app import create_app
 
     names = AnchorSet.load(anchors).names
+    sock = listen(host, port)
     base = None if default_mix.strip().lower() == "base" else Mix.from_spec(default_mix)
     named = parse_presets(presets)
     for m in [base, *named.values()]:
@@ -62,7 +77,7 @@ def serve(
         presets=named,
     )
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    http = threading.Thread(target=server.run, name="lerplm-http", daemon=True)
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="lerplm-http", daemon=True)
     http.start()
     log(f"serving {anchors} on http://{host}:{port}/ (API at /v1, page at /){' with an API key' if api_key else ''}")
     engine = app.state.engine
