@@ -110,6 +110,15 @@ def test_bad_generation_arguments(lm):
         lm.generate(PROMPTS, MIXES, top_p=0)
     with pytest.raises(LerpError, match="unknown attribute"):
         lm.generate(PROMPTS, {"humor": 1})
+    with pytest.raises(LerpError, match="a mix is a mapping"):
+        lm.generate(PROMPTS, 5)
+    with pytest.raises(LerpError, match="temperature must be a finite number"):
+        lm.generate(PROMPTS, MIXES, temperature=float("nan"))
+
+
+def test_a_string_is_one_prompt(lm):
+    one = lm.generate(PROMPTS[0], MIXES[0], max_new_tokens=3, temperature=0)
+    assert one == lm.generate(PROMPTS[:1], MIXES[0], max_new_tokens=3, temperature=0) and len(one) == 1
 
 
 def _logits(model, enc):

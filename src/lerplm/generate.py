@@ -279,7 +279,7 @@ class LerpModel:
     @torch.inference_mode()
     def generate(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str] | str,
         mixes: Sequence[MixOrSchedule | None] | MixOrSchedule | None,
         n: int = 1,
         params: SamplingParams | None = None,
@@ -287,12 +287,16 @@ class LerpModel:
         chat: bool | None = None,
         **kwargs,
     ) -> list[list[str]]:
-        """For each prompt (with its own mix or schedule; one is used for all; None is the base model alone),
-        ``n`` sampled continuations."""
+        """For each prompt (a string is one prompt; with its own mix or schedule; one is used for all; None is
+        the base model alone), ``n`` sampled continuations."""
         params = params or SamplingParams(**kwargs)
         params.validate()
+        if isinstance(prompts, str):  # one prompt, not its characters
+            prompts = [prompts]
         if mixes is None or isinstance(mixes, (str, Mix, Mapping, Schedule)):
             mixes = [mixes] * len(prompts)
+        if not isinstance(mixes, Sequence):
+            raise LerpError(f"a mix is a mapping, a spec string or a Schedule, got {type(mixes).__name__}")
         if len(mixes) != len(prompts):
             raise LerpError(f"got {len(prompts)} prompts but {len(mixes)} mixes; give one mix per prompt")
         if n < 1:
