@@ -44,6 +44,20 @@ def test_a_plain_client_gets_the_base_model_and_presets_are_model_ids(served):
     with pytest.raises(openai.NotFoundError) as e:
         c.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=4)
     assert "formal" in str(e.value) and "cheerful" in str(e.value)
+    assert c.models.retrieve("formal").id == "formal"
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-4o")
+
+
+def test_stream_options_include_usage_sends_the_usage_last(served):
+    s, c, _ = served
+    args = dict(model=s.model, messages=HELLO, max_tokens=6, n=2, seed=1, extra_body={"ignore_eos": True})
+    chunks = list(c.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and all(ch.choices for ch in chunks[:-1])
+    assert chunks[-1].usage.model_dump() == c.chat.completions.create(**args).usage.model_dump()
+    assert chunks[-1].usage.completion_tokens == 12
+    plain = list(c.chat.completions.create(**args, stream=True))
+    assert all(ch.choices and ch.usage is None for ch in plain)
 
 
 def test_the_default_mix_serves_requests_without_one(anchor_dir):

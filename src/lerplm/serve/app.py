@@ -41,6 +41,10 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.headers = status, message, type_, param, headers
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False  # a last chunk with no choices and the request's usage, as OpenAI sends it
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
@@ -54,6 +58,7 @@ class _Common(BaseModel):
     n: int = 1
     seed: int | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     logprobs: bool | int | None = None  # chat: true/false (+ top_logprobs); completions: 0-5 alternatives
     top_logprobs: int | None = None
@@ -200,14 +205,14 @@ def create_app(
     # -- helpers --------------------------------------------------------------------------------
     streams: dict[str, list[Sequence]] = {}  # running requests by response id: their mixes can change live
 
+    def require_model(model: str) -> None:
+        if model not in base_mixes:
+            message = f"the model {model!r} does not exist; available: {', '.join(base_mixes)}"
+            raise APIError(404, message, "not_found_error", "model")
+
     def parse_mix(body: _Common) -> tuple[list[float] | Schedule, dict | None]:
-        if body.model is not None and body.model not in base_mixes:
-            raise APIError(
-                404,
-                f"the model {body.model!r} does not exist; available: {', '.join(base_mixes)}",
-                "not_found_error",
-                param="model",
-            )
+        if body.model is not None:
+            require_model(body.model)
         if body.target is not None:
             if body.mix is not None:
                 raise APIError(400, "give either 'mix' or 'target', not both", param="target")
@@ -347,6 +352,11 @@ def create_app(
         usage_prompt = sum(len(i) for i in prompt_ids) * body.n
         extra = {"mix": solved} if solved else {}
         start = time.monotonic()
+
+        def usage() -> dict:
+            done = sum(getattr(r, "used", len(r.tokens)) for r in reqs)  # tokens sent (a stop string cuts the rest)
+            return {"prompt_tokens": usage_prompt, "completion_tokens": done, "total_tokens": usage_prompt + done}
+
         hold = max((len(x) for x in stop), default=1) - 1  # characters held back: they may start a stop string
 
         async def tokens(req: Sequence):
@@ -448,6 +458,10 @@ def create_app(
                             remaining -= 1
                             continue
                         yield f"data: {json.dumps(item)}\n\n"
+                    if body.stream_options and body.stream_options.include_usage:
+                        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+                        last = {"id": rid, "object": obj, "created": created, "model": body.model or model_id}
+                        yield f"data: {json.dumps(last | {'choices': [], 'usage': usage()})}\n\n"
                     yield "data: [DONE]\n\n"
                     metrics.latency.labels(route).observe(time.monotonic() - start)
                 finally:  # the client went away (or we are done): free the rows
@@ -459,7 +473,7 @@ def create_app(
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
-        choices, completion_tokens = [], 0
+        choices = []
         try:
             for i, r in enumerate(reqs):
                 parts, finish, entries = [], None, []
@@ -468,17 +482,11 @@ def create_app(
                     entries += new
                     finish = fin or finish
                 choices.append(choice(i, "".join(parts), finish, entries, whole=True))
-                completion_tokens += r.used
         finally:
             streams.pop(rid, None)
             for r in reqs:
                 r.cancelled = True
         metrics.latency.labels(route).observe(time.monotonic() - start)
-        usage = {
-            "prompt_tokens": usage_prompt,
-            "completion_tokens": completion_tokens,
-            "total_tokens": usage_prompt + completion_tokens,
-        }
         obj = "chat.completion" if kind == "chat" else "text_completion"
         return {
             "id": rid,
@@ -486,7 +494,7 @@ def create_app(
             "created": created,
             "model": body.model or model_id,
             "choices": choices,
-            "usage": usage,
+            "usage": usage(),
         } | extra
 
     # -- routes ---------------------------------------------------------------------------------
@@ -544,12 +552,17 @@ def create_app(
         seq.restart_on_change, seq.schedule, seq.coeffs = body.reencode, None, coeffs  # read at the engine's next step
         return {"id": stream_id, "index": body.index, "from_token": len(seq.tokens)}
 
+    def model_card(m: str) -> dict:
+        return {"id": m, "object": "model", "created": 0, "owned_by": "lerplm"}
+
     @app.get("/v1/models")
     async def models():
-        return {
-            "object": "list",
-            "data": [{"id": m, "object": "model", "created": 0, "owned_by": "lerplm"} for m in base_mixes],
-        }
+        return {"object": "list", "data": [model_card(m) for m in base_mixes]}
+
+    @app.get("/v1/models/{model}", responses=errors)
+    async def model(model: str):
+        require_model(model)
+        return model_card(model)
 
     @app.get("/v1/attributes")
     async def attributes():
