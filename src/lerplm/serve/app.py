@@ -70,6 +70,8 @@ class _Common(BaseModel):
 
 class CompletionBody(_Common):
     prompt: str | list[str] | list[int] | list[list[int]]  # token ids: refused with a clear message
+    chat: bool = False  # lerplm's field: each prompt as the user turn of the chat template, as `generate` reads it
+    echo: bool = False  # refused: only the new text comes back
 
 
 class TextPart(BaseModel):
@@ -255,8 +257,7 @@ def create_app(
             raise APIError(400, str(e), param={"min_new_tokens": "min_tokens"}.get(field, field)) from None
         return p
 
-    def encode(text: str) -> list[int]:
-        ids = lm.tokenizer(text, add_special_tokens=not lm.tokenizer.chat_template)["input_ids"]
+    def limited(ids: list[int]) -> list[int]:
         if len(ids) > max_prompt_tokens:
             raise APIError(400, f"prompt is {len(ids)} tokens; the limit is {max_prompt_tokens}", param="prompt")
         return ids
@@ -522,7 +523,11 @@ def create_app(
             raise APIError(400, "prompt must be text: token ids are not accepted", param="prompt")
         if not prompts or len(prompts) > 8:
             raise APIError(400, "prompt must be a string or a list of 1 to 8 strings", param="prompt")
-        ids = [encode(text) for text in lm.chat_prefixes(prompts)]
+        if not all(prompts):
+            raise APIError(400, "prompt must not be empty", param="prompt")
+        if body.echo:
+            raise APIError(400, "echo is not supported: the answer holds the new text only", param="echo")
+        ids = [limited(x) for x in lm.prompt_ids(prompts, chat=body.chat)]  # as `generate` reads them
         return await run("completion", ids, body, "/v1/completions")
 
     @app.post("/v1/chat/completions", responses=generation)
@@ -532,7 +537,8 @@ def create_app(
             text = lm.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         else:
             text = "\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\nassistant:"
-        return await run("chat", [encode(text)], body, "/v1/chat/completions")
+        ids = lm.tokenizer(text, add_special_tokens=not lm.tokenizer.chat_template)["input_ids"]
+        return await run("chat", [limited(ids)], body, "/v1/chat/completions")
 
     @app.post("/v1/streams/{stream_id}/mix", responses=errors)
     async def live_mix(stream_id: str, body: LiveMix):
