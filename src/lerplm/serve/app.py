@@ -252,9 +252,8 @@ def create_app(
         p = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, seed, min_new_tokens=least)
         try:
             p.validate()
-        except LerpError as e:  # the message starts with the field's name, as the engine knows it
-            field = str(e).split()[0]
-            raise APIError(400, str(e), param={"min_new_tokens": "min_tokens"}.get(field, field)) from None
+        except LerpError as e:  # temperature, top_p or top_k (the rest is checked above): named first
+            raise APIError(400, str(e), param=str(e).split()[0]) from None
         return p
 
     def limited(ids: list[int]) -> list[int]:
@@ -354,6 +353,11 @@ def create_app(
         extra = {"mix": solved} if solved else {}
         start = time.monotonic()
 
+        def envelope(whole: bool) -> dict:
+            """What every answer and every streamed chunk of this request starts with."""
+            obj = "text_completion" if kind != "chat" else "chat.completion" if whole else "chat.completion.chunk"
+            return {"id": rid, "object": obj, "created": created, "model": body.model or model_id}
+
         def usage() -> dict:
             done = sum(getattr(r, "used", len(r.tokens)) for r in reqs)  # tokens sent (a stop string cuts the rest)
             return {"prompt_tokens": usage_prompt, "completion_tokens": done, "total_tokens": usage_prompt + done}
@@ -418,14 +422,7 @@ def create_app(
             return {"index": i, "text": delta, "finish_reason": finish, "logprobs": lp}
 
         def chunk(i: int, delta: str, finish: str | None, entries=None, offset: int = 0, first: bool = False) -> dict:
-            obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-            out = {
-                "id": rid,
-                "object": obj,
-                "created": created,
-                "model": body.model or model_id,
-                "choices": [choice(i, delta, finish, entries, offset, first)],
-            } | extra
+            out = envelope(whole=False) | {"choices": [choice(i, delta, finish, entries, offset, first)]} | extra
             if finish:
                 out["mix_log"] = mix_log(reqs[i])
             return out
@@ -460,9 +457,8 @@ def create_app(
                             continue
                         yield f"data: {json.dumps(item)}\n\n"
                     if body.stream_options and body.stream_options.include_usage:
-                        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-                        last = {"id": rid, "object": obj, "created": created, "model": body.model or model_id}
-                        yield f"data: {json.dumps(last | {'choices': [], 'usage': usage()})}\n\n"
+                        last = envelope(whole=False) | {"choices": [], "usage": usage()}
+                        yield f"data: {json.dumps(last)}\n\n"
                     yield "data: [DONE]\n\n"
                     metrics.latency.labels(route).observe(time.monotonic() - start)
                 finally:  # the client went away (or we are done): free the rows
@@ -488,15 +484,7 @@ def create_app(
             for r in reqs:
                 r.cancelled = True
         metrics.latency.labels(route).observe(time.monotonic() - start)
-        obj = "chat.completion" if kind == "chat" else "text_completion"
-        return {
-            "id": rid,
-            "object": obj,
-            "created": created,
-            "model": body.model or model_id,
-            "choices": choices,
-            "usage": usage(),
-        } | extra
+        return envelope(whole=True) | {"choices": choices, "usage": usage()} | extra
 
     # -- routes ---------------------------------------------------------------------------------
     errors = {
