@@ -1,8 +1,10 @@
-"""Where the int8 step's time goes, with the anchors attached and without: ONNX Runtime's own profiler over one-row
-decode steps of the engine's graph (the step ``--quantize int8`` runs), kernel time per operator type, beside the
-weight bytes each graph's matrix products read per step and the unprofiled step time (the two graphs taking turns).
+"""Where the int8 step's time goes, with the anchors attached and without: ONNX Runtime's own profiler over decode
+steps of the engine's graph (the step ``--quantize int8`` runs; one row, or ``--rows`` rows each with its own mix, each
+attending to ``--position`` + 1 cache positions), kernel time per operator type, beside the weight bytes each graph's
+matrix products read per step and the unprofiled step time (the two graphs taking turns).
 
 python benchmarks/profile_step.py --anchors anchors/quickstart
+python benchmarks/profile_step.py --anchors anchors/quickstart --rows 16 --position 500
 """
 
 from __future__ import annotations
@@ -33,19 +35,20 @@ def product_bytes(model: bytes) -> int:
     return sum(sizes.get(name, 0) for n in graph.node if n.op_type == "MatMulNBits" for name in n.input[1:3])
 
 
-def feeds(dec, adapters: int) -> dict[str, np.ndarray]:
-    """One decoding row at position 80 of a 128-position cache, under a random mix."""
+def feeds(dec, adapters: int, rows: int, position: int) -> dict[str, np.ndarray]:
+    """``rows`` decoding rows at ``position`` of a cache 48 positions longer, each under its own random mix."""
+    length = position + 48
     f = {
-        "input_ids": np.array([[5]], np.int64),
-        "seqlens_k": np.array([80], np.int32),
-        "total_seq_len": np.array(128, np.int32),
-        "logit_index": np.array([0], np.int64),
+        "input_ids": np.full((rows, 1), 5, np.int64),
+        "seqlens_k": np.full(rows, position, np.int32),
+        "total_seq_len": np.array(length, np.int32),
+        "logit_index": np.arange(rows, dtype=np.int64),
     }
     if adapters:
-        f["coeffs"] = np.random.default_rng(0).random((1, 1, adapters), np.float32)
+        f["coeffs"] = np.random.default_rng(0).random((rows, 1, adapters), np.float32)
     for i in range(dec.num_layers):
         for part in ("key", "value"):
-            f[f"past_{part}_{i}"] = np.zeros((1, dec.kv_heads, 128, dec.head_dim), np.float32)
+            f[f"past_{part}_{i}"] = np.zeros((rows, dec.kv_heads, length, dec.head_dim), np.float32)
     return f
 
 
@@ -70,6 +73,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--anchors", required=True)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rows", type=int, default=1, help="decoding rows per step")
+    ap.add_argument("--position", type=int, default=80, help="cache positions each row attends to, minus one")
     args = ap.parse_args()
 
     import torch
@@ -84,11 +89,18 @@ def main() -> None:
     for name, adapters in (("base", []), ("mix", lm.adapters)):
         dec = FastDecoder(lm.model, adapters)
         graphs[name] = build_graph(dec, 8)
-        inputs[name] = feeds(dec, len(adapters))
+        inputs[name] = feeds(dec, len(adapters), args.rows, args.position)
         sessions[name] = new_session(graphs[name], threads)
     runs = {name: functools.partial(sessions[name].run, ["logits"], inputs[name]) for name in graphs}
     times = taking_turns(runs, args.rounds, 10, 30)  # unprofiled step times, the two graphs taking turns
-    results = {"anchors": args.anchors, "threads": threads, "steps_profiled": STEPS, "graphs": {}}
+    results = {
+        "anchors": args.anchors,
+        "rows": args.rows,
+        "position": args.position,
+        "threads": threads,
+        "steps_profiled": STEPS,
+        "graphs": {},
+    }
     for name, model in graphs.items():
         ops = profile(model, inputs[name], threads)
         results["graphs"][name] = {

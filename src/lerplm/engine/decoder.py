@@ -68,6 +68,10 @@ class StepPlan:
     decode_len: int  # cache positions the decoding rows attend to: 1 + their largest position
     prefill: list[tuple[int, int, int]]  # (slot, start position, length) per chunk
     logit_index: torch.Tensor  # (M,) which tokens need next-token logits
+    # slot -> the first cache position there that no sequence needs before it is written again (after a kept or
+    # partly prefilled context); a step that runs a dummy row in a non-decoding slot writes there, attending to
+    # that many positions. A slot not named: its last position, which no sequence reads
+    idle: dict[int, int] = field(default_factory=dict)
     _ranks: dict = field(default_factory=dict)
 
     @classmethod

@@ -14,8 +14,8 @@ adapter coefficients, each fused layer adds its stacked adapters as t B_catᵀ w
 rotary embedding and attends in place in the engine's slot cache: the cache tensors are bound as both
 the past and the present state, so nothing is copied when rows join or leave. One call runs the
 decoding rows (one token each, the slot range they span; slots in that range that are not decoding
-run as dummy rows that write only the last cache position, which no sequence ever reads), one call
-per prefill chunk.
+run as dummy rows that write one cache position no sequence needs, ``plan.idle``'s, and attend to the
+positions before it), one call per prefill chunk.
 """
 
 from __future__ import annotations
@@ -286,7 +286,8 @@ class OrtDecoder:
         if nd:
             lo, hi = min(plan.decode_slots), max(plan.decode_slots) + 1
             ids = np.zeros((hi - lo, 1), np.int64)
-            seqlens = np.full(hi - lo, cache[0].shape[3] - 1, np.int32)  # dummy rows: the never-read last position
+            last = cache[0].shape[3] - 1  # dummy rows write where plan.idle says (attending to that many positions)
+            seqlens = np.array([min(plan.idle.get(slot, last), last) for slot in range(lo, hi)], np.int32)
             c = torch.zeros(hi - lo, coeffs.shape[1])
             slots = np.array(plan.decode_slots) - lo
             ids[slots, 0], seqlens[slots], c[slots] = tokens[:nd], positions[:nd], coeffs[:nd]

@@ -299,6 +299,13 @@ class Engine:
             if s.prefilled == s.target:
                 sampled.append(s)
                 logit_index.append(len(tokens) - 1)
+        # where a dummy row may write in each slot that does not decode (the quantised step runs the decoding rows'
+        # slot range in one call): after what a kept or prefilling slot holds (a prefill chunk writes after the
+        # decoding rows, from its start), at 0 in an empty one, so that it attends to no more than that
+        decoding = {s.slot for s in decode}
+        starts = {slot: start for slot, start, _ in prefill}
+        idle = dict.fromkeys(self.free, 0) | {slot: len(held) for slot, (_, held) in self.kept.items()}
+        idle |= {s.slot: starts.get(s.slot, s.held) for s in self.running if s.slot not in decoding}
         nonzero = [k for k in range(len(coeffs[0])) if any(c[k] != 0 for c in coeffs)]
         dev = self.device
         coeff_t = None
@@ -314,6 +321,7 @@ class Engine:
             decode_len=max(positions[: len(decode)], default=-1) + 1,
             prefill=prefill,
             logit_index=torch.tensor(logit_index, dtype=torch.long, device=dev),
+            idle=idle,
         )
         return plan, sampled
 
