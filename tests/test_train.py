@@ -186,17 +186,22 @@ def test_an_attribute_recipe_replaces_the_sets(tmp_path):
     """[training]'s replay is every attribute's recipe until an attribute names its own; answer_words = 0 undoes
     the set's joining (one text per answer)."""
     ends = 'negative = { name = "n", files = ["n.txt"] }\npositive = { name = "p", files = ["p.txt"] }'
+    own_distill = ends.replace('["p.txt"] }', '["p.txt"], training = { distill = { prompts = "q.txt" } } }')
     (tmp_path / "styles.toml").write_text(
         '[training]\ntext_format = "chat"\nanswer_words = 80\nreplay = { prompts = "q.txt", share = 0.25 }\n'
         f'[[attributes]]\nname = "a"\n{ends}\n'
         f'[[attributes]]\nname = "b"\n{ends}\ntraining = {{ answer_words = 0, distill = {{ prompts = "q.txt" }} }}\n'
         f'[[attributes]]\nname = "c"\n{ends}\ntraining = {{ replay = {{ prompts = "r.txt" }} }}\n'
+        f'[[attributes]]\nname = "d"\n{own_distill}\n'
     )
     cfg = load_config(tmp_path / "styles.toml")
     a, b, c = (cfg.training_for(n) for n in "abc")
     assert (a.answer_words, a.replay.prompts, a.replay.share, a.distill) == (80, "q.txt", 0.25, None)
     assert (b.answer_words, b.replay, b.distill.prompts) == (None, None, "q.txt")
     assert (c.answer_words, c.replay.prompts, c.replay.share, c.distill) == (80, "r.txt", 0.5, None)
+    # an endpoint's own recipe replaces its attribute's for its anchor alone
+    n, p = cfg.training_for("d", "n"), cfg.training_for("d", "p")
+    assert (n.replay.prompts, n.distill, p.replay, p.distill.prompts) == ("q.txt", None, None, "q.txt")
 
 
 def test_training_together_writes_the_same_kind_of_anchor_set(tmp_path, base_dir):
@@ -368,45 +373,78 @@ positive = { name = "polite", files = ["politeness/polite.train.txt"] }
 """
 
 
+POLITE_OWN = 'positive = { name = "polite", files = ["politeness/polite.train.txt"], training = { max_steps = 4 } }'
+
+
 @pytest.mark.parametrize("together", [False, True])
 def test_an_attribute_can_train_with_its_own_settings(tmp_path, base_dir, together):
-    """`training = { max_steps = 3 }` on one attribute: its anchors take 3 steps, the others keep [training]'s 2."""
-    config = write_config(tmp_path, base_dir, extra=POLITENESS + "training = { max_steps = 3, learning_rate = 1e-3 }\n")
+    """`training = { max_steps = 3 }` on one attribute: its anchors take 3 steps, the others keep [training]'s 2;
+    and its positive endpoint's own `training = { max_steps = 4 }` changes that anchor alone."""
+    politeness = POLITENESS.replace(POLITENESS.splitlines()[-1], POLITE_OWN)
+    config = write_config(tmp_path, base_dir, extra=politeness + "training = { max_steps = 3, learning_rate = 1e-3 }\n")
     cfg = load_config(config)
     assert cfg.training_for("politeness").max_steps == 3 and cfg.training_for("sentiment").max_steps == 2
+    polite = cfg.training_for("politeness", "polite")
+    assert (polite.max_steps, polite.learning_rate) == (4, 1e-3)  # the endpoint's change over the attribute's
     logs: list[str] = []
     anchors = AnchorSet.load(train_anchors(cfg, tmp_path / "anchors", log=logs.append, together=together).root)
     steps = {
         d.name: json.loads((d / "lerplm_training.json").read_text())["settings"]["max_steps"]
         for d in anchors.adapter_dirs()
     }
-    assert steps == {"sentiment.negative": 2, "sentiment.positive": 2, "politeness.impolite": 3, "politeness.polite": 3}
+    assert steps == {"sentiment.negative": 2, "sentiment.positive": 2, "politeness.impolite": 3, "politeness.polite": 4}
     done = {d.name: json.loads((d / "lerplm_training.json").read_text())["steps"] for d in anchors.adapter_dirs()}
     assert done == steps
     if together:  # one run per distinct settings
-        assert sum("anchors together" in s for s in logs) == 2
+        assert sum("anchors together" in s for s in logs) == 3
     assert anchors.training["attributes"] == {"politeness": {"max_steps": 3, "learning_rate": 1e-3}}
+    assert anchors.training["endpoints"] == {"politeness.polite": {"max_steps": 4}}
     assert "politeness only: max_steps=3" in anchors.describe()
+    assert "politeness.polite only: max_steps=4" in anchors.describe()
     # resuming checks each anchor against its own settings: nothing is trained again
     logs.clear()
     train_anchors(cfg, tmp_path / "anchors", log=logs.append, together=together)
     assert sum("already trained" in s for s in logs) == 4
-    # a command-line cap wins over the attribute's own
+    # a command-line cap wins over the attribute's and the endpoint's own
     capped = load_config(config, overrides={"max_steps": 1})
     assert capped.training_for("politeness").max_steps == 1 and capped.training_for("politeness").learning_rate == 1e-3
+    assert capped.training_for("politeness", "polite").max_steps == 1
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ("text_format = 'chat'", "attribute 'politeness': training: text_format must be the same for every attribute"),
+        ("text_format = 'chat'", "attribute 'politeness': training: text_format must be the same for every anchor"),
         ("max_stesp = 3", "attribute 'politeness': training: unknown setting max_stesp"),
         ("max_steps = 0", "attribute 'politeness': training.max_steps: Input should be greater than 0"),
+        ("replay = { prompts = 'q.txt' }", "attribute 'politeness': training: replay needs text_format = \"chat\""),
     ],
 )
 def test_bad_attribute_settings_are_named(tmp_path, base_dir, changes, message):
     with pytest.raises(LerpError, match=message):
         load_config(write_config(tmp_path, base_dir, extra=POLITENESS + f"training = {{ {changes} }}\n"))
+    on_endpoint = POLITE_OWN.replace("max_steps = 4", changes)  # the same change on one endpoint, named there
+    extra = POLITENESS.replace(POLITENESS.splitlines()[-1], on_endpoint)
+    with pytest.raises(LerpError, match=message.replace("attribute 'politeness'", "endpoint politeness.polite")):
+        load_config(write_config(tmp_path, base_dir, extra=extra))
+
+
+@pytest.mark.parametrize(
+    "negative, positive, message",
+    [
+        ("x", "x", "attributes.0: its two endpoints are both named 'x'"),  # one anchor directory for two anchors
+        ("x/y", "p", "attributes.0.negative.name: names must be non-empty"),
+        ("n", "", "attributes.0.positive.name: names must be non-empty"),
+        ("n", ".p", "attributes.0.positive.name: names must be non-empty"),
+    ],
+)
+def test_bad_endpoint_names_are_errors(tmp_path, negative, positive, message):
+    (tmp_path / "styles.toml").write_text(
+        f'[[attributes]]\nname = "a"\nnegative = {{ name = "{negative}", files = ["n.txt"] }}\n'
+        f'positive = {{ name = "{positive}", files = ["p.txt"] }}\n'
+    )
+    with pytest.raises(LerpError, match=message):
+        load_config(tmp_path / "styles.toml")
 
 
 def test_mean_loss_across_a_resume_weights_each_logged_window_by_its_steps():

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import LerpError
 
@@ -26,11 +26,24 @@ class DataFile(_Strict):
     column: str = "text"  # for jsonl / csv
 
 
+def _plain_name(v: str) -> str:
+    """Attribute and endpoint names name directories and mixes ("sentiment=0.9"): plain words only."""
+    if not v or any(c in v for c in ",=/\\ ") or v.startswith("."):
+        raise ValueError("names must be non-empty, with no ',', '=', '/', '\\' or spaces, not starting with '.'")
+    return v
+
+
+PlainName = Annotated[str, AfterValidator(_plain_name)]
+
+
 class EndpointConfig(_Strict):
-    name: str
+    name: PlainName
     files: list[str | DataFile] = Field(min_length=1)
     test_files: list[str | DataFile] | None = None  # default: each file with .train. -> .test., if present
     normalize: list[Literal["detokenize", "truecase"]] = []
+    # changes to the attribute's training for this endpoint's anchor alone: the two anchors are separate adapters,
+    # and one endpoint's corpus may need another recipe than its opposite's (checked as an attribute's changes)
+    training: dict[str, Any] = {}
 
     def data_files(self) -> list[DataFile]:
         return [DataFile(path=f) if isinstance(f, str) else f for f in self.files]
@@ -46,19 +59,18 @@ class EndpointConfig(_Strict):
 
 
 class AttributeConfig(_Strict):
-    name: str
+    name: PlainName
     negative: EndpointConfig  # level 0
     positive: EndpointConfig  # level 1
     # changes to [training] for this attribute's two anchors: attributes learn at different speeds
     # (e.g. training = { max_steps = 180 }); checked against TrainSettings by StylesConfig
     training: dict[str, Any] = {}
 
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, v: str) -> str:
-        if not v or any(c in v for c in ",=/ ") or v.startswith("."):
-            raise ValueError("attribute names must be non-empty, with no ',', '=', '/' or spaces")
-        return v
+    @model_validator(mode="after")
+    def _two_endpoints(self) -> AttributeConfig:
+        if self.negative.name == self.positive.name:
+            raise ValueError(f"its two endpoints are both named {self.negative.name!r}; each anchor needs its own name")
+        return self
 
 
 class LoraSettings(_Strict):
@@ -175,37 +187,47 @@ class StylesConfig(_Strict):
     @model_validator(mode="after")
     def _check_overrides(self) -> StylesConfig:
         for a in self.attributes:
-            shared = sorted(set(a.training) & set(SHARED_TRAINING))
-            unknown = sorted(set(a.training) - set(TrainSettings.model_fields))
-            if shared or unknown:
-                what = (
-                    f"{', '.join(shared)} must be the same for every attribute; set it in [training]"
-                    if shared
-                    else f"unknown setting {', '.join(unknown)}"
+            for ep in (None, a.negative, a.positive):
+                changes, where = (
+                    (a.training, f"attribute {a.name!r}")
+                    if ep is None
+                    else (ep.training, f"endpoint {a.name}.{ep.name}")
                 )
-                raise ValueError(f"attribute {a.name!r}: training: {what}")
-            try:
-                self.training_for(a.name)
-            except ValidationError as e:
-                err = e.errors()[0]
-                raise ValueError(
-                    f"attribute {a.name!r}: training.{'.'.join(map(str, err['loc']))}: {err['msg']}"
-                ) from None
+                shared = sorted(set(changes) & set(SHARED_TRAINING))
+                unknown = sorted(set(changes) - set(TrainSettings.model_fields))
+                if shared or unknown:
+                    what = (
+                        f"{', '.join(shared)} must be the same for every anchor; set it in [training]"
+                        if shared
+                        else f"unknown setting {', '.join(unknown)}"
+                    )
+                    raise ValueError(f"{where}: training: {what}")
+                try:
+                    self.training_for(a.name, ep.name if ep else None)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    field = "".join(f".{x}" for x in err["loc"])  # none for a check across settings
+                    msg = err["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"{where}: training{field}: {msg}") from None
         return self
 
-    def training_for(self, attribute: str) -> TrainSettings:
-        """[training] with the attribute's own changes applied; an attribute's own answer recipe (replay or
-        distill) replaces the set's, so that one attribute can take the other recipe."""
-        changes = next(a.training for a in self.attributes if a.name == attribute)
-        if not changes:
-            return self.training
-        own_recipe = any(r in changes for r in RECIPES)
-        shared = self.training.model_dump(exclude=set(RECIPES) if own_recipe else None)
-        return TrainSettings.model_validate({**shared, **changes})
+    def training_for(self, attribute: str, endpoint: str | None = None) -> TrainSettings:
+        """[training] with the attribute's own changes applied, then (given an endpoint's name) the endpoint's; a
+        recipe (replay or distill) named by a change replaces the one before it, so that one attribute or one
+        endpoint can take the other recipe."""
+        a = next(a for a in self.attributes if a.name == attribute)
+        steps = [a.training] + [ep.training for ep in (a.negative, a.positive) if ep.name == endpoint]
+        settings = self.training
+        for changes in filter(None, steps):
+            own_recipe = any(r in changes for r in RECIPES)
+            settings = TrainSettings.model_validate(
+                {**settings.model_dump(exclude=set(RECIPES) if own_recipe else None), **changes}
+            )
+        return settings
 
-    def for_attribute(self, attribute: str) -> StylesConfig:
-        """This config as it trains one attribute's anchors."""
-        return self.model_copy(update={"training": self.training_for(attribute)})
+    def for_attribute(self, attribute: str, endpoint: str | None = None) -> StylesConfig:
+        """This config as it trains one attribute's anchors (given an endpoint's name: that endpoint's anchor)."""
+        return self.model_copy(update={"training": self.training_for(attribute, endpoint)})
 
     def only(self, names: list[str] | None) -> StylesConfig:
         """This config restricted to the named attributes (all when none are named)."""
@@ -237,9 +259,12 @@ def load_config(path: str | Path, data_dir: str | None = None, overrides: dict |
     if overrides:
         given = {k: v for k, v in overrides.items() if v is not None}
         raw.setdefault("training", {}).update(given)
-        for a in raw.get("attributes", []):  # the command line's caps win over an attribute's own
-            if isinstance(a, dict) and isinstance(a.get("training"), dict):
-                a["training"] = {k: v for k, v in a["training"].items() if k not in given}
+        for a in raw.get("attributes", []):  # the command line's caps win over an attribute's or endpoint's own
+            if not isinstance(a, dict):
+                continue
+            for d in (a, a.get("negative"), a.get("positive")):
+                if isinstance(d, dict) and isinstance(d.get("training"), dict):
+                    d["training"] = {k: v for k, v in d["training"].items() if k not in given}
     try:
         cfg = StylesConfig.model_validate(raw)
     except ValidationError as e:

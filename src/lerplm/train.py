@@ -332,7 +332,9 @@ def train_anchors(
     ``activation_checkpointing`` recomputes each decoder layer in backward to save activation memory
     (a run option, not a setting: the anchors are the same)."""
     out = Path(out)
-    if together and any(cfg.training_for(a.name).distill for a in cfg.attributes):
+    if together and any(
+        cfg.training_for(a.name, ep.name).distill for a in cfg.attributes for ep in (a.negative, a.positive)
+    ):
         raise LerpError("distill trains each anchor after its teacher; train it without --together")
     if together and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise LerpError("--together runs in one process; launch it without torchrun/accelerate")
@@ -343,8 +345,8 @@ def train_anchors(
     # Validate every data file before spending time on training.
     plan = []  # (attribute, endpoint, the config it trains with, texts, provenance)
     for attr in cfg.attributes:
-        acfg = cfg.for_attribute(attr.name)
         for ep in (attr.negative, attr.positive):
+            acfg = cfg.for_attribute(attr.name, ep.name)
             texts, prov = endpoint_texts(acfg, ep, cap=acfg.training.max_examples)
             texts = join_answers(texts, acfg.training.answer_words)
             plan.append((attr, ep, acfg, texts, prov))
@@ -394,6 +396,7 @@ def train_anchors(
             log(f"{tag}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
         endpoints[name] = Endpoint(ep.name, name, prov, summary.get("train_loss"))
     changes = {a.name: a.training for a in cfg.attributes if a.training}
+    own = {f"{a.name}.{ep.name}": ep.training for a in cfg.attributes for ep in (a.negative, a.positive) if ep.training}
     attributes = [
         Attribute(a.name, endpoints[f"{a.name}.{a.negative.name}"], endpoints[f"{a.name}.{a.positive.name}"])
         for a in cfg.attributes
@@ -404,7 +407,11 @@ def train_anchors(
         attributes=attributes,
         base_sha256=weights_hash(base_ref),
         embedded=embedded,
-        training={**_settings(cfg), **({"attributes": changes} if changes else {})},
+        training={
+            **_settings(cfg),
+            **({"attributes": changes} if changes else {}),
+            **({"endpoints": own} if own else {}),
+        },
     )
     if is_main_process():
         anchor_set.save()
