@@ -12,6 +12,7 @@ mkdir -p runs/answers
 source experiments/publish.sh
 
 variant() {  # variant ATTRIBUTE NAME SETTINGS...: the attribute of examples/styles.toml with these [training] lines
+  # ("negative: LINE" / "positive: LINE": that endpoint's own training setting)
   local run="answers_$1_$2"
   [ "$1" = sentiment ] && run="answers_$2"
   [ -f "docs/results/$run/summary.json" ] && return  # measured already: delete the folder to measure again
@@ -27,10 +28,18 @@ block = next(b for b in rest.split("[[attributes]]") if f'name = "{attribute}"' 
 head = head.replace('data_dir = "../../shared/data/styles"', f'data_dir = "{Path("../shared/data/styles").resolve()}"')
 block = "\n".join(x for x in block.splitlines() if not x.startswith("training ="))  # the variant's recipe only:
 head = "".join(x for x in head.splitlines(True) if x.split("=", 1)[0].strip() not in RECIPE)  # none of the set's
+own = {}  # endpoint -> its own settings
 for line in settings:  # a setting the config has is replaced, a new one added
+    side, _, setting = line.partition(": ")
+    if side in ("negative", "positive"):
+        own.setdefault(side, []).append(setting)
+        continue
     key = line.split("=", 1)[0].strip()
     old = next((x for x in head.splitlines() if x.split("=", 1)[0].strip() == key), None)
     head = head.replace(old, line) if old else head.replace("[training]\n", f"[training]\n{line}\n", 1)
+for side, lines in own.items():  # inside the endpoint's inline table: `training = { ... } }`
+    ep = next(x for x in block.splitlines() if x.startswith(f"{side} = "))
+    block = block.replace(ep, ep.rstrip()[:-1].rstrip() + f", training = {{ {', '.join(lines)} }} }}")
 Path(f"runs/answers/{attribute}_{name}.toml").write_text(head + "[[attributes]]" + block)
 PY
   lerplm train --config "runs/answers/$1_$2.toml" --out "anchors/$run"
@@ -98,6 +107,18 @@ for a in humor formality sentiment; do  # the quarter recipe, replayed answers' 
   variant "$a" replay_quarter_finished 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60' \
     'end_loss = "finished"'
 done
+# the two attributes whose answers run shortest at some level: formality's quarter recipe with no loss on each
+# answer's end (as humor's), simplicity distilled with the end learnt on a quarter of the answers that ended
+variant formality replay_quarter_noend 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60' \
+  'end_loss = false'
+variant simplicity distill_quarter_end "$DISTILL" 'max_steps = 60' 'end_loss = 0.25'
+# formality between its two recipes: the end learnt on half of the texts
+variant formality replay_quarter_half_end 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60' \
+  'end_loss = 0.5'
+# humor's endpoints apart: not_humorous from the quarter recipe (whose answers fit their prompts), humorous from the
+# tenth (whose level 1 scores highest), both without loss on each answer's end
+variant humor replay_quarter_noend_tenth_humorous 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" \
+  'max_steps = 60' 'end_loss = false' "positive: ${REPLAY/share = 0.5/share = 0.1}"
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -121,10 +142,10 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
     docs/results/answers_politeness_distill_{finished,finished_256,quarter_end}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
-    docs/results/answers_humor_{distill_noend,distill_15_noend,replay_tenth_noend,replay_015_noend,replay_quarter_finished}
+    docs/results/answers_humor_{distill_noend,distill_15_noend,replay_tenth_noend,replay_015_noend,replay_quarter_finished,replay_quarter_noend_tenth_humorous}
   echo
-  python experiments/answers_table.py formality docs/results/answers_formality_replay_quarter_finished
+  python experiments/answers_table.py formality docs/results/answers_formality_replay_quarter_{finished,noend,half_end}
   echo
   python experiments/answers_table.py simplicity \
-    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend,distill_finished}
+    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend,distill_finished,distill_quarter_end}
 } > docs/results/answers_table.md
