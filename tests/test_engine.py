@@ -275,9 +275,11 @@ def test_quantised_dummy_rows_leave_what_free_slots_hold(lm, quantized):
 
 def test_quantised_engines_compute_every_prompt_whole(lm, quantized):
     """Per-block activation rounding makes a prompt's last token computed alone after a shared start differ from
-    the same token inside its prompt's chunk, so the quantised steps do not share prompts unless asked; fp32 does."""
-    _, qlm = quantized
+    the same token inside its prompt's chunk, so the quantised steps do not share prompts unless asked; fp32 does.
+    The step says so: an engine built on it directly takes the same default."""
+    step, qlm = quantized
     assert not qlm.engine(max_len=64).share_prompts and lm.engine(max_len=64).share_prompts
+    assert not Engine(step, [], max_len=64).share_prompts
     assert qlm.engine(max_len=64, share_prompts=True).share_prompts
 
 

@@ -66,6 +66,10 @@ class AttributeConfig(_Strict):
     # (e.g. training = { max_steps = 180 }); checked against TrainSettings by StylesConfig
     training: dict[str, Any] = {}
 
+    @property
+    def endpoints(self) -> tuple[EndpointConfig, EndpointConfig]:
+        return (self.negative, self.positive)
+
     @model_validator(mode="after")
     def _two_endpoints(self) -> AttributeConfig:
         if self.negative.name == self.positive.name:
@@ -187,7 +191,7 @@ class StylesConfig(_Strict):
     @model_validator(mode="after")
     def _check_overrides(self) -> StylesConfig:
         for a in self.attributes:
-            for ep in (None, a.negative, a.positive):
+            for ep in (None, *a.endpoints):
                 changes, where = (
                     (a.training, f"attribute {a.name!r}")
                     if ep is None
@@ -216,7 +220,7 @@ class StylesConfig(_Strict):
         recipe (replay or distill) named by a change replaces the one before it, so that one attribute or one
         endpoint can take the other recipe."""
         a = next(a for a in self.attributes if a.name == attribute)
-        steps = [a.training] + [ep.training for ep in (a.negative, a.positive) if ep.name == endpoint]
+        steps = [a.training] + [ep.training for ep in a.endpoints if ep.name == endpoint]
         settings = self.training
         for changes in filter(None, steps):
             own_recipe = any(r in changes for r in RECIPES)

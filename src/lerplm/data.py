@@ -203,7 +203,7 @@ def heldout_sample(cfg: StylesConfig, per_endpoint: int, seed: int = 0) -> list[
     held-out perplexity is measured on."""
     texts = []
     for a in cfg.attributes:
-        for ep in (a.negative, a.positive):
+        for ep in a.endpoints:
             got, _ = endpoint_texts(cfg, ep, held_out=True)
             texts += random.Random(seed).sample(got, min(per_endpoint, len(got)))
     return texts

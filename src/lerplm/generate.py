@@ -134,12 +134,9 @@ class LerpModel:
         return None
 
     def engine(self, max_batch: int = 16, max_len: int | None = None, **kwargs) -> Engine:
-        """A new engine over this model's step: ``max_batch`` slots of ``max_len`` positions. The quantised steps
-        compute every prompt whole (``share_prompts=False`` unless given): they quantise activations per block, so
-        a prompt's last token computed on its own after a shared start moves the logits by as much as int8's own
-        error (docs/performance.md), and a repeated request would not repeat its text."""
+        """A new engine over this model's step: ``max_batch`` slots of ``max_len`` positions (prompt sharing as the
+        step says: not on the quantised steps, docs/performance.md)."""
         limit = getattr(self.model.config, "max_position_embeddings", 2048)
-        kwargs.setdefault("share_prompts", self.quantize == "fp32")
         return Engine(
             self.step_model, self.eos_ids(), max_batch=max_batch, max_len=min(max_len or limit, limit), **kwargs
         )

@@ -332,9 +332,7 @@ def train_anchors(
     ``activation_checkpointing`` recomputes each decoder layer in backward to save activation memory
     (a run option, not a setting: the anchors are the same)."""
     out = Path(out)
-    if together and any(
-        cfg.training_for(a.name, ep.name).distill for a in cfg.attributes for ep in (a.negative, a.positive)
-    ):
+    if together and any(cfg.training_for(a.name, ep.name).distill for a in cfg.attributes for ep in a.endpoints):
         raise LerpError("distill trains each anchor after its teacher; train it without --together")
     if together and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise LerpError("--together runs in one process; launch it without torchrun/accelerate")
@@ -345,7 +343,7 @@ def train_anchors(
     # Validate every data file before spending time on training.
     plan = []  # (attribute, endpoint, the config it trains with, texts, provenance)
     for attr in cfg.attributes:
-        for ep in (attr.negative, attr.positive):
+        for ep in attr.endpoints:
             acfg = cfg.for_attribute(attr.name, ep.name)
             texts, prov = endpoint_texts(acfg, ep, cap=acfg.training.max_examples)
             texts = join_answers(texts, acfg.training.answer_words)
@@ -396,7 +394,7 @@ def train_anchors(
             log(f"{tag}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
         endpoints[name] = Endpoint(ep.name, name, prov, summary.get("train_loss"))
     changes = {a.name: a.training for a in cfg.attributes if a.training}
-    own = {f"{a.name}.{ep.name}": ep.training for a in cfg.attributes for ep in (a.negative, a.positive) if ep.training}
+    own = {f"{a.name}.{ep.name}": ep.training for a in cfg.attributes for ep in a.endpoints if ep.training}
     attributes = [
         Attribute(a.name, endpoints[f"{a.name}.{a.negative.name}"], endpoints[f"{a.name}.{a.positive.name}"])
         for a in cfg.attributes

@@ -161,12 +161,13 @@ class Engine:
         max_len: int = 1024,
         prefill_chunk: int = 256,
         max_queue: int = 1 << 30,
-        share_prompts: bool = True,
+        share_prompts: bool | None = None,
     ) -> None:
         self.model = step_model
         self.eos = set(eos_ids)
         self.max_batch, self.max_len, self.prefill_chunk, self.max_queue = max_batch, max_len, prefill_chunk, max_queue
-        self.share_prompts = share_prompts  # rows of one mix copy a context start another slot holds (_share_prompt)
+        # rows of one mix copy a context start another slot holds (_share_prompt); None: as the step says
+        self.share_prompts = getattr(step_model, "shares_prompts", True) if share_prompts is None else share_prompts
         self.kept: dict[int, tuple[list[float], list[int]]] = {}  # free slot -> (mix, tokens) its cache still holds
         self.cache = step_model.new_cache(max_batch, max_len)
         self.device = step_model.device
