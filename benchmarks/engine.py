@@ -13,7 +13,9 @@ int4; the quantised ones on ONNX Runtime), all in one run:
   held-out corpus text, both under a mix (mixed and merged) and teacher-forced through decode steps.
 
 The scheme ``int8-b32`` is int8 with every layer in blocks of 32 inputs, the baseline for int8's
-larger blocks.
+larger blocks; ``int8-blocks`` is int8 prefilling through its decode graph (activations rounded per block
+of inputs, not per token in the integer products of the prefill graph), the baseline for that graph. Quality
+also counts a held-out text's perplexity with the whole text in one prefill call (``prefill_perplexity``).
 
 python benchmarks/engine.py --anchors anchors/quickstart
 """
@@ -91,6 +93,15 @@ def teacher_forced(model, ids: list[int], start: int, coeffs: list[float]) -> to
     return torch.cat(out)
 
 
+def prefilled(model, ids: list[int], coeffs: list[float]) -> torch.Tensor:
+    """Next-token logits at every position of ``ids``, all of them in one prefill call."""
+    from lerplm.engine.decoder import StepPlan
+
+    n = len(ids)
+    c = torch.tensor([coeffs]).expand(n, -1) if coeffs else None
+    return model(StepPlan.prefilling(torch.tensor(ids), [(0, 0, n)], c, torch.arange(n)), model.new_cache(1, n))
+
+
 @torch.inference_mode()
 def step_times(models: dict[str, tuple], adapters: int, rounds: int = 10) -> dict[str, dict[str, float]]:
     """Median ms of one step of each (mixed, bare, merged) step model: decode at 1 and 16 rows (at cache position
@@ -133,28 +144,47 @@ def quality(lm, ref, model, coeffs, prompts, texts, tokens: int, merged: bool = 
         got = teacher_forced(model, ids + seq.tokens, len(ids), [] if merged else coeffs).argmax(-1)
         agree += int((got == torch.tensor(seq.tokens)).sum())
         total += len(seq.tokens)
-    nll = count = 0.0
+    nll, whole, count = 0.0, 0.0, 0
     for t in texts:
         ids = lm.tokenizer(t)["input_ids"][:64]
         if len(ids) < 2:
             continue
+        target = torch.tensor(ids[1:])[:, None]
         lp = torch.log_softmax(teacher_forced(model, ids, 1, [] if merged else coeffs), -1)
-        nll -= float(lp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+        nll -= float(lp.gather(1, target).sum())
+        lp = torch.log_softmax(prefilled(model, ids, [] if merged else coeffs)[:-1], -1)
+        whole -= float(lp.gather(1, target).sum())
         count += len(ids) - 1
-    return {"greedy_agreement": agree / total if total else 1.0, "perplexity": math.exp(nll / count)}
+    return {
+        "greedy_agreement": agree / total if total else 1.0,
+        "perplexity": math.exp(nll / count),
+        "prefill_perplexity": math.exp(whole / count),
+    }
 
 
 def step_models(lm, scheme: str, mix: list[float]):
-    """(mixed, bare, merged) steps for ``scheme``; ``int8-b32``: int8 with 32-input blocks in every layer."""
+    """(mixed, bare, merged) steps for ``scheme``; ``int8-b32``: int8 with 32-input blocks in every layer;
+    ``int8-blocks``: int8 prefilling through its decode graph."""
     from lerplm.engine import ortstep
+    from lerplm.generate import CALIBRATION_PROMPTS
 
-    blocks = ortstep.INT8_BLOCKS
+    if scheme == "fp32":
+        with lm.runtime.merged(mix) as merged:
+            merged_step = ortstep.fast_step(merged, [])
+        return ortstep.fast_step(lm.model, lm.adapters), ortstep.fast_step(lm.model, []), merged_step
+    calibration = lm.prompt_ids(CALIBRATION_PROMPTS)
+    blocks, integer_prefill = ortstep.INT8_BLOCKS, scheme != "int8-blocks"
     if scheme == "int8-b32":
-        scheme, ortstep.INT8_BLOCKS = "int8", (32,)
+        ortstep.INT8_BLOCKS = (32,)
+
+    def step(model, adapters):
+        fast = ortstep.FastDecoder(model, adapters)
+        return ortstep.OrtDecoder(fast, scheme[:4], calibration, integer_prefill)
+
     try:
         with lm.runtime.merged(mix) as merged:
-            merged_step = ortstep.fast_step(merged, [], scheme)
-        return ortstep.fast_step(lm.model, lm.adapters, scheme), ortstep.fast_step(lm.model, [], scheme), merged_step
+            merged_step = step(merged, [])
+        return step(lm.model, lm.adapters), step(lm.model, []), merged_step
     finally:
         ortstep.INT8_BLOCKS = blocks
 
@@ -164,7 +194,7 @@ def main() -> None:
     ap.add_argument("--anchors", required=True)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--schemes", nargs="+", default=["fp32", "int8", "int8-b32", "int4"])
+    ap.add_argument("--schemes", nargs="+", default=["fp32", "int8", "int8-blocks", "int8-b32", "int4"])
     ap.add_argument("--quality-prompts", type=int, default=16)
     args = ap.parse_args()
 
@@ -175,8 +205,8 @@ def main() -> None:
     names = lm.anchors.names
     mix = lerplm.Mix({names[0]: 0.8, names[-1]: 0.3}).coefficients(names)
     ids = lm.prompt_ids([PROMPT])[0]
-    rng = random.Random(0)
     prompts = [p.strip() for p in (STYLES / "prompts" / "writing_prompts.txt").read_text().splitlines() if p.strip()]
+    sample = random.Random(0).sample(prompts, args.quality_prompts)  # every scheme on the same prompts
     held = [t.strip() for t in (STYLES / "sentiment" / "positive.test.txt").read_text().splitlines() if t.strip()][:24]
     ref = lm.step_model
     results = {"anchors": args.anchors, "tokens": args.tokens, "mix": mix, "schemes": {}}
@@ -214,7 +244,6 @@ def main() -> None:
             "live_cost_ratio": tps / live_tps,
             "batch16_tok_s": batch_tps,
         }
-        sample = rng.sample(prompts, args.quality_prompts)
         if scheme != "fp32":
             row |= quality(lm, ref, mixed, mix, sample, held, 32)
         else:

@@ -150,11 +150,12 @@ def drive(url: str, bodies: list[dict], clients: int) -> dict:
     }
 
 
-def in_process(lm, work, max_tokens: int, slots: int) -> dict:
-    """The served fixed-length workload straight through the engine, every request queued at once: what the
-    engine delivers with no HTTP, no clients and no event loop sharing the cores (the served runs' ceiling).
-    ``little_s`` is the mean latency a closed loop of ``slots`` clients would see at that rate (Little's law:
-    clients x tokens per request / tok/s), under any first-come-first-served order. The phases: seconds in
+def in_process(lm, work, max_tokens: int, slots: int, fixed: bool) -> dict:
+    """The served workload straight through the engine, every request queued at once: what the engine delivers
+    with no HTTP, no clients and no event loop sharing the cores (the served runs' ceiling). ``fixed``: every
+    answer max_tokens long (as ignore_eos), else as sampling ends it. ``little_s`` is the mean latency a closed
+    loop of ``slots`` clients would see at that rate (Little's law: clients x tokens per request / tok/s), under
+    any first-come-first-served order. The phases: seconds in
     model steps that prefill (with the decoding rows), in steps that only decode, and in sampling."""
     from lerplm.engine import SamplingParams, Sequence
 
@@ -162,7 +163,8 @@ def in_process(lm, work, max_tokens: int, slots: int) -> dict:
     coeffs = lm.coefficients([{"levels": levels} for _, levels in work]).tolist()
     params = SamplingParams(max_tokens, 0.8, 0.95)
     engine = lm.engine(max_batch=slots, max_len=1024)
-    engine.eos = set()  # fixed lengths, as ignore_eos
+    if fixed:
+        engine.eos = set()  # as ignore_eos
     engine.run([Sequence(ids[0], coeffs[0], params, 0)])  # warm-up
     warm_steps = engine.stats.steps
     phases = dict.fromkeys(("prefill_steps_s", "decode_steps_s", "sampling_s"), 0.0)
@@ -191,7 +193,7 @@ def in_process(lm, work, max_tokens: int, slots: int) -> dict:
         "steps": engine.stats.steps - warm_steps,
         "wall_s": wall,
         "tok_s": tokens / wall,
-        "little_s": slots * max_tokens / (tokens / wall),
+        "little_s": slots * tokens / len(seqs) / (tokens / wall),
     } | phases
 
 
@@ -308,11 +310,12 @@ def main() -> None:
             proc.wait(timeout=30)
     if args.only in (None, "lerplm"):
         for clients, tokens, work in scenarios("lerplm"):
-            if clients > 1:
-                r = in_process(lm, work, tokens, clients) | {"server": "lerplm engine in-process", "length": "fixed"}
-                results["runs"].append(r | {"max_tokens": tokens, "adapters": "mixed"})
+            for length in ("natural", "fixed") if clients > 1 else ():
+                r = in_process(lm, work, tokens, clients, length == "fixed")
+                r |= {"server": "lerplm engine in-process", "length": length, "max_tokens": tokens, "adapters": "mixed"}
+                results["runs"].append(r)
                 print(
-                    f"in-process engine, fixed, {clients} slots, tokens={tokens}: {r['tok_s']:.1f} tok/s "
+                    f"in-process engine, {length}, {clients} slots, tokens={tokens}: {r['tok_s']:.1f} tok/s "
                     f"(closed-loop mean latency at that rate {r['little_s']:.2f} s)",
                     flush=True,
                 )

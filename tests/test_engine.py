@@ -113,9 +113,11 @@ def test_rows_that_share_batches_and_join_or_leave_mid_run_produce_what_they_pro
     assert min(leaves) < max(joins)  # and a row left before the last joined
 
 
-def _check_shared_prompts(lm, engine) -> None:
+def _check_shared_prompts(lm, engine, turns_exact: bool = True) -> None:
     """Rows whose prompts start alike under the same mix copy that start from the row that computed it; rows
-    under another mix compute their own; every row's tokens are those it produces alone."""
+    under another mix compute their own; every row's tokens are those it produces alone. ``turns_exact``: a next
+    turn that copies a finished row's answer also gets what it gets computing it afresh (not on the quantised steps,
+    whose decode and prefill products round differently)."""
     prompts = ["the food was great and the staff", "the food was great and the wine", "the food was cold", "x"]
     ids = lm.prompt_ids(prompts)  # the chat template's system turn starts every prompt alike
     mixes = [[0.2, 0.8, 0, 0]] * 3 + [[0, 0, 1, 0]]
@@ -137,7 +139,8 @@ def _check_shared_prompts(lm, engine) -> None:
     eng.run([turn])
     assert eng.stats.shared_positions - before == len(first.context) - 1  # all but its last token's keys
     fresh = Sequence(turn.prompt_ids, mixes[0], SamplingParams(6, 0.9, 0.95, 0, 0), seed=8)
-    assert turn.tokens == engine(max_batch=1).run([fresh])[0].tokens
+    if turns_exact:
+        assert turn.tokens == engine(max_batch=1).run([fresh])[0].tokens
 
 
 def test_rows_of_one_mix_copy_their_shared_prompt_start(lm):
@@ -212,6 +215,32 @@ def test_quantised_steps_stay_within_their_tolerance(lm, quantized):
     decode = StepPlan.decoding(ids[:, 11], torch.full((3,), 11), [0, 2, 3], per_token[:, 11])  # slot 1: a dummy row
     assert (step(decode, cache) - want[:, 11]).abs().max() <= tol
     assert (lm.logits(ids, per_token * 0.5) - want).abs().max() > 2 * tol  # the tolerance is finer than a mix change
+
+
+def test_prefill_smoothing_moves_ranges_into_the_weights_exactly(lm, quantized):
+    """The prefill graph divides each smoothed product's input by s (in the norm before it) and multiplies its
+    weights by s: with s = 2 everywhere (a power of two, which per-token and per-output rounding
+    carry exactly) its logits are those of the graph without smoothing; the calibrated factors are positive and
+    finite, one per input channel."""
+    from lerplm.engine.ortstep import BITS, OrtDecoder, build_graph, new_session, smoothing
+
+    step, qlm = quantized
+    dec = FastDecoder(lm.model, lm.adapters)
+    factors = smoothing(dec, qlm.prompt_ids(["the food was great", "could you please take a look?"]))
+    assert set(factors) == {(i, g) for i in range(dec.num_layers) for g in ("qkv", "gate_up")}
+    assert all(f.shape == (getattr(dec.layers[i], g).base.weight.shape[1],) for (i, g), f in factors.items())
+    assert all(bool((f > 0).all() and f.isfinite().all()) for f in factors.values())
+    ids = torch.randint(3, 300, (1, 11), generator=torch.Generator().manual_seed(9))
+    c = COEFFS[:1, None].expand(1, 11, 4)
+    plain, doubled = OrtDecoder(dec, step.scheme), OrtDecoder(dec, step.scheme)
+    twos = {key: torch.full_like(f, 2.0) for key, f in factors.items()}
+    doubled.prefill_session = new_session(build_graph(dec, BITS[step.scheme], True, twos), 1)
+    want = plain(prefill_plan(ids, c, [0]), plain.new_cache(1, 16))
+    assert torch.allclose(doubled(prefill_plan(ids, c, [0]), doubled.new_cache(1, 16)), want, atol=1e-4)
+    doubled.prefill_session = None  # prefill chunks run the prefill graph, decode rows the decode graph
+    with pytest.raises(AttributeError):
+        doubled(prefill_plan(ids, c, [0]), doubled.new_cache(1, 16))
+    doubled(StepPlan.decoding(ids[0, :2], torch.tensor([0, 0]), [0, 1], COEFFS[:2]), doubled.new_cache(2, 16))
 
 
 def test_quantised_chunks_and_scattered_rows_equal_whole_runs(lm, quantized):
@@ -293,7 +322,7 @@ def test_quantised_engine_rows_do_not_depend_on_their_batch(lm, quantized):
     eng.eos = set()
     assert [s.tokens for s in eng.run(_seqs(qlm, lengths, temperature=0))] == alone
     assert max(eng.stats.batch_sizes) == 3
-    _check_shared_prompts(qlm, lambda **kw: _engine(qlm, share_prompts=True, **kw))  # when asked (their default: off)
+    _check_shared_prompts(qlm, lambda **kw: _engine(qlm, share_prompts=True, **kw), turns_exact=False)  # when asked
 
 
 def test_engine_samples_on_the_threads_its_step_asks_for(lm, quantized, monkeypatch):

@@ -28,6 +28,17 @@ MixLike = Mix | Mapping | str
 MixOrSchedule = MixLike | Schedule
 SEEDING = "prompt-sample-icdf"  # recorded by sweeps: runs sampled under another seeding are not resumed into
 MAX_BATCH = 64  # generate()'s rows in flight at once
+# Requests whose tokens set the quantised steps' prefill smoothing (ortstep.smoothing: each input channel's range)
+CALIBRATION_PROMPTS = (
+    "Write a short e-mail to a colleague asking to move tomorrow's meeting to Friday.",
+    "Explain in a few sentences why the sky is blue.",
+    "Tell me a funny story about a cat who wants to become a chef.",
+    "Summarise the main causes of the French Revolution.",
+    "Reply politely to a customer whose order arrived damaged.",
+    "List five tips for staying focused while working from home.",
+    "Describe a rainy afternoon in a small coastal town.",
+    "What is the difference between weather and climate? Answer simply.",
+)
 
 
 def _padded(tensors: list[torch.Tensor | None], width: int) -> torch.Tensor:
@@ -101,7 +112,7 @@ class LerpModel:
         if self._step_model is None:
             reason = unsupported_reason(self.model, self.adapters)
             if reason is None:
-                self._step_model = fast_step(self.model, self.adapters, self.quantize)
+                self._step_model = fast_step(self.model, self.adapters, self.quantize, self._calibration())
             else:
                 if self.quantize != "fp32":
                     raise LerpError(f"quantize={self.quantize} needs the fast decoder, which does not support {reason}")
@@ -119,8 +130,12 @@ class LerpModel:
             raise LerpError(reason)
         coeffs = to_mix(mix).coefficients(self.anchors.names, extrapolate)
         with self.runtime.merged(coeffs) as model:
-            self._step_model = fast_step(model, [], self.quantize)
+            self._step_model = fast_step(model, [], self.quantize, self._calibration())
         self.merged = coeffs
+
+    def _calibration(self) -> list[list[int]]:
+        """Token ids the quantised steps calibrate their prefill on (none for fp32, which needs none)."""
+        return self.prompt_ids(CALIBRATION_PROMPTS) if self.quantize != "fp32" else []
 
     def merge_refusal(self) -> str | None:
         """Why this model's step cannot take a merged mix, or None when it can."""

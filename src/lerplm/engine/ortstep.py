@@ -16,9 +16,20 @@ the past and the present state, so nothing is copied when rows join or leave. On
 decoding rows (one token each, the slot range they span; slots in that range that are not decoding
 run as dummy rows that write one cache position no sequence needs, ``plan.idle``'s, and attend to the
 positions before it), one call per prefill chunk.
+
+Prefill chunks run in a second graph of the same weights whose products after each norm (q/k/v and
+gate/up, with their adapters) are int8 x int8 (ONNX Runtime's integer GEMM, ~2x ``MatMulNBits``' rate at tens
+of rows): weights rounded per output, activations per token, so a token's numbers do not depend on its chunk.
+Per-token rounding suffers from the few input channels that run far above the rest, so those products take
+part of each channel's range into their weights (SmoothQuant: x Wᵀ = (x / s)(W s)ᵀ, s from the channel ranges
+of a few calibration prompts, 1 / s folded into the norm's weights). The attention output and down
+projections, whose inputs per-token rounding serves worst, stay in blocks; the cache the prefill graph
+writes has the same meaning as the decode graph's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -30,6 +41,7 @@ SCHEMES = ("fp32", "int8", "int4")
 BITS = {"int8": 8, "int4": 4}
 BLOCK = 32  # inputs per int4 quantisation block (the GGUF Q4_1 block size)
 INT8_BLOCKS = (128, 64, 32)  # int8 takes the largest that divides a layer's inputs (docs/performance.md)
+SMOOTHING = 0.7  # SmoothQuant's alpha: the share of each input channel's range moved into the prefill's weights
 
 
 def block_size(in_f: int, bits: int) -> int:
@@ -87,6 +99,7 @@ class Graph:
         self.nodes: list = []
         self.inits: list = []
         self.count = 0
+        self.per_token: dict[str, tuple[str, str]] = {}  # input -> its int8 rows and their scales
 
     def name(self, prefix: str) -> str:
         self.count += 1
@@ -128,15 +141,40 @@ class Graph:
         sums = self.op("ReduceSum", [blocks, self.const(np.array([-1], np.int64))], keepdims=0)
         return self.op("Add", [y, self.op("MatMul", [sums, self.const(offset.T, "offset")])])
 
+    def integer_matmul(self, x: str, w: torch.Tensor) -> str:
+        """x wᵀ as int8 x int8 (``MatMulIntegerToFloat``): w symmetric per output, x per token, quantised once per
+        input whatever reads it."""
+        from onnx import TensorProto
+
+        if x not in self.per_token:
+            amax = self.op("ReduceMax", [self.op("Abs", [x])], axes=[-1], keepdims=1)
+            scale = self.op(
+                "Mul", [self.op("Max", [amax, self.const(np.float32(1e-12))]), self.const(np.float32(1 / 127))]
+            )
+            q = self.op("Add", [self.op("Round", [self.op("Div", [x, scale])]), self.const(np.float32(128))])
+            self.per_token[x] = self.op("Cast", [q], to=TensorProto.UINT8), scale
+        q, scale = self.per_token[x]
+        w_scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+        wq = torch.round(w / w_scale[:, None]).clamp(-127, 127).to(torch.int8).T
+        inputs = [
+            q,
+            self.const(wq, "wq"),
+            self.const(np.float32(1)),
+            self.const(w_scale.float(), "ws"),
+            self.const(np.uint8(128)),
+        ]
+        return self.op("Mul", [self.op("MatMulIntegerToFloat", inputs, domain="com.microsoft"), scale])
+
 
 def _adapter_layers(dec) -> list:
     """The fused layers of ``dec`` that carry stacked adapters."""
     return [getattr(block, group) for block in dec.layers for group in GROUPS if getattr(block, group).seg is not None]
 
 
-def build_graph(dec, bits: int) -> bytes:
+def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = None) -> bytes:
     """The serialised step graph for ``dec``'s weights (a ``FastDecoder`` in fp32) with ``bits``-bit base
-    weights, int8 adapters and an int8 output head.
+    weights, int8 adapters and an int8 output head; ``prefill``: the products after each norm in int8 x int8 per
+    token instead, their inputs divided by ``smooth[(layer, group)]`` (see ``smoothing``).
 
     Inputs: input_ids (B, S), coeffs (B, S, K) per token (only with adapters), seqlens_k (B,) = last position written
     per row, total_seq_len (the cache length), logit_index (M,) rows of the flattened (B*S) tokens that
@@ -145,6 +183,7 @@ def build_graph(dec, bits: int) -> bytes:
     from onnx import TensorProto, helper
 
     g = Graph()
+    smooth = smooth or {}
     hq, hkv, d, eps = dec.heads, dec.kv_heads, dec.head_dim, float(dec.eps)
     hidden = dec.embed.shape[1]
     has_adapters = bool(_adapter_layers(dec))
@@ -161,23 +200,31 @@ def build_graph(dec, bits: int) -> bytes:
     outputs = [helper.make_tensor_value_info("logits", f32, ["M", dec.lm_head.weight.shape[0]])]
     per_rank: dict[int, str] = {}  # one (B, S, R) coefficient tensor per rank layout, shared by the layers
 
-    def linear(x: str, layer) -> str:
-        w = layer.base.weight
+    def linear(x: str, layer, integer: bool = False, smooth_by: torch.Tensor | None = None) -> str:
+        """x through ``layer``; ``integer``: in int8 x int8 products (ONNX Runtime's integer GEMM), the weights'
+        inputs multiplied by ``smooth_by`` (x comes divided by it)."""
+        w, a, b = layer.base.weight, layer.a, layer.b
+        if smooth_by is not None:
+            w, a = w * smooth_by, None if a is None else a * smooth_by
+
+        def matmul(x: str, w: torch.Tensor, wbits: int) -> str:
+            return g.integer_matmul(x, w) if integer else g.matmul(x, w, wbits)
+
         if layer.seg is None:
-            y = g.matmul(x, w, bits)
+            y = matmul(x, w, bits)
         else:
             key = id(layer.seg)
             if key not in per_rank:
                 per_rank[key] = g.op("Gather", ["coeffs", g.const(layer.seg, "seg")], axis=2)
-            t = g.op("Mul", [g.matmul(x, layer.a, 8), per_rank[key]])
+            t = g.op("Mul", [matmul(x, a, 8), per_rank[key]])
             block = block_size(w.shape[1], 8)
-            if bits == 8 and w.shape[1] % block == 0:
+            if bits == 8 and w.shape[1] % block == 0 and not integer:
                 # [x, t] [W, B]ᵀ: the second product and its sum ride in the base's own int8 product (in blocks
                 # that divide x's width, so B's blocks are its own: the same numbers as apart), one operator
                 # and one pass fewer
-                y = g.matmul(g.op("Concat", [x, t], axis=-1), torch.cat([w, layer.b], 1), 8, block)
+                y = g.matmul(g.op("Concat", [x, t], axis=-1), torch.cat([w, b], 1), 8, block)
             else:
-                y = g.op("Add", [g.matmul(x, w, bits), g.matmul(t, layer.b, 8)])
+                y = g.op("Add", [matmul(x, w, bits), matmul(t, b, 8)])
         if layer.base.bias is not None:
             y = g.op("Add", [y, g.const(layer.base.bias, "bias")])
         return y
@@ -187,12 +234,13 @@ def build_graph(dec, bits: int) -> bytes:
     sin = g.const(dec.sin[:, : d // 2], "sin")
     residual = None
     for i, block in enumerate(dec.layers):
-        ln1 = g.const(block.ln1, "ln1")
+        s_qkv, s_gate_up = smooth.get((i, "qkv")), smooth.get((i, "gate_up"))
+        ln1 = g.const(block.ln1 if s_qkv is None else block.ln1 / s_qkv, "ln1")
         if residual is None:
             y = g.op("SimplifiedLayerNormalization", [x, ln1], epsilon=eps, axis=-1)
         else:  # x + residual and its norm in one operator
             y, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, residual, ln1], 4, "com.microsoft", epsilon=eps)
-        qkv = linear(y, block.qkv)
+        qkv = linear(y, block.qkv, prefill, s_qkv)
         past, present = [f"past_key_{i}", f"past_value_{i}"], [f"present_key_{i}", f"present_value_{i}"]
         inputs += [helper.make_tensor_value_info(n, f32, kv_shape) for n in past]
         outputs += [helper.make_tensor_value_info(n, f32, kv_shape) for n in present]
@@ -205,12 +253,13 @@ def build_graph(dec, bits: int) -> bytes:
             kv_num_heads=hkv,
             do_rotary=1,
         )[0]
-        ln2 = g.const(block.ln2, "ln2")
+        ln2 = g.const(block.ln2 if s_gate_up is None else block.ln2 / s_gate_up, "ln2")
         y, _, _, x = g.op(
             "SkipSimplifiedLayerNormalization", [x, linear(att, block.o), ln2], 4, "com.microsoft", epsilon=eps
         )
         inter = block.down.base.weight.shape[1]
-        gate, up = g.op("Split", [linear(y, block.gate_up), g.const(np.array([inter, inter], np.int64))], 2, axis=-1)
+        gate_up = linear(y, block.gate_up, prefill, s_gate_up)
+        gate, up = g.op("Split", [gate_up, g.const(np.array([inter, inter], np.int64))], 2, axis=-1)
         residual = linear(g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]), block.down)
     x = g.op("Add", [x, residual])
     rows = g.op("Gather", [g.op("Reshape", [x, g.const(np.array([-1, hidden], np.int64))]), "logit_index"], axis=0)
@@ -220,13 +269,66 @@ def build_graph(dec, bits: int) -> bytes:
     return g.serialize("lerplm_step", inputs, outputs)
 
 
+@torch.inference_mode()
+def smoothing(
+    dec, calibration: Sequence[Sequence[int]], alpha: float = SMOOTHING
+) -> dict[tuple[int, str], torch.Tensor]:
+    """Per (layer, group), the factors s that the prefill graph divides that product's input by (and multiplies its
+    weights' inputs by): s = max|x|^alpha / max|w|^(1 - alpha) per input channel, max|x| over the tokens of the
+    ``calibration`` prompts run through ``dec`` (exact, without adapters), for the groups that read a norm's output
+    (q/k/v, gate/up)."""
+    from .decoder import StepPlan
+
+    ranges: dict[tuple[int, str], torch.Tensor] = {}
+    hooks = []
+    for i, block in enumerate(dec.layers):
+        for group in ("qkv", "gate_up"):
+
+            def record(_mod, args, _out, key=(i, group)):
+                x = args[0].reshape(-1, args[0].shape[-1]).abs().amax(0).float()
+                ranges[key] = x if key not in ranges else torch.maximum(ranges[key], x)
+
+            hooks.append(getattr(block, group).register_forward_hook(record))
+    try:
+        for ids in calibration:
+            dec(StepPlan.prefilling(torch.tensor(ids), [(0, 0, len(ids))]), dec.new_cache(1, len(ids)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {
+        (i, group): (
+            x.clamp(min=1e-5) ** alpha
+            / getattr(dec.layers[i], group).base.weight.abs().amax(0).clamp(min=1e-5) ** (1 - alpha)
+        )
+        for (i, group), x in ranges.items()
+    }
+
+
+_SHARED_POOL: list[bool] = []  # [whether this process's sessions share ONNX Runtime's global thread pool]
+
+
 def new_session(model: bytes, threads: int, profile_prefix: str | None = None):
     """An ONNX Runtime CPU session of ``model`` on ``threads`` intra-op threads, quiet on the terminal; with
-    ``profile_prefix``, ONNX Runtime's profiler on (its file: ``session.end_profiling()``)."""
+    ``profile_prefix``, ONNX Runtime's profiler on (its file: ``session.end_profiling()``).
+
+    Sessions share one global pool of threads (sized by the first session): a session's workers spin for a while
+    after its call, and another session's call right after it (the prefill graph after the decode graph, every
+    busy step) waited for the cores they held."""
     import onnxruntime as ort
 
+    if not _SHARED_POOL:
+        try:
+            from onnxruntime.capi import _pybind_state
+
+            _pybind_state.set_global_thread_pool_sizes(threads, 1)
+            _SHARED_POOL.append(True)
+        except Exception:  # an ONNX Runtime without it, or whose global pools another library set first
+            _SHARED_POOL.append(False)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    if _SHARED_POOL[0]:
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = threads
     options.log_severity_level = 3  # no optimiser notices on the terminal
     if profile_prefix:
         options.enable_profiling = True
@@ -234,17 +336,20 @@ def new_session(model: bytes, threads: int, profile_prefix: str | None = None):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def fast_step(model, adapters, scheme: str = "fp32"):
-    """The engine's fast step for ``scheme``: the exact torch ``FastDecoder`` (fp32), or it on ONNX Runtime."""
+def fast_step(model, adapters, scheme: str = "fp32", calibration: Sequence[Sequence[int]] = ()):
+    """The engine's fast step for ``scheme``: the exact torch ``FastDecoder`` (fp32), or it on ONNX Runtime (its
+    prefill smoothed on the ``calibration`` prompts' token ids)."""
     fast = FastDecoder(model, adapters)
-    return fast if scheme == "fp32" else OrtDecoder(fast, scheme)
+    return fast if scheme == "fp32" else OrtDecoder(fast, scheme, calibration)
 
 
 class OrtDecoder:
     """The engine's model step (``plan, cache -> logits``) on ONNX Runtime, from a fp32 ``FastDecoder``'s
     weights; the same cache layout, so the engine cannot tell the two apart."""
 
-    def __init__(self, dec, scheme: str) -> None:
+    def __init__(
+        self, dec, scheme: str, calibration: Sequence[Sequence[int]] = (), integer_prefill: bool = True
+    ) -> None:
         if scheme not in BITS:
             raise LerpError(f"ONNX Runtime steps take a quantised scheme ({', '.join(BITS)}), not {scheme!r}")
         if dec.device.type != "cpu" or dec.dtype != torch.float32:
@@ -267,9 +372,14 @@ class OrtDecoder:
         layers = _adapter_layers(dec)
         self.num_adapters = len(layers[0].offsets) - 1 if layers else 0
         self._new_cache = dec.new_cache
-        self.session = new_session(build_graph(dec, BITS[scheme]), torch.get_num_threads())
+        threads = torch.get_num_threads()
+        self.session = new_session(build_graph(dec, BITS[scheme]), threads)
+        self.prefill_session = self.session
+        if integer_prefill:  # False: prefill through the decode graph (the baseline in benchmarks/engine.py)
+            smooth = smoothing(dec, calibration) if calibration else None
+            self.prefill_session = new_session(build_graph(dec, BITS[scheme], True, smooth), threads)
         self._owner: tuple | None = None  # the cache the kept bindings point into
-        self._bindings: dict[tuple[int, int], object] = {}  # (first slot, batch) -> binding
+        self._bindings: dict[tuple[int, int, int], object] = {}  # (session, first slot, batch) -> binding
 
     def new_cache(self, slots: int, length: int) -> list[torch.Tensor]:
         return self._new_cache(slots, length)
@@ -296,25 +406,30 @@ class OrtDecoder:
             slots = np.array(plan.decode_slots) - lo
             ids[slots, 0], seqlens[slots], c[slots] = tokens[:nd], positions[:nd], coeffs[:nd]
             flats = [i for i in range(nd) if i in where] or [0]
-            self._run(cache, lo, ids, seqlens, c[:, None], slots[flats], out, [where.get(f, -1) for f in flats])
+            to = [where.get(f, -1) for f in flats]
+            self._run(self.session, cache, lo, ids, seqlens, c[:, None], slots[flats], out, to)
         offset = nd
         for slot, start, n in plan.prefill:
             flats = [i for i in range(offset, offset + n) if i in where] or [offset + n - 1]
             ids, seqlens = tokens[None, offset : offset + n], np.array([start + n - 1], np.int32)
             chunk, local = coeffs[None, offset : offset + n], np.array(flats) - offset
-            self._run(cache, slot, ids, seqlens, chunk, local, out, [where.get(f, -1) for f in flats])
+            self._run(
+                self.prefill_session, cache, slot, ids, seqlens, chunk, local, out, [where.get(f, -1) for f in flats]
+            )
             offset += n
         for j, flat in enumerate(wanted):  # a token asked for twice: its later row was written
             if where[flat] != j:
                 out[j] = out[where[flat]]
         return out
 
-    def _run(self, cache, lo: int, ids, seqlens, coeffs: torch.Tensor, rows, out: torch.Tensor, to: list[int]) -> None:
-        """One session call on the slots [lo, lo + len(ids)) of the cache, in place; the logits of its tokens
+    def _run(
+        self, session, cache, lo: int, ids, seqlens, coeffs: torch.Tensor, rows, out: torch.Tensor, to: list[int]
+    ) -> None:
+        """One call of ``session`` on the slots [lo, lo + len(ids)) of the cache, in place; the logits of its tokens
         ``rows`` go to the rows ``to`` of ``out`` (-1: not wanted), straight when those are consecutive (the
         scheduler's order), else through a buffer."""
         batch, length = ids.shape[0], cache[0].shape[3]
-        io = self._binding(cache, lo, batch)
+        io = self._binding(session, cache, lo, batch)
         io.bind_cpu_input("input_ids", ids)
         if self.num_adapters:
             io.bind_cpu_input("coeffs", coeffs.float().contiguous().numpy())
@@ -324,20 +439,20 @@ class OrtDecoder:
         straight = to[0] >= 0 and to == list(range(to[0], to[0] + len(to)))
         dest = out[to[0] : to[0] + len(to)] if straight else torch.empty(len(to), self.vocab)
         io.bind_output("logits", "cpu", 0, np.float32, tuple(dest.shape), dest.data_ptr())
-        self.session.run_with_iobinding(io)
+        session.run_with_iobinding(io)
         if not straight:
             keep = [i for i, j in enumerate(to) if j >= 0]
             out[[to[i] for i in keep]] = dest[keep]
 
-    def _binding(self, cache, lo: int, batch: int):
-        """The session's binding of the cache slots [lo, lo + batch) as past and present state, kept per
+    def _binding(self, session, cache, lo: int, batch: int):
+        """``session``'s binding of the cache slots [lo, lo + batch) as past and present state, kept per
         slot range of the last cache used (binding 2 x layers buffers costs ~0.4 ms a call)."""
         owner = (tuple(kv.data_ptr() for kv in cache), cache[0].shape)
         if owner != self._owner:
             self._owner, self._bindings = owner, {}
-        io = self._bindings.get((lo, batch))
+        io = self._bindings.get((id(session), lo, batch))
         if io is None:
-            io = self._bindings[lo, batch] = self.session.io_binding()
+            io = self._bindings[id(session), lo, batch] = session.io_binding()
             shape = (batch, self.kv_heads, cache[0].shape[3], self.head_dim)
             for i, kv in enumerate(cache):
                 for j, part in enumerate(("key", "value")):
