@@ -345,7 +345,9 @@ def fast_step(model, adapters, scheme: str = "fp32", calibration: Sequence[Seque
 
 class OrtDecoder:
     """The engine's model step (``plan, cache -> logits``) on ONNX Runtime, from a fp32 ``FastDecoder``'s
-    weights; the same cache layout, so the engine cannot tell the two apart."""
+    weights; the same cache layout, so the engine cannot tell the two apart. Decode rows run the decode graph,
+    prefill chunks the prefill graph, smoothed on the ``calibration`` prompts' token ids (none: not smoothed);
+    ``integer_prefill=False`` prefills through the decode graph instead."""
 
     def __init__(
         self, dec, scheme: str, calibration: Sequence[Sequence[int]] = (), integer_prefill: bool = True
