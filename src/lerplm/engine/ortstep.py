@@ -92,7 +92,7 @@ def dequantize_blocks(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray 
 class Graph:
     """A small ONNX graph builder: nodes, initialisers and fresh names."""
 
-    def __init__(self) -> None:
+    def __init__(self, packed: dict | None = None) -> None:
         from onnx import helper, numpy_helper
 
         self.helper, self.numpy_helper = helper, numpy_helper
@@ -100,6 +100,7 @@ class Graph:
         self.inits: list = []
         self.count = 0
         self.per_token: dict[str, tuple[str, str]] = {}  # input -> its int8 rows and their scales
+        self.packed = {} if packed is None else packed  # (key, bits, block) -> quantize_blocks' arrays
 
     def name(self, prefix: str) -> str:
         self.count += 1
@@ -124,12 +125,18 @@ class Graph:
         opsets = [self.helper.make_opsetid("", 17), self.helper.make_opsetid("com.microsoft", 1)]
         return self.helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
 
-    def matmul(self, x: str, w: torch.Tensor, bits: int, block: int | None = None) -> str:
+    def matmul(self, x: str, w: torch.Tensor, bits: int, block: int | None = None, key=None) -> str:
+        """x wᵀ in ``MatMulNBits``; ``key`` names w for ``packed``, whose quantised arrays another graph of the same
+        weights reuses (quantising takes a third of building a graph)."""
         out_f, in_f = w.shape
         if bits == 4 and in_f % BLOCK:
             bits = 8  # the block offsets need whole blocks; such layers are rare
         block = block or block_size(in_f, bits)
-        packed, scale, offset = quantize_blocks(w, bits, block)
+        if key is None or (key, bits, block) not in self.packed:
+            arrays = quantize_blocks(w, bits, block)
+            if key is not None:
+                self.packed[key, bits, block] = arrays
+        packed, scale, offset = arrays if key is None else self.packed[key, bits, block]
         # accuracy_level 4: int8 activations, the kernels that read int4/int8 weights at memory speed
         attrs = dict(K=in_f, N=out_f, bits=bits, block_size=block, accuracy_level=4)
         y = self.op(
@@ -171,10 +178,11 @@ def _adapter_layers(dec) -> list:
     return [getattr(block, group) for block in dec.layers for group in GROUPS if getattr(block, group).seg is not None]
 
 
-def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = None) -> bytes:
+def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = None, packed: dict | None = None) -> bytes:
     """The serialised step graph for ``dec``'s weights (a ``FastDecoder`` in fp32) with ``bits``-bit base
     weights, int8 adapters and an int8 output head; ``prefill``: the products after each norm in int8 x int8 per
-    token instead, their inputs divided by ``smooth[(layer, group)]`` (see ``smoothing``).
+    token instead, their inputs divided by ``smooth[(layer, group)]`` (see ``smoothing``). ``packed``: quantised
+    weights shared by the builds of one step's graphs.
 
     Inputs: input_ids (B, S), coeffs (B, S, K) per token (only with adapters), seqlens_k (B,) = last position written
     per row, total_seq_len (the cache length), logit_index (M,) rows of the flattened (B*S) tokens that
@@ -182,7 +190,7 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
     and present_key_i / present_value_i, bound to the past buffers."""
     from onnx import TensorProto, helper
 
-    g = Graph()
+    g = Graph(packed)
     smooth = smooth or {}
     hq, hkv, d, eps = dec.heads, dec.kv_heads, dec.head_dim, float(dec.eps)
     hidden = dec.embed.shape[1]
@@ -207,24 +215,26 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
         if smooth_by is not None:
             w, a = w * smooth_by, None if a is None else a * smooth_by
 
-        def matmul(x: str, w: torch.Tensor, wbits: int) -> str:
-            return g.integer_matmul(x, w) if integer else g.matmul(x, w, wbits)
+        def matmul(x: str, w: torch.Tensor, wbits: int, role: str) -> str:
+            if integer:
+                return g.integer_matmul(x, w)
+            return g.matmul(x, w, wbits, key=None if smooth_by is not None else (id(layer), role))
 
         if layer.seg is None:
-            y = matmul(x, w, bits)
+            y = matmul(x, w, bits, "w")
         else:
             key = id(layer.seg)
             if key not in per_rank:
                 per_rank[key] = g.op("Gather", ["coeffs", g.const(layer.seg, "seg")], axis=2)
-            t = g.op("Mul", [matmul(x, a, 8), per_rank[key]])
+            t = g.op("Mul", [matmul(x, a, 8, "a"), per_rank[key]])
             block = block_size(w.shape[1], 8)
             if bits == 8 and w.shape[1] % block == 0 and not integer:
                 # [x, t] [W, B]ᵀ: the second product and its sum ride in the base's own int8 product (in blocks
                 # that divide x's width, so B's blocks are its own: the same numbers as apart), one operator
                 # and one pass fewer
-                y = g.matmul(g.op("Concat", [x, t], axis=-1), torch.cat([w, b], 1), 8, block)
+                y = g.matmul(g.op("Concat", [x, t], axis=-1), torch.cat([w, b], 1), 8, block, (id(layer), "wb"))
             else:
-                y = g.op("Add", [matmul(x, w, bits), matmul(t, b, 8)])
+                y = g.op("Add", [matmul(x, w, bits, "w"), matmul(t, b, 8, "b")])
         if layer.base.bias is not None:
             y = g.op("Add", [y, g.const(layer.base.bias, "bias")])
         return y
@@ -264,7 +274,7 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
     x = g.op("Add", [x, residual])
     rows = g.op("Gather", [g.op("Reshape", [x, g.const(np.array([-1, hidden], np.int64))]), "logit_index"], axis=0)
     y = g.op("SimplifiedLayerNormalization", [rows, g.const(dec.norm, "norm")], epsilon=eps)
-    g.matmul(y, dec.lm_head.weight, 8)
+    g.matmul(y, dec.lm_head.weight, 8, key=(id(dec.lm_head), "w"))
     g.nodes[-1].output[0] = "logits"  # the head's product is the graph's output
     return g.serialize("lerplm_step", inputs, outputs)
 
@@ -289,9 +299,10 @@ def smoothing(
                 ranges[key] = x if key not in ranges else torch.maximum(ranges[key], x)
 
             hooks.append(getattr(block, group).register_forward_hook(record))
-    try:
-        for ids in calibration:
-            dec(StepPlan.prefilling(torch.tensor(ids), [(0, 0, len(ids))]), dec.new_cache(1, len(ids)))
+    try:  # every prompt in one step, each in its own slot
+        chunks = [(slot, 0, len(ids)) for slot, ids in enumerate(calibration)]
+        tokens = torch.tensor([t for ids in calibration for t in ids])
+        dec(StepPlan.prefilling(tokens, chunks), dec.new_cache(len(chunks), max(map(len, calibration))))
     finally:
         for h in hooks:
             h.remove()
@@ -374,12 +385,12 @@ class OrtDecoder:
         layers = _adapter_layers(dec)
         self.num_adapters = len(layers[0].offsets) - 1 if layers else 0
         self._new_cache = dec.new_cache
-        threads = torch.get_num_threads()
-        self.session = new_session(build_graph(dec, BITS[scheme]), threads)
+        threads, packed = torch.get_num_threads(), {}
+        self.session = new_session(build_graph(dec, BITS[scheme], packed=packed), threads)
         self.prefill_session = self.session
         if integer_prefill:  # False: prefill through the decode graph (the baseline in benchmarks/engine.py)
             smooth = smoothing(dec, calibration) if calibration else None
-            self.prefill_session = new_session(build_graph(dec, BITS[scheme], True, smooth), threads)
+            self.prefill_session = new_session(build_graph(dec, BITS[scheme], True, smooth, packed), threads)
         self._owner: tuple | None = None  # the cache the kept bindings point into
         self._bindings: dict[tuple[int, int, int], object] = {}  # (session, first slot, batch) -> binding
 
