@@ -299,10 +299,11 @@ def smoothing(
                 ranges[key] = x if key not in ranges else torch.maximum(ranges[key], x)
 
             hooks.append(getattr(block, group).register_forward_hook(record))
+    prompts = [list(ids) for ids in calibration if len(ids)]
     try:  # every prompt in one step, each in its own slot
-        chunks = [(slot, 0, len(ids)) for slot, ids in enumerate(calibration)]
-        tokens = torch.tensor([t for ids in calibration for t in ids])
-        dec(StepPlan.prefilling(tokens, chunks), dec.new_cache(len(chunks), max(map(len, calibration))))
+        chunks = [(slot, 0, len(ids)) for slot, ids in enumerate(prompts)]
+        tokens = torch.tensor([t for ids in prompts for t in ids])
+        dec(StepPlan.prefilling(tokens, chunks), dec.new_cache(len(chunks), max(map(len, prompts))))
     finally:
         for h in hooks:
             h.remove()
@@ -389,7 +390,7 @@ class OrtDecoder:
         self.session = new_session(build_graph(dec, BITS[scheme], packed=packed), threads)
         self.prefill_session = self.session
         if integer_prefill:  # False: prefill through the decode graph (the baseline in benchmarks/engine.py)
-            smooth = smoothing(dec, calibration) if calibration else None
+            smooth = smoothing(dec, calibration) if any(len(ids) for ids in calibration) else None
             self.prefill_session = new_session(build_graph(dec, BITS[scheme], True, smooth, packed), threads)
         self._owner: tuple | None = None  # the cache the kept bindings point into
         self._bindings: dict[tuple[int, int, int], object] = {}  # (session, first slot, batch) -> binding
