@@ -132,11 +132,13 @@ class Graph:
         if bits == 4 and in_f % BLOCK:
             bits = 8  # the block offsets need whole blocks; such layers are rare
         block = block or block_size(in_f, bits)
-        if key is None or (key, bits, block) not in self.packed:
+        name = None if key is None else (key, bits, block)
+        arrays = self.packed.get(name) if name else None
+        if arrays is None:
             arrays = quantize_blocks(w, bits, block)
-            if key is not None:
-                self.packed[key, bits, block] = arrays
-        packed, scale, offset = arrays if key is None else self.packed[key, bits, block]
+            if name:
+                self.packed[name] = arrays
+        packed, scale, offset = arrays
         # accuracy_level 4: int8 activations, the kernels that read int4/int8 weights at memory speed
         attrs = dict(K=in_f, N=out_f, bits=bits, block_size=block, accuracy_level=4)
         y = self.op(
