@@ -8,6 +8,7 @@ python benchmarks/step_build.py --anchors anchors/quickstart
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -31,10 +32,7 @@ def one(anchors: str, scheme: str, integer_prefill: bool) -> dict:
     from lerplm.engine import ortstep
 
     if not integer_prefill:  # the step without its prefill graph: prefill through the decode graph
-        build = ortstep.OrtDecoder.__init__
-        ortstep.OrtDecoder.__init__ = lambda self, dec, scheme, calibration=(), _=True: build(
-            self, dec, scheme, calibration, False
-        )
+        ortstep.OrtDecoder.__init__ = functools.partialmethod(ortstep.OrtDecoder.__init__, integer_prefill=False)
     lm = lerplm.load(anchors, quantize=scheme)
     before = rss_gb()
     t = time.perf_counter()

@@ -381,9 +381,10 @@ class OrtDecoder:
         # Right after a run ONNX Runtime's workers spin on the other cores; torch ops that fan out to them wait
         # (sampling 16 rows: 17 ms a step on two threads, 13 on one; one row: 3.2 against 0.9 ms alone).
         self.sampling_threads = 1
-        # Activations are rounded to int8 per block: a prompt's last token computed on its own after a start shared
-        # from another slot differs from the same token inside its prompt's chunk by a rounding step (logits by
-        # about int8's own error), so engines over this step compute every prompt whole unless told otherwise.
+        # Activations are rounded to int8 (per block; per token in the prefill graph): a prompt's last token computed
+        # on its own after a start shared from another slot differs from the same token inside its prompt's chunk by
+        # a rounding step (logits by about int8's own error), so engines over this step compute every prompt whole
+        # unless told otherwise.
         self.shares_prompts = False
         layers = _adapter_layers(dec)
         self.num_adapters = len(layers[0].offsets) - 1 if layers else 0
