@@ -341,6 +341,18 @@ def test_engine_samples_on_the_threads_its_step_asks_for(lm, quantized, monkeypa
     assert [s.tokens for s in again] == [s.tokens for s in seqs] and seen[-1] == before
 
 
+def test_step_graphs_hold_no_copy_of_the_embedding_table(fast):
+    """The quantised step gathers input embeddings from the model's table (a constant would be a copy per session)."""
+    import onnx
+
+    from lerplm.engine.ortstep import build_graph
+
+    for prefill in (False, True):
+        graph = onnx.load_from_string(build_graph(fast, 8, prefill)).graph
+        assert [i.name for i in graph.input][0] == "embeds"
+        assert all(tuple(t.dims) != tuple(fast.embed.shape) for t in graph.initializer)
+
+
 def test_int4_blocks_reproduce_a_q4_1_grid_exactly():
     """Weights on GGUF's Q4_1 grid (lo + q * scale per 32 inputs: the embedded default's own weights) come
     back exactly; int8 blocks (the largest of 128, 64, 32 inputs that divides a layer's) stay within half a step."""

@@ -186,10 +186,10 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
     token instead, their inputs divided by ``smooth[(layer, group)]`` (see ``smoothing``). ``packed``: quantised
     weights shared by the builds of one step's graphs.
 
-    Inputs: input_ids (B, S), coeffs (B, S, K) per token (only with adapters), seqlens_k (B,) = last position written
-    per row, total_seq_len (the cache length), logit_index (M,) rows of the flattened (B*S) tokens that
-    need logits, past_key_i / past_value_i (B, kv_heads, length, head_dim). Outputs: logits (M, vocab)
-    and present_key_i / present_value_i, bound to the past buffers."""
+    Inputs: embeds (B, S, hidden) the tokens' input embeddings, coeffs (B, S, K) per token (only with adapters),
+    seqlens_k (B,) = last position written per row, total_seq_len (the cache length), logit_index (M,) rows of the
+    flattened (B*S) tokens that need logits, past_key_i / past_value_i (B, kv_heads, length, head_dim). Outputs:
+    logits (M, vocab) and present_key_i / present_value_i, bound to the past buffers."""
     from onnx import TensorProto, helper
 
     g = Graph(packed)
@@ -199,7 +199,8 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
     has_adapters = bool(_adapter_layers(dec))
     f32, i32, i64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
     kv_shape = ["B", hkv, "T", d]
-    inputs = [helper.make_tensor_value_info("input_ids", i64, ["B", "S"])]
+    # the embedding table stays out of the graph (the caller gathers each call's rows): each session would copy it
+    inputs = [helper.make_tensor_value_info("embeds", f32, ["B", "S", hidden])]
     if has_adapters:
         inputs.append(helper.make_tensor_value_info("coeffs", f32, ["B", "S", "K"]))
     inputs += [
@@ -241,7 +242,7 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
             y = g.op("Add", [y, g.const(layer.base.bias, "bias")])
         return y
 
-    x = g.op("Gather", [g.const(dec.embed, "embed"), "input_ids"])  # (B, S, hidden)
+    x = "embeds"
     cos = g.const(dec.cos[:, : d // 2], "cos")
     sin = g.const(dec.sin[:, : d // 2], "sin")
     residual = None
@@ -388,7 +389,9 @@ class OrtDecoder:
         self.shares_prompts = False
         layers = _adapter_layers(dec)
         self.num_adapters = len(layers[0].offsets) - 1 if layers else 0
-        self._new_cache = dec.new_cache
+        # the model's embedding table, gathered in numpy on this thread (a torch op may fan out to threads that wait
+        # for the cores ONNX Runtime's workers spin on after a call)
+        self._new_cache, self._embed = dec.new_cache, dec.embed.numpy()
         threads, packed = torch.get_num_threads(), {}
         self.session = new_session(build_graph(dec, BITS[scheme], packed=packed), threads)
         self.prefill_session = self.session
@@ -447,7 +450,7 @@ class OrtDecoder:
         scheduler's order), else through a buffer."""
         batch, length = ids.shape[0], cache[0].shape[3]
         io = self._binding(session, cache, lo, batch)
-        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("embeds", self._embed.take(ids, 0))
         if self.num_adapters:
             io.bind_cpu_input("coeffs", coeffs.float().contiguous().numpy())
         io.bind_cpu_input("seqlens_k", seqlens)
