@@ -289,9 +289,12 @@ def smoothing(
     """Per (layer, group), the factors s that the prefill graph divides that product's input by (and multiplies its
     weights' inputs by): s = max|x|^alpha / max|w|^(1 - alpha) per input channel, max|x| over the tokens of the
     ``calibration`` prompts run through ``dec`` (exact, without adapters), for the groups that read a norm's output
-    (q/k/v, gate/up)."""
+    (q/k/v, gate/up); none without a non-empty prompt (the graph is then not smoothed)."""
     from .decoder import StepPlan
 
+    prompts = [list(ids) for ids in calibration if len(ids)]
+    if not prompts:
+        return {}
     ranges: dict[tuple[int, str], torch.Tensor] = {}
     hooks = []
     for i, block in enumerate(dec.layers):
@@ -302,7 +305,6 @@ def smoothing(
                 ranges[key] = x if key not in ranges else torch.maximum(ranges[key], x)
 
             hooks.append(getattr(block, group).register_forward_hook(record))
-    prompts = [list(ids) for ids in calibration if len(ids)]
     try:  # every prompt in one step, each in its own slot
         chunks = [(slot, 0, len(ids)) for slot, ids in enumerate(prompts)]
         tokens = torch.tensor([t for ids in prompts for t in ids])
@@ -396,7 +398,7 @@ class OrtDecoder:
         self.session = new_session(build_graph(dec, BITS[scheme], packed=packed), threads)
         self.prefill_session = self.session
         if integer_prefill:  # False: prefill through the decode graph (the baseline in benchmarks/engine.py)
-            smooth = smoothing(dec, calibration) if any(len(ids) for ids in calibration) else None
+            smooth = smoothing(dec, calibration)
             self.prefill_session = new_session(build_graph(dec, BITS[scheme], True, smooth, packed), threads)
         self._owner: tuple | None = None  # the cache the kept bindings point into
         self._bindings: dict[tuple[int, int, int], object] = {}  # (session, first slot, batch) -> binding
