@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Which training recipe keeps the base model's answers while the anchors move the style? Anchors of
 # examples/styles.toml trained with several recipes (60 steps unless set, ~9 min per pair on 2 CPU cores), each
-# swept on 64 held-out prompts (from line 336) at levels 0 / 0.5 / 1 beside the base model alone, 128 new tokens.
+# swept on 64 held-out prompts (from line 336) at levels 0 / 0.5 / 1 (LEVELS=11: 11 levels, where a curve's shape
+# matters) beside the base model alone, 128 new tokens.
 # A variant already in docs/results is not run again. The table goes to docs/results/answers_table.md (discussed in
 # docs/results/README.md), reports and generations to docs/results/answers_*/. The recipe examples/styles.toml
 # takes from these is measured on the whole set by `experiments/paper.sh answers`.
@@ -43,7 +44,7 @@ for side, lines in own.items():  # inside the endpoint's inline table: `training
 Path(f"runs/answers/{attribute}_{name}.toml").write_text(head + "[[attributes]]" + block)
 PY
   lerplm train --config "runs/answers/$1_$2.toml" --out "anchors/$run"
-  lerplm sweep --anchors "anchors/$run" --scorers "scorers/$1" --grid "single:$1" --grid base --levels 3 \
+  lerplm sweep --anchors "anchors/$run" --scorers "scorers/$1" --grid "single:$1" --grid base --levels "${LEVELS:-3}" \
     --prompts "$P" --skip-prompts 336 --max-prompts 64 --max-new-tokens 128 --config examples/styles.toml \
     --heldout-per-endpoint 5 --out "runs/$run"
   publish "$run" "$1 anchors, recipe: $2"
@@ -120,6 +121,10 @@ variant formality replay_quarter_half_end 'answer_words = 80' "${REPLAY/share = 
 variant humor replay_quarter_noend_tenth_humorous 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" \
   'max_steps = 60' 'end_loss = false' "positive: ${REPLAY/share = 0.5/share = 0.1}"
 
+# formality with the end learnt on three quarters of the texts, at 11 levels: three levels miss where a curve bends
+LEVELS=11 variant formality replay_quarter_end075 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" \
+  'max_steps = 60' 'end_loss = 0.75'
+
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
   [ -f "docs/results/$out/summary.json" ] && return
@@ -144,7 +149,8 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
   python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
     docs/results/answers_humor_{distill_noend,distill_15_noend,replay_tenth_noend,replay_015_noend,replay_quarter_finished,replay_quarter_noend_tenth_humorous}
   echo
-  python experiments/answers_table.py formality docs/results/answers_formality_replay_quarter_{finished,noend,half_end}
+  python experiments/answers_table.py formality \
+    docs/results/answers_formality_replay_quarter_{finished,noend,half_end,end075}
   echo
   python experiments/answers_table.py simplicity \
     docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend,distill_finished,distill_quarter_end}
