@@ -124,6 +124,13 @@ variant humor replay_quarter_noend_tenth_humorous 'answer_words = 80' "${REPLAY/
 # formality with the end learnt on three quarters of the texts, at 11 levels: three levels miss where a curve bends
 LEVELS=11 variant formality replay_quarter_end075 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" \
   'max_steps = 60' 'end_loss = 0.75'
+# simplicity distilled with the end learnt on three quarters of the answers, at 11 levels: the finished recipe's answers
+# run shortest in the middle of the range
+LEVELS=11 variant simplicity distill_end075 "$DISTILL" 'max_steps = 60' 'end_loss = 0.75'
+# humor's not_humorous endpoint between the quarter and the tenth (a fifth of the blocks replayed), humorous from the
+# tenth, at 11 levels
+LEVELS=11 variant humor replay_fifth_noend_tenth_humorous 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.2}" \
+  'max_steps = 60' 'end_loss = false' "positive: ${REPLAY/share = 0.5/share = 0.1}"
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -147,11 +154,11 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
     docs/results/answers_politeness_distill_{finished,finished_256,quarter_end}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
-    docs/results/answers_humor_{distill_noend,distill_15_noend,replay_tenth_noend,replay_015_noend,replay_quarter_finished,replay_quarter_noend_tenth_humorous}
+    docs/results/answers_humor_{distill_noend,distill_15_noend,replay_tenth_noend,replay_015_noend,replay_quarter_finished,replay_quarter_noend_tenth_humorous,replay_fifth_noend_tenth_humorous}
   echo
   python experiments/answers_table.py formality \
     docs/results/answers_formality_replay_quarter_{finished,noend,half_end,end075}
   echo
   python experiments/answers_table.py simplicity \
-    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend,distill_finished,distill_quarter_end}
+    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend,distill_finished,distill_quarter_end,distill_end075}
 } > docs/results/answers_table.md
