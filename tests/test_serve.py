@@ -221,6 +221,11 @@ def test_malformed_json_and_unknown_routes_then_the_server_still_serves(server):
         server.url + "/v1/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"}
     )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] is None
+    for body in (b"[]", b"null"):  # valid JSON, not an object
+        r = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["message"].startswith("request body: ") and err["param"] is None
     assert httpx.get(server.url + "/v1/nothing").status_code == 404
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     ok = client(server).completions.create(model=server.model, prompt="hi", max_tokens=3, extra_body={"mix": MIX})

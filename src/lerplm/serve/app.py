@@ -181,10 +181,11 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):
         first = e.errors()[0]
+        if first["type"] == "json_invalid":  # its loc is a character offset, not a field
+            return error(400, "request body is not valid JSON")
         where = _field_path(first["loc"])
         why = first["msg"].removeprefix("Value error, ")
-        msg = "request body is not valid JSON" if first["type"] == "json_invalid" else f"{where}: {why}"
-        return error(400, msg, param=where or None)
+        return error(400, f"{where or 'request body'}: {why}", param=where or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
