@@ -131,6 +131,10 @@ LEVELS=11 variant simplicity distill_end075 "$DISTILL" 'max_steps = 60' 'end_los
 # tenth, at 11 levels
 LEVELS=11 variant humor replay_fifth_noend_tenth_humorous 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.2}" \
   'max_steps = 60' 'end_loss = false' "positive: ${REPLAY/share = 0.5/share = 0.1}"
+# humor's not_humorous endpoint on its headlines one per answer (not joined into lists of 80 words), the quarter recipe
+# otherwise
+variant humor replay_quarter_noend_plain_not_humorous 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" \
+  'max_steps = 60' 'end_loss = false' 'negative: answer_words = 0'
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -154,7 +158,8 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
     docs/results/answers_politeness_distill_{finished,finished_256,quarter_end}
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
-    docs/results/answers_humor_{distill_noend,distill_15_noend,replay_tenth_noend,replay_015_noend,replay_quarter_finished,replay_quarter_noend_tenth_humorous,replay_fifth_noend_tenth_humorous}
+    docs/results/answers_humor_{distill_noend,distill_15_noend,replay_tenth_noend,replay_015_noend,replay_quarter_finished,replay_quarter_noend_tenth_humorous,replay_fifth_noend_tenth_humorous} \
+    docs/results/answers_humor_replay_quarter_noend_plain_not_humorous
   echo
   python experiments/answers_table.py formality \
     docs/results/answers_formality_replay_quarter_{finished,noend,half_end,end075}
