@@ -127,6 +127,7 @@ LEVELS=11 variant formality replay_quarter_end075 'answer_words = 80' "${REPLAY/
 # simplicity distilled with the end learnt on three quarters of the answers, at 11 levels: the finished recipe's answers
 # run shortest in the middle of the range
 LEVELS=11 variant simplicity distill_end075 "$DISTILL" 'max_steps = 60' 'end_loss = 0.75'
+LEVELS=11 variant simplicity distill_end090 "$DISTILL" 'max_steps = 60' 'end_loss = 0.9'  # nine tenths
 # humor's not_humorous endpoint between the quarter and the tenth (a fifth of the blocks replayed), humorous from the
 # tenth, at 11 levels
 LEVELS=11 variant humor replay_fifth_noend_tenth_humorous 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.2}" \
@@ -165,5 +166,5 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
     docs/results/answers_formality_replay_quarter_{finished,noend,half_end,end075}
   echo
   python experiments/answers_table.py simplicity \
-    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend,distill_finished,distill_quarter_end,distill_end075}
+    docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend,distill_finished,distill_quarter_end,distill_end075,distill_end090}
 } > docs/results/answers_table.md
