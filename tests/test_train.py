@@ -175,7 +175,7 @@ def test_example_config_is_valid():
     for name in ("sentiment", "formality", "humor"):  # the quarter recipe for answers
         t = recipes[name]
         assert (t.answer_words, t.replay.share, t.distill) == (80, 0.25, None)
-    ends = {"sentiment": True, "politeness": 0.25, "formality": 0.75, "simplicity": "finished", "humor": False}
+    ends = {"sentiment": True, "politeness": 0.25, "formality": 0.75, "simplicity": 0.9, "humor": False}
     assert {n: t.end_loss for n, t in recipes.items()} == ends
     for t in recipes.values():  # held-in prompts end before the first prompt the recipes evaluate on (240)
         held = t.replay or t.distill
