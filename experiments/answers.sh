@@ -136,6 +136,11 @@ LEVELS=11 variant humor replay_fifth_noend_tenth_humorous 'answer_words = 80' "$
 # otherwise
 variant humor replay_quarter_noend_plain_not_humorous 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.25}" \
   'max_steps = 60' 'end_loss = false' 'negative: answer_words = 0'
+# humor's not_humorous endpoint distilled through a teacher between the two measured (exponent 1.25; at 1.5 level 0
+# scores 0.15 and at 1 0.70), one headline per teacher answer, humorous from the tenth, at 11 levels
+LEVELS=11 variant humor tenth_noend_distill125_not_humorous 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.1}" \
+  'max_steps = 60' 'end_loss = false' 'negative: answer_words = 0' \
+  'negative: distill = { prompts = "prompts/writing_prompts.txt", strength = 1.25 }'
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -160,7 +165,8 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
   echo
   python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
     docs/results/answers_humor_{distill_noend,distill_15_noend,replay_tenth_noend,replay_015_noend,replay_quarter_finished,replay_quarter_noend_tenth_humorous,replay_fifth_noend_tenth_humorous} \
-    docs/results/answers_humor_replay_quarter_noend_plain_not_humorous
+    docs/results/answers_humor_replay_quarter_noend_plain_not_humorous \
+    docs/results/answers_humor_tenth_noend_distill125_not_humorous
   echo
   python experiments/answers_table.py formality \
     docs/results/answers_formality_replay_quarter_{finished,noend,half_end,end075}
