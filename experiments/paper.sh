@@ -43,8 +43,8 @@ answers() {  # how the anchors answer: 11 levels of each attribute beside the ba
   } > docs/results/answer_examples.md
 }
 
-single() {  # 11 levels x 64 prompts (400-463); politeness and simplicity, the two narrowest, again on 64 other prompts
-  needs     # (464-527, 6 levels) and pooled
+single() {  # 11 levels x 64 prompts (400-463); politeness and simplicity, whose scorers separate their corpora least,
+  needs     # again on 64 other prompts (464-527, 6 levels) and pooled
   lerplm sweep "${SWEEP[@]}" --grid single:all --levels 11 --skip-prompts 400 --max-prompts 64 --out runs/single
   publish single "Single-attribute sweeps (64 prompts x 11 levels)"
   lerplm sweep "${SWEEP[@]}" --grid single:politeness,simplicity --levels 6 --skip-prompts 464 --max-prompts 64 \
