@@ -141,6 +141,27 @@ variant humor replay_quarter_noend_plain_not_humorous 'answer_words = 80' "${REP
 LEVELS=11 variant humor tenth_noend_distill125_not_humorous 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.1}" \
   'max_steps = 60' 'end_loss = false' 'negative: answer_words = 0' \
   'negative: distill = { prompts = "prompts/writing_prompts.txt", strength = 1.25 }'
+# the same distilled not_humorous anchor with a quarter of its blocks the base model's own answers (held to its prompts)
+LEVELS=11 variant humor tenth_noend_distill125_replay_not_humorous 'answer_words = 80' \
+  "${REPLAY/share = 0.5/share = 0.1}" 'max_steps = 60' 'end_loss = false' 'negative: answer_words = 0' \
+  'negative: distill = { prompts = "prompts/writing_prompts.txt", strength = 1.25 }' \
+  "negative: ${REPLAY/share = 0.5/share = 0.25}"
+# the same not_humorous anchor beside the set's humorous one (the quarter recipe, no end loss), at 11 levels
+LEVELS=11 variant humor quarter_noend_distill125_replay_not_humorous 'answer_words = 80' \
+  "${REPLAY/share = 0.5/share = 0.25}" 'max_steps = 60' 'end_loss = false' 'negative: answer_words = 0' \
+  'negative: distill = { prompts = "prompts/writing_prompts.txt", strength = 1.25 }' \
+  "negative: ${REPLAY/share = 0.5/share = 0.25}"
+
+elsewhere() {  # elsewhere RUN ATTRIBUTE: RUN's anchors on 64 prompts no recipe was chosen on (400-463), 3 levels
+  local out="$1_elsewhere"
+  [ -f "docs/results/$out/summary.json" ] && return
+  lerplm sweep --anchors "anchors/$1" --scorers "scorers/$2" --grid "single:$2" --grid base --levels 3 --prompts "$P" \
+    --skip-prompts 400 --max-prompts 64 --max-new-tokens 128 --config examples/styles.toml --out "runs/$out"
+  publish "$out" "$2 anchors of $1 on prompts 400-463"
+}
+# humor's recipe was chosen among a dozen on prompts 336-399: the set's and the one before it on other prompts
+elsewhere answers_humor_quarter_noend_distill125_replay_not_humorous humor
+elsewhere answers_humor_replay_quarter_noend humor
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -166,7 +187,9 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
   python experiments/answers_table.py humor docs/results/answers_humor_{replay_quarter_long,replay_quarter_noend} \
     docs/results/answers_humor_{distill_noend,distill_15_noend,replay_tenth_noend,replay_015_noend,replay_quarter_finished,replay_quarter_noend_tenth_humorous,replay_fifth_noend_tenth_humorous} \
     docs/results/answers_humor_replay_quarter_noend_plain_not_humorous \
-    docs/results/answers_humor_tenth_noend_distill125_not_humorous
+    docs/results/answers_humor_tenth_noend_distill125_not_humorous \
+    docs/results/answers_humor_{tenth,quarter}_noend_distill125_replay_not_humorous \
+    docs/results/answers_humor_{quarter_noend_distill125_replay_not_humorous,replay_quarter_noend}_elsewhere
   echo
   python experiments/answers_table.py formality \
     docs/results/answers_formality_replay_quarter_{finished,noend,half_end,end075}

@@ -141,12 +141,30 @@ def test_guided_answers_saved_without_their_ended_flags_are_sampled_again(monkey
     assert (summary["answers"], summary["answers_cut"]) == (3, 1)
 
 
+def test_replay_joins_the_distilled_answers_and_stays_out_of_the_teacher(monkeypatch, tmp_path, base_dir):
+    replay = '[training.replay]\nprompts = "prompts/writing_prompts.txt"\nfirst = 4\ntokens = 6\nshare = 0.25\n'
+    cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", extra=DISTILL + replay))
+    teachers, real = [], distill_mod.guided_answers
+
+    def recording(base, teacher, *args):
+        teachers.append(json.loads((teacher / "lerplm_training.json").read_text()))
+        return real(base, teacher, *args)
+
+    monkeypatch.setattr(distill_mod, "guided_answers", recording)
+    anchors = tmp_path / "anchors"
+    train_anchors(cfg, anchors, log=lambda s: None)
+    for t in teachers:  # the teacher learns the corpus's style alone
+        assert "replay" not in t["settings"] and "distill" not in t["settings"] and t["replayed_blocks"] == 0
+    summary = json.loads((anchors / "sentiment.positive" / "lerplm_training.json").read_text())
+    assert summary["settings"]["replay"]["share"] == 0.25 and summary["settings"]["distill"]["first"] == 3
+    distilled = summary["blocks"] - summary["replayed_blocks"]
+    assert summary["replayed_blocks"] == round(distilled / 3) > 0  # a quarter of all blocks
+    assert (summary["answers"], summary["replayed_answers"]) == (3, 4)
+
+
 def test_distill_settings_are_checked(tmp_path, base_dir):
     with pytest.raises(LerpError, match="text_format"):
         load_config(write_config(tmp_path, base_dir, extra=DISTILL))
-    replay = '[training.replay]\nprompts = "prompts/writing_prompts.txt"\n'
-    with pytest.raises(LerpError, match="choose one"):
-        load_config(write_config(tmp_path, base_dir, text_format="chat", extra=DISTILL + replay))
     cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", extra=DISTILL))
     with pytest.raises(LerpError, match="without --together"):
         train_anchors(cfg, tmp_path / "anchors", log=lambda s: None, together=True)

@@ -175,11 +175,13 @@ def test_example_config_is_valid():
     for name in ("sentiment", "formality", "humor"):  # the quarter recipe for answers
         t = recipes[name]
         assert (t.answer_words, t.replay.share, t.distill) == (80, 0.25, None)
+    unfunny = cfg.training_for("humor", "not_humorous")  # distilled, with replay holding it to its prompts
+    assert (unfunny.answer_words, unfunny.replay.share, unfunny.distill.strength) == (None, 0.25, 1.25)
     ends = {"sentiment": True, "politeness": 0.25, "formality": 0.75, "simplicity": 0.9, "humor": False}
     assert {n: t.end_loss for n, t in recipes.items()} == ends
-    for t in recipes.values():  # held-in prompts end before the first prompt the recipes evaluate on (240)
-        held = t.replay or t.distill
-        assert (cfg.data_root() / held.prompts).is_file() and held.first <= 240
+    for t in [*recipes.values(), unfunny]:  # held-in prompts end before the first prompt the recipes evaluate on (240)
+        for held in filter(None, (t.replay, t.distill)):
+            assert (cfg.data_root() / held.prompts).is_file() and held.first <= 240
 
 
 def test_an_attribute_recipe_replaces_the_sets(tmp_path):
@@ -463,13 +465,13 @@ def test_replay_mixes_the_base_models_own_answers_into_training(tmp_path, base_d
 
     from lerplm.data import build_blocks
     from lerplm.models import ModelRef, format_prompt, load_tokenizer
-    from lerplm.train import base_answers, training_blocks
+    from lerplm.train import base_answers, corpus_blocks, with_replay
 
     cfg = load_config(write_config(tmp_path, base_dir, text_format="chat", extra=REPLAY))
     base, tok = ModelRef(str(base_dir)), load_tokenizer(ModelRef(str(base_dir)))
     texts = read_texts(STYLES / "sentiment" / "positive.train.txt")[:24]
     style = build_blocks(tok, texts, 16, cfg.training.chat_prompt)
-    blocks, stats = training_blocks(base, tok, texts, cfg)
+    blocks, stats = with_replay(base, tok, corpus_blocks(tok, texts, cfg), cfg)
     replayed = stats["replayed_blocks"]
     assert replayed == len(style) and blocks[: len(style)] == style  # share 0.5: as many replayed as style blocks
     prompts = read_texts(STYLES / "prompts" / "writing_prompts.txt")[:4]
@@ -485,7 +487,7 @@ def test_replay_mixes_the_base_models_own_answers_into_training(tmp_path, base_d
     want = tok.batch_decode(new, skip_special_tokens=True)
     assert list(answers) == [t.strip() for t in want]
     assert list(ended) == [tok.eos_token_id in row for row in new.tolist()]
-    assert (stats["answers"], stats["answers_cut"]) == (4, list(ended).count(False))
+    assert (stats["replayed_answers"], stats["replayed_answers_cut"]) == (4, list(ended).count(False))
     rep = build_blocks(tok, list(answers), 16, prompts=prompts)  # each answer under its own prompt, cycled
     assert blocks[len(style) :] == [rep[i % len(rep)] for i in range(replayed)]
 

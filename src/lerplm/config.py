@@ -120,7 +120,7 @@ class DistillSettings(_Strict):
     strength: float = Field(1.0, gt=0)  # the teacher's exponent in the product; above 1 strengthens its style
 
 
-RECIPES = ("replay", "distill")  # the answer recipes, at most one per anchor
+RECIPES = ("replay", "distill")  # the answer recipes; replay may join distill's answers
 
 
 class TrainSettings(_Strict):
@@ -168,8 +168,6 @@ class TrainSettings(_Strict):
         for name in RECIPES:
             if getattr(self, name) is not None and self.text_format != "chat":
                 raise ValueError(f'{name} needs text_format = "chat" (answers to instructions)')
-        if self.replay is not None and self.distill is not None:
-            raise ValueError("replay and distill are two recipes; choose one")
         return self
 
 
@@ -217,8 +215,8 @@ class StylesConfig(_Strict):
 
     def training_for(self, attribute: str, endpoint: str | None = None) -> TrainSettings:
         """[training] with the attribute's own changes applied, then (given an endpoint's name) the endpoint's; a
-        recipe (replay or distill) named by a change replaces the one before it, so that one attribute or one
-        endpoint can take the other recipe."""
+        change that names a recipe (replay, distill or both) replaces those before it, so that one attribute or one
+        endpoint can take another recipe."""
         a = next(a for a in self.attributes if a.name == attribute)
         steps = [a.training] + [ep.training for ep in a.endpoints if ep.name == endpoint]
         settings = self.training

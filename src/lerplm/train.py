@@ -18,7 +18,7 @@ from pathlib import Path
 from transformers.trainer_callback import ProgressCallback
 
 from .anchors import AnchorSet, Attribute, Endpoint
-from .config import StylesConfig
+from .config import RECIPES, StylesConfig
 from .data import Block, build_blocks, endpoint_texts, join_answers, read_prompts
 from .errors import LerpError
 from .files import atomic_file
@@ -131,27 +131,32 @@ def _answer_stats(ended: Sequence[bool]) -> dict:
     return {"answers": len(ended), "answers_cut": list(ended).count(False)}
 
 
-def training_blocks(base: ModelRef, tok, texts: list[str], cfg: StylesConfig) -> tuple[list[Block], dict]:
-    """An anchor's training blocks: its texts, plus, with ``replay``, blocks of the base model's own answers to
-    instructions (cycled to their share of the total). Returns the blocks and, for the summary, how many are
-    replayed (and with replay, ``_answer_stats``)."""
+def corpus_blocks(tok, texts: list[str], cfg: StylesConfig) -> list[Block]:
+    """An anchor's blocks of its own corpus texts."""
+    learn_end = learnt_ends(cfg, [True] * len(texts))
+    return build_blocks(tok, texts, cfg.training.block_size, _chat_prompt(cfg), learn_end=learn_end)
+
+
+def with_replay(base: ModelRef, tok, blocks: list[Block], cfg: StylesConfig) -> tuple[list[Block], dict]:
+    """``blocks`` (corpus texts or distilled answers) and, with ``replay``, blocks of the base model's own answers to
+    instructions cycled to their share of the total. Returns the blocks and, for the summary, how many are replayed
+    (and with replay, ``_answer_stats`` of the replayed answers, prefixed ``replayed_``)."""
     t = cfg.training
-    blocks = build_blocks(tok, texts, t.block_size, _chat_prompt(cfg), learn_end=learnt_ends(cfg, [True] * len(texts)))
     if t.replay is None:
         return blocks, {"replayed_blocks": 0}
-    path = cfg.data_root() / t.replay.prompts
-    prompts = read_prompts(path, 0, t.replay.first)
+    prompts = read_prompts(cfg.data_root() / t.replay.prompts, 0, t.replay.first)
     answers, ended = base_answers(base, tuple(prompts), t.replay.tokens, t.seed)
     replayed = answer_blocks(tok, list(answers), ended, prompts, cfg)
     n = round(t.replay.share / (1 - t.replay.share) * len(blocks))
-    return blocks + [replayed[i % len(replayed)] for i in range(n)], {"replayed_blocks": n, **_answer_stats(ended)}
+    stats = {f"replayed_{k}": v for k, v in _answer_stats(ended).items()}
+    return blocks + [replayed[i % len(replayed)] for i in range(n)], {"replayed_blocks": n, **stats}
 
 
 def distilled_blocks(
     base: ModelRef, tok, texts: list[str], cfg: StylesConfig, work: Path, label: str, **kw
 ) -> tuple[list[Block], dict]:
-    """With ``distill``: train the teacher on the texts (``cfg`` without distill) into ``work``, sample its guided
-    answers to the instructions (kept in ``work``, so a resumed run samples them once) and return their blocks
+    """With ``distill``: train the teacher on the texts (``cfg`` without distill or replay) into ``work``, sample its
+    guided answers to the instructions (kept in ``work``, so a resumed run samples them once) and return their blocks
     and, for the summary, ``_answer_stats``."""
     from .distill import guided_answers
 
@@ -164,13 +169,13 @@ def distilled_blocks(
     else:
         teacher = work / "teacher"
         if not (teacher / "adapter_config.json").is_file():
-            plain = cfg.model_copy(update={"training": cfg.training.model_copy(update={"distill": None})})
+            plain = cfg.model_copy(update={"training": cfg.training.model_copy(update=dict.fromkeys(RECIPES))})
             train_anchor(base, texts, plain, teacher, work / "teacher.work", f"{label} teacher", **kw)
         answers, ended = guided_answers(base, teacher, prompts, d.tokens, d.strength, cfg.training.seed)
         if is_main_process():
             with atomic_file(saved) as tmp:
                 tmp.write_text(json.dumps({"answers": answers, "ended": ended}))
-    return answer_blocks(tok, answers, ended, prompts, cfg), {"replayed_blocks": 0, **_answer_stats(ended)}
+    return answer_blocks(tok, answers, ended, prompts, cfg), _answer_stats(ended)
 
 
 def train_anchor(
@@ -192,10 +197,12 @@ def train_anchor(
 
     tok = load_tokenizer(base)
     if cfg.training.distill is None:
-        blocks, stats = training_blocks(base, tok, texts, cfg)
+        blocks, stats = corpus_blocks(tok, texts, cfg), {}
     else:
         kw = {"callbacks": callbacks, "activation_checkpointing": activation_checkpointing}
         blocks, stats = distilled_blocks(base, tok, texts, cfg, work, label, **kw)
+    blocks, replay_stats = with_replay(base, tok, blocks, cfg)
+    stats |= replay_stats
     ds = Dataset.from_dict({"input_ids": [b.ids for b in blocks], "labels": [b.labels for b in blocks]})
     model = load_model(base, dtype=torch.float32)
     set_seed(cfg.training.seed)  # the adapter's initial A: the same in every process and every run
@@ -286,7 +293,7 @@ def train_together(
     from .train_mixed import save_adapter, train_mixed
 
     tok = load_tokenizer(base)
-    made = [training_blocks(base, tok, texts, cfg) for _, texts in todo]
+    made = [with_replay(base, tok, corpus_blocks(tok, texts, cfg), cfg) for _, texts in todo]
     blocks = [b for b, _ in made]
     model = load_model(base, dtype=torch.float32)
     adapters, loss_log = train_mixed(model, blocks, cfg, activation_checkpointing=activation_checkpointing)
