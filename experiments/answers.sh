@@ -153,14 +153,14 @@ LEVELS=11 variant humor quarter_noend_distill125_replay_not_humorous 'answer_wor
   "negative: ${REPLAY/share = 0.5/share = 0.25}"
 
 elsewhere() {  # elsewhere RUN ATTRIBUTE: RUN's anchors on 64 prompts no recipe was chosen on (400-463), 3 levels
-  local out="$1_elsewhere"
+  local out="$1_elsewhere"  # (LEVELS=11: 11 levels)
   [ -f "docs/results/$out/summary.json" ] && return
-  lerplm sweep --anchors "anchors/$1" --scorers "scorers/$2" --grid "single:$2" --grid base --levels 3 --prompts "$P" \
-    --skip-prompts 400 --max-prompts 64 --max-new-tokens 128 --config examples/styles.toml --out "runs/$out"
+  lerplm sweep --anchors "anchors/$1" --scorers "scorers/$2" --grid "single:$2" --grid base --levels "${LEVELS:-3}" \
+    --prompts "$P" --skip-prompts 400 --max-prompts 64 --max-new-tokens 128 --config examples/styles.toml --out "runs/$out"
   publish "$out" "$2 anchors of $1 on prompts 400-463"
 }
 # humor's recipe was chosen among a dozen on prompts 336-399: the set's and the one before it on other prompts
-elsewhere answers_humor_quarter_noend_distill125_replay_not_humorous humor
+LEVELS=11 elsewhere answers_humor_quarter_noend_distill125_replay_not_humorous humor
 elsewhere answers_humor_replay_quarter_noend humor
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
