@@ -59,7 +59,7 @@ def _settings(cfg: StylesConfig) -> dict:
     """What makes an anchor what it is (compared on resume); optional fields only when used, so that anchors
     trained without them still match."""
     skip = {"save_steps", "logging_steps"} | ({"text_format", "chat_prompt"} if _chat_prompt(cfg) is None else set())
-    skip |= {k for k in ("answer_words", "replay", "distill") if getattr(cfg.training, k) is None}
+    skip |= {k for k in ("answer_words", *RECIPES) if getattr(cfg.training, k) is None}
     skip |= {"end_loss"} if cfg.training.end_loss is True else set()
     return {"lora": cfg.lora.model_dump(), **cfg.training.model_dump(exclude=skip)}
 
