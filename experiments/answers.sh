@@ -12,6 +12,13 @@ P=../shared/data/styles/prompts/writing_prompts.txt
 mkdir -p runs/answers
 source experiments/publish.sh
 
+sweep_single() {  # sweep_single ANCHORS ATTRIBUTE OUT ARGS...: anchors/ANCHORS over ATTRIBUTE's levels beside the base
+  lerplm sweep --anchors "anchors/$1" --scorers "scorers/$2" --grid "single:$2" --grid base --max-new-tokens 128 \
+    --out "runs/$3" "${@:4}"
+}
+# 64 prompts from a held-out range, with held-out corpus perplexity on 5 texts per endpoint
+HELD_OUT=(--prompts "$P" --max-prompts 64 --config examples/styles.toml --heldout-per-endpoint 5)
+
 variant() {  # variant ATTRIBUTE NAME SETTINGS...: the attribute of examples/styles.toml with these [training] lines
   # ("negative: LINE" / "positive: LINE": that endpoint's own training setting)
   local run="answers_$1_$2"
@@ -44,9 +51,7 @@ for side, lines in own.items():  # inside the endpoint's inline table: `training
 Path(f"runs/answers/{attribute}_{name}.toml").write_text(head + "[[attributes]]" + block)
 PY
   lerplm train --config "runs/answers/$1_$2.toml" --out "anchors/$run"
-  lerplm sweep --anchors "anchors/$run" --scorers "scorers/$1" --grid "single:$1" --grid base --levels "${LEVELS:-3}" \
-    --prompts "$P" --skip-prompts 336 --max-prompts 64 --max-new-tokens 128 --config examples/styles.toml \
-    --heldout-per-endpoint 5 --out "runs/$run"
+  sweep_single "$run" "$1" "$run" --levels "${LEVELS:-3}" --skip-prompts 336 "${HELD_OUT[@]}"
   publish "$run" "$1 anchors, recipe: $2"
 }
 
@@ -155,8 +160,7 @@ LEVELS=11 variant humor quarter_noend_distill125_replay_not_humorous 'answer_wor
 elsewhere() {  # elsewhere RUN ATTRIBUTE: RUN's anchors on 64 prompts no recipe was chosen on (400-463), 3 levels
   local out="$1_elsewhere"  # (LEVELS=11: 11 levels)
   [ -f "docs/results/$out/summary.json" ] && return
-  lerplm sweep --anchors "anchors/$1" --scorers "scorers/$2" --grid "single:$2" --grid base --levels "${LEVELS:-3}" \
-    --prompts "$P" --skip-prompts 400 --max-prompts 64 --max-new-tokens 128 --config examples/styles.toml --out "runs/$out"
+  sweep_single "$1" "$2" "$out" --levels "${LEVELS:-3}" --skip-prompts 400 "${HELD_OUT[@]}"
   publish "$out" "$2 anchors of $1 on prompts 400-463"
 }
 # humor's recipe was chosen among a dozen on prompts 336-399: the set's and the one before it on other prompts
@@ -168,8 +172,7 @@ trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the on
   [ -f "docs/results/$out/summary.json" ] && return
   python -c "from lerplm.config import load_config; print(load_config('examples/styles.toml').training.chat_prompt)" \
     > runs/answers/trained_request.txt
-  lerplm sweep --anchors "anchors/$1" --scorers "scorers/$2" --grid "single:$2" --grid base --levels 2 --n 32 \
-    --prompts runs/answers/trained_request.txt --max-new-tokens 128 --out "runs/$out"
+  sweep_single "$1" "$2" "$out" --levels 2 --n 32 --prompts runs/answers/trained_request.txt
   publish "$out" "$2 anchors of $1 under their training request, 32 samples"
 }
 trained_request answers_simplicity_replay_quarter_360 simplicity  # does the style live on under that request?
