@@ -122,6 +122,26 @@ def test_generate_with_a_merged_mix_writes_what_the_mixed_step_writes(anchor_dir
     assert_user_error(run(*args, "--schedule", "0:sentiment=0; 3:sentiment=1", "--merge"), "--merge takes one fixed")
 
 
+def test_generate_takes_openai_penalties(anchor_dir):
+    args = [
+        "generate",
+        "--anchors",
+        anchor_dir,
+        "--mix",
+        "sentiment=1",
+        "--prompt",
+        "the food",
+        "--max-new-tokens",
+        "24",
+    ]
+    args += ["--temperature", "0"]
+    plain, penalised = run(*args, "--json"), run(*args, "--json", "--frequency-penalty", "2")
+    assert plain.exit_code == 0 and penalised.exit_code == 0, penalised.output
+    assert json.loads(plain.stdout)["text"] != json.loads(penalised.stdout)["text"]
+    r = run(*args, "--presence-penalty", "3")
+    assert r.exit_code == 2 and "--presence-penalty" in r.output
+
+
 def test_info_and_export(anchor_dir, tmp_path):
     r = run("info", anchor_dir)
     assert r.exit_code == 0 and "level 0 = 'negative', level 1 = 'positive'" in r.output

@@ -380,15 +380,15 @@ def _params(n, temperature=1.0, top_p=1.0, top_k=0, seed=0, step=0):
 def test_sampler_draws_from_the_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]])
     n = 20000
-    tokens, _ = sample(logits.expand(n, 5), _params(n))
+    tokens = sample(logits.expand(n, 5), _params(n))
     freq = torch.bincount(tokens, minlength=5).float() / n
     assert (freq - torch.softmax(logits[0], 0)).abs().max() < 0.015
     # top-p keeps the smallest set reaching p; top-k the k best; temperature 0 is greedy
-    tokens, _ = sample(logits.expand(n, 5), _params(n, top_p=0.8))
+    tokens = sample(logits.expand(n, 5), _params(n, top_p=0.8))
     assert set(tokens.tolist()) == {0, 1}
-    tokens, _ = sample(logits.expand(n, 5), _params(n, top_k=3))
+    tokens = sample(logits.expand(n, 5), _params(n, top_k=3))
     assert set(tokens.tolist()) == {0, 1, 2}
-    assert sample(logits.expand(4, 5), _params(4, temperature=0))[0].tolist() == [0] * 4
+    assert sample(logits.expand(4, 5), _params(4, temperature=0)).tolist() == [0] * 4
 
 
 def test_sampler_rows_are_independent_of_their_batch():
@@ -400,10 +400,10 @@ def test_sampler_rows_are_independent_of_their_batch():
         [11, 12, 13, 14, 15, 16],
         [0, 3, 1, 7, 2, 9],
     )
-    together = sample(logits, BatchParams.from_lists(*lists))[0].tolist()
+    together = sample(logits, BatchParams.from_lists(*lists)).tolist()
     for i in range(6):
         one = BatchParams.from_lists(*([x[i]] for x in lists))
-        assert sample(logits[i : i + 1], one)[0].tolist() == [together[i]]
+        assert sample(logits[i : i + 1], one).tolist() == [together[i]]
     # a pure function of (seed, step): reproducible, different across steps and seeds, strictly inside (0, 1)
     u = uniforms(torch.arange(1000) * 7919, torch.arange(1000))
     assert torch.equal(u, uniforms(torch.arange(1000) * 7919, torch.arange(1000)))
@@ -435,7 +435,7 @@ def test_top_p_on_a_large_vocabulary_equals_a_full_sort():
     )
     for step in range(20):
         params = BatchParams.from_lists(*lists[:4], [step] * 8)
-        got = sample(logits, params)[0].tolist()
+        got = sample(logits, params).tolist()
         u = uniforms(params.seeds, params.steps)
         for i, (t, tp, tk) in enumerate(zip(*lists[:3])):
             want = int(logits[i].argmax()) if t == 0 else _full_sort_draw(logits[i], t, tp, tk, u[i])
@@ -454,10 +454,48 @@ def test_only_rows_with_a_wide_nucleus_search_further(monkeypatch):
     assert calls == [(4, 512), (1, 4096), (1, 20000)]
 
 
-def test_sampler_reports_log_probabilities():
-    logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(0))
-    tokens, lp = sample(logits, _params(3), want_logprobs=True)
-    assert torch.allclose(lp, torch.log_softmax(logits, -1))
+def test_penalties_and_logit_bias_act_as_openai_defines(lm):
+    """Greedy under presence / frequency penalties and a logit bias: every token is the argmax of the model's
+    logits less the penalties of the text so far, plus the bias; the reported log-probabilities stay the model's
+    own; a row beside a plain one in a batch writes what it writes alone."""
+    ids, coeffs = lm.prompt_ids(["the food was great"])[0], COEFFS[1].tolist()
+    bias = {5: 3.0, 7: -2.0}
+    params = SamplingParams(12, 0, presence_penalty=0.7, frequency_penalty=1.3, logit_bias=bias)
+    seq = Sequence(ids, coeffs, params, 0, logprobs=0)
+    plain = Sequence(ids, coeffs, SamplingParams(12, 0), 0)
+    _engine(lm, max_batch=1).run([seq])
+    _engine(lm, max_batch=1).run([plain])
+    assert seq.tokens != plain.tokens  # the adjustments changed the text
+    logits = lm.logits(torch.tensor([ids + seq.tokens[:-1]]), torch.tensor([coeffs]))[0, len(ids) - 1 :]
+    for i, token in enumerate(seq.tokens):
+        counts = torch.bincount(torch.tensor(seq.tokens[:i], dtype=torch.long), minlength=logits.shape[-1]).float()
+        adjusted = logits[i] - 1.3 * counts - 0.7 * (counts > 0).float()
+        adjusted[list(bias)] += torch.tensor(list(bias.values()))
+        assert token == int(adjusted.argmax()), i
+        assert abs(seq.token_logprobs[i][0] - float(torch.log_softmax(logits[i], -1)[token])) < 1e-4
+    again = Sequence(ids, coeffs, params, 0)
+    _engine(lm, max_batch=2).run([again, Sequence(ids, COEFFS[0].tolist(), SamplingParams(12, 0), 1)])
+    assert again.tokens == seq.tokens
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"presence_penalty": 2.5}, "presence_penalty must lie in"),
+        ({"frequency_penalty": float("nan")}, "frequency_penalty must lie in"),
+        ({"logit_bias": {-1: 1.0}}, "logit_bias keys must be token ids"),
+        ({"logit_bias": {5: 101.0}}, "logit_bias values must lie in"),
+    ],
+)
+def test_bad_penalties_and_biases_are_refused(kwargs, message):
+    with pytest.raises(LerpError, match=message):
+        SamplingParams(4, **kwargs).validate()
+
+
+def test_a_bias_outside_the_vocabulary_is_refused_before_it_runs(lm):
+    eng = _engine(lm, max_batch=1)
+    with pytest.raises(LerpError, match="token ids lie in"):
+        eng.submit(Sequence([1, 2], [0.0] * 4, SamplingParams(4, logit_bias={10**6: 1.0}), 0))
 
 
 def test_a_step_schedule_equals_each_segment_generated_by_its_own_model(lm):

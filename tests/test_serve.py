@@ -190,6 +190,11 @@ def test_concurrent_requests_with_different_mixes_equal_the_same_requests_alone(
         ({"prompt": "hi", "temperature": float("nan")}, "temperature must be a finite number"),
         ({"prompt": "hi", "temperature": float("inf")}, "temperature must be a finite number"),
         ({"prompt": "hi", "mix": "sentiment=high"}, "'high' is not a number"),
+        ({"prompt": "hi", "presence_penalty": 2.5}, "presence_penalty must lie in [-2, 2]"),
+        ({"prompt": "hi", "frequency_penalty": -3}, "frequency_penalty must lie in [-2, 2]"),
+        ({"prompt": "hi", "logit_bias": {"the": 1}}, "logit_bias keys must be token ids"),
+        ({"prompt": "hi", "logit_bias": {"99999999": 1}}, "logit_bias keys must be token ids"),
+        ({"prompt": "hi", "logit_bias": {"5": 500}}, "logit_bias values must lie in [-100, 100]"),
     ],
 )
 def test_bad_input_gets_an_openai_style_400(server, body, message):
@@ -199,6 +204,27 @@ def test_bad_input_gets_an_openai_style_400(server, body, message):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert message in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_logit_bias_and_penalties_reach_the_sampler(server):
+    """OpenAI's fields through the openai client: a bias of +100 writes that token every time (greedy), and a
+    frequency penalty changes a greedy answer; the same body without them is the model's plain answer."""
+    c = client(server)
+    tok = server.app.state.lm.tokenizer
+    token = tok("the")["input_ids"][0]
+    r = c.completions.create(
+        model=server.model, prompt="worst", max_tokens=5, temperature=0, logit_bias={str(token): 100}
+    )
+    assert r.choices[0].text == tok.decode([token] * 5)
+
+    def greedy(**extra) -> str:
+        return (
+            c.completions.create(model=server.model, prompt="worst", max_tokens=24, temperature=0, **extra)
+            .choices[0]
+            .text
+        )
+
+    assert greedy(frequency_penalty=2.0) != greedy() == greedy(frequency_penalty=0.0, presence_penalty=0.0)
 
 
 def test_ignore_eos_and_min_tokens_hold_the_end_back(server):

@@ -99,6 +99,12 @@ def generate(
     temperature: Annotated[float, opt(min=0.0, help="0 = greedy.")] = 0.8,
     top_p: Annotated[float, opt(min=0.0, max=1.0)] = 0.95,
     top_k: Annotated[int, opt(min=0, help="0 = off.")] = 0,
+    presence_penalty: Annotated[
+        float, opt(min=-2.0, max=2.0, help="Taken off every token the answer already holds (OpenAI's).")
+    ] = 0.0,
+    frequency_penalty: Annotated[
+        float, opt(min=-2.0, max=2.0, help="Taken off a token per time the answer holds it (OpenAI's).")
+    ] = 0.0,
     seed: int = 0,
     extrapolate: o.Extrapolate = False,
     target: Annotated[str | None, opt(help='Target scores instead of levels, e.g. "formality=0.8".')] = None,
@@ -133,7 +139,15 @@ def generate(
         raise LerpError("give one of --mix, --schedule or --target")
     if merge and (schedule or refine):
         raise LerpError("--merge takes one fixed mix: not a --schedule or a --refine loop")
-    params = SamplingParams(max_new_tokens, temperature, top_p, top_k, seed)
+    params = SamplingParams(
+        max_new_tokens,
+        temperature,
+        top_p,
+        top_k,
+        seed,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+    )
     if refine:
         from .evaluate.targets import steer
 

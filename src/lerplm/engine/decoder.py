@@ -228,6 +228,7 @@ class FastDecoder(nn.Module):
             self.layers.append(block)
         self.register_buffer("norm", inner.norm.weight.detach(), persistent=False)
         self.lm_head = _linear(model.lm_head.weight, model.lm_head.bias)
+        self.vocab = model.lm_head.weight.shape[0]
         pos = torch.arange(self.max_positions, device=self.embed.device)
         with torch.no_grad():
             cos, sin = inner.rotary_emb(self.embed[:1], pos[None])

@@ -16,6 +16,7 @@ class RecomputeStep:
     def __init__(self, model: nn.Module, runtime: MixedRuntime) -> None:
         self.model, self.runtime = model, runtime
         self.device = next(model.parameters()).device
+        self.vocab = model.get_output_embeddings().weight.shape[0]
 
     def new_cache(self, slots: int, length: int) -> list[list]:
         """Per slot: its token ids and each token's coefficients, by position."""

@@ -89,22 +89,43 @@ class BatchParams:
         )
 
 
-def sample(
-    logits: torch.Tensor, p: BatchParams, want_logprobs: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Tokens (B,) from logits (B, V), and optionally the log-probabilities (B, V) of the model's
-    unfiltered, untempered distribution (what OpenAI's ``logprobs`` report)."""
+def sample(logits: torch.Tensor, p: BatchParams) -> torch.Tensor:
+    """Tokens (B,) from logits (B, V)."""
     logits = logits.float()
     if p.all_greedy:
-        tokens = logits.argmax(-1)
-    else:
-        tokens = _draw(logits, p)
-        if p.any_greedy:
-            tokens = torch.where(p.temperature <= 0, logits.argmax(-1), tokens)
-    logprobs = None
-    if want_logprobs:
-        logprobs = torch.log_softmax(logits, -1)
-    return tokens, logprobs
+        return logits.argmax(-1)
+    tokens = _draw(logits, p)
+    if p.any_greedy:
+        tokens = torch.where(p.temperature <= 0, logits.argmax(-1), tokens)
+    return tokens
+
+
+def penalise(
+    logits: torch.Tensor, rows: list[int], texts: list[list[int]], presence: list[float], frequency: list[float]
+) -> None:
+    """OpenAI's presence and frequency penalties, in place: row ``rows[j]`` loses ``presence[j]`` on every token
+    that ``texts[j]`` (its new text so far) holds and ``frequency[j]`` per time it holds it; one scatter for all."""
+    dev = logits.device
+    owner = torch.tensor([j for j, text in enumerate(texts) for _ in text], device=dev)
+    counts = torch.zeros(len(rows), logits.shape[-1], device=dev)
+    counts.index_put_(
+        (owner, torch.tensor([t for text in texts for t in text], device=dev)),
+        torch.ones(len(owner), device=dev),
+        accumulate=True,
+    )
+    pres = torch.tensor(presence, device=dev)[:, None]
+    freq = torch.tensor(frequency, device=dev)[:, None]
+    index = torch.tensor(rows, device=dev)
+    logits[index] -= (counts * freq + (counts > 0) * pres).to(logits.dtype)
+
+
+def add_bias(logits: torch.Tensor, rows: list[int], biases: list[dict[int, float]]) -> None:
+    """OpenAI's ``logit_bias``, in place: row ``rows[j]`` gains ``biases[j][token]`` on each token listed."""
+    dev = logits.device
+    r = torch.tensor([row for row, bias in zip(rows, biases) for _ in bias], device=dev)
+    t = torch.tensor([token for bias in biases for token in bias], device=dev)
+    v = torch.tensor([value for bias in biases for value in bias.values()], dtype=logits.dtype, device=dev)
+    logits.index_put_((r, t), v, accumulate=True)
 
 
 def _draw(logits: torch.Tensor, p: BatchParams) -> torch.Tensor:

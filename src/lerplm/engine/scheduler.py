@@ -23,7 +23,7 @@ import torch
 
 from ..errors import LerpError
 from .decoder import StepPlan
-from .sampling import BatchParams, sample
+from .sampling import BatchParams, add_bias, penalise, sample
 
 EventFn = Callable[["Sequence", "int | None", "str | None"], None]
 MIN_SHARED = 8  # prompt positions worth copying from another row's cache instead of computing them again
@@ -69,6 +69,9 @@ class SamplingParams:
     top_k: int = 0
     seed: int = 0
     min_new_tokens: int = 0  # the end tokens are masked until this many tokens are written
+    presence_penalty: float = 0.0  # OpenAI's: subtracted from the logit of every token the new text holds
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted once per time the new text holds the token
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -81,6 +84,15 @@ class SamplingParams:
             raise LerpError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise LerpError(f"min_new_tokens must lie in [0, max_new_tokens], got {self.min_new_tokens}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and -2 <= value <= 2):
+                raise LerpError(f"{name} must lie in [-2, 2], got {value}")
+        for token, value in self.logit_bias.items():
+            if not (isinstance(token, int) and token >= 0):
+                raise LerpError(f"logit_bias keys must be token ids (integers >= 0), got {token!r}")
+            if not (math.isfinite(value) and -100 <= value <= 100):
+                raise LerpError(f"logit_bias values must lie in [-100, 100], got {value} for token {token}")
 
 
 @dataclass(eq=False)  # identity: sequences are found by `is`
@@ -185,6 +197,11 @@ class Engine:
         """Raise LerpError if ``seq`` can never run here."""
         if not seq.prompt_ids:
             raise LerpError("the prompt is empty")
+        seq.params.validate()
+        outside = [t for t in seq.params.logit_bias if not 0 <= t < self.model.vocab]
+        if outside:
+            vocab = self.model.vocab
+            raise LerpError(f"logit_bias names token {outside[0]}; this model's token ids lie in [0, {vocab})")
         need = len(seq.prompt_ids) + seq.params.max_new_tokens
         if need > self.max_len:
             raise LerpError(
@@ -381,12 +398,11 @@ class Engine:
             [len(s.tokens) for s in rows],
             dev,
         )
-        early = [i for i, s in enumerate(rows) if len(s.tokens) < s.params.min_new_tokens]
-        if early and self.eos:
-            logits[torch.tensor(early, device=dev)[:, None], torch.tensor(sorted(self.eos), device=dev)] = float("-inf")
         want = [i for i, s in enumerate(rows) if s.logprobs is not None]
         with _torch_threads(getattr(self.model, "sampling_threads", None)):
-            tokens, logprobs = sample(logits, p, bool(want))
+            logprobs = torch.log_softmax(logits.float(), -1) if want else None  # the model's own, unadjusted
+            self._adjust(logits, rows)
+            tokens = sample(logits, p)
         tokens = tokens.tolist()  # the step's one host synchronisation
         for i in want:
             s, lp = rows[i], logprobs[i]
@@ -403,6 +419,26 @@ class Engine:
                 s.on_event(s, t, None)
             if len(s.tokens) >= s.params.max_new_tokens:
                 self._finish(s, "length")
+
+    def _adjust(self, logits: torch.Tensor, rows: list[Sequence]) -> None:
+        """Each row's logits before its draw, in place: the end tokens held back until ``min_new_tokens``, then
+        OpenAI's presence and frequency penalties over the new text and ``logit_bias``; only rows that ask pay."""
+        dev = logits.device
+        early = [i for i, s in enumerate(rows) if len(s.tokens) < s.params.min_new_tokens]
+        if early and self.eos:
+            logits[torch.tensor(early, device=dev)[:, None], torch.tensor(sorted(self.eos), device=dev)] = float("-inf")
+        penalised = [
+            i for i, s in enumerate(rows) if s.tokens and (s.params.presence_penalty or s.params.frequency_penalty)
+        ]
+        if penalised:
+            picked = [rows[i] for i in penalised]
+            presence = [s.params.presence_penalty for s in picked]
+            penalise(
+                logits, penalised, [s.tokens for s in picked], presence, [s.params.frequency_penalty for s in picked]
+            )
+        biased = [i for i, s in enumerate(rows) if s.params.logit_bias]
+        if biased:
+            add_bias(logits, biased, [rows[i].params.logit_bias for i in biased])
 
     def _finish(self, s: Sequence, reason: str) -> None:
         s.finish_reason = reason

@@ -53,6 +53,9 @@ class _Common(BaseModel):
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None  # token id (as a string, as OpenAI's JSON has it) -> bias
     min_tokens: int = 0  # vLLM's field: the end tokens are held back until this many tokens are written
     ignore_eos: bool = False  # vLLM's and llama.cpp's field: write exactly max_tokens
     n: int = 1
@@ -250,10 +253,29 @@ def create_app(
             raise APIError(400, f"min_tokens must lie in [0, max_tokens], got {body.min_tokens}", param="min_tokens")
         seed = (body.seed if body.seed is not None else int.from_bytes(os.urandom(4), "little")) + index
         least = max_tokens if body.ignore_eos else body.min_tokens
-        p = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, seed, min_new_tokens=least)
+        bias = {}
+        for key, value in (body.logit_bias or {}).items():
+            if not key.strip().isdigit() or int(key) >= engine.model.vocab:
+                raise APIError(
+                    400,
+                    f"logit_bias keys must be token ids in [0, {engine.model.vocab}), got {key!r}",
+                    param="logit_bias",
+                )
+            bias[int(key)] = value
+        p = SamplingParams(
+            max_tokens,
+            body.temperature,
+            body.top_p,
+            body.top_k,
+            seed,
+            min_new_tokens=least,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            logit_bias=bias,
+        )
         try:
             p.validate()
-        except LerpError as e:  # temperature, top_p or top_k (the rest is checked above): named first
+        except LerpError as e:  # temperature, top_p, top_k, the penalties or a bias (the rest is checked above)
             raise APIError(400, str(e), param=str(e).split()[0]) from None
         return p
 
