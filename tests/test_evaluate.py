@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -274,6 +275,11 @@ def test_sweep_resumes_and_report_is_written(lm, tmp_path):
         run_sweep(
             lm, scorers, points, prompts, old, 2, params, batch_rows=4, heldout=["the food was great"], progress=False
         )
+    # penalties and biases are recorded only when set, so sweeps recorded before they existed resume
+    assert set(settings["params"]) == {"max_new_tokens", "temperature", "top_p", "top_k", "seed", "min_new_tokens"}
+    with pytest.raises(LerpError, match=r"other settings \(params\)"):
+        penalised = dataclasses.replace(params, frequency_penalty=0.5)
+        run_sweep(lm, scorers, points, prompts, out, 2, penalised, heldout=["the food was great"], progress=False)
 
     (tmp_path / "scorers.json").write_text(json.dumps({"attributes": {"sentiment": {"score_gap": 0.5}}}))
     report = build_report(out)

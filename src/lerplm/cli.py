@@ -99,12 +99,8 @@ def generate(
     temperature: Annotated[float, opt(min=0.0, help="0 = greedy.")] = 0.8,
     top_p: Annotated[float, opt(min=0.0, max=1.0)] = 0.95,
     top_k: Annotated[int, opt(min=0, help="0 = off.")] = 0,
-    presence_penalty: Annotated[
-        float, opt(min=-2.0, max=2.0, help="Taken off every token the answer already holds (OpenAI's).")
-    ] = 0.0,
-    frequency_penalty: Annotated[
-        float, opt(min=-2.0, max=2.0, help="Taken off a token per time the answer holds it (OpenAI's).")
-    ] = 0.0,
+    presence_penalty: o.PresencePenalty = 0.0,
+    frequency_penalty: o.FrequencyPenalty = 0.0,
     seed: int = 0,
     extrapolate: o.Extrapolate = False,
     target: Annotated[str | None, opt(help='Target scores instead of levels, e.g. "formality=0.8".')] = None,

@@ -27,6 +27,12 @@ RunOut = Annotated[Path, opt("--out", "-o", help="Run directory (resumes if it e
 NewOut = Annotated[Path, opt("--out", "-o", help="Directory to write (must not exist).")]
 Calibration = Annotated[Path | None, opt(help="Calibration file (default: ANCHORS/calibration.json).")]
 Tokens = Annotated[int, opt(min=1)]
+PresencePenalty = Annotated[
+    float, opt(min=-2.0, max=2.0, help="Taken off every token the answer already holds (OpenAI's).")
+]
+FrequencyPenalty = Annotated[
+    float, opt(min=-2.0, max=2.0, help="Taken off a token per time the answer holds it (OpenAI's).")
+]
 Rows = Annotated[int, opt(min=1, help="Generations per batch (many mixes per batch).")]
 Skip = Annotated[int, opt(min=0, help="Skip the first N prompts (e.g. those used for calibration).")]
 Count = Annotated[int | None, opt(min=1, help="Use N prompts (after --skip-prompts).")]

@@ -13,8 +13,10 @@ from ..cli_common import (
     Config,
     Count,
     DataDir,
+    FrequencyPenalty,
     NewOut,
     Only,
+    PresencePenalty,
     Prompts,
     Quantize,
     Rows,
@@ -78,6 +80,8 @@ def sweep(
     max_new_tokens: Tokens = 32,
     temperature: Annotated[float, opt(min=0.0)] = 0.8,
     top_p: Annotated[float, opt(min=0.0, max=1.0)] = 0.95,
+    presence_penalty: PresencePenalty = 0.0,
+    frequency_penalty: FrequencyPenalty = 0.0,
     seed: int = 0,
     batch_rows: Rows = 64,
     config: Annotated[Path | None, opt(help="Training config: its test files give held-out perplexity.")] = None,
@@ -90,7 +94,15 @@ def sweep(
     from ..generate import SamplingParams
     from .sweep import sweep as run
 
-    params = SamplingParams(max_new_tokens, temperature, top_p, 0, seed)
+    params = SamplingParams(
+        max_new_tokens,
+        temperature,
+        top_p,
+        0,
+        seed,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+    )
     df, points = run(
         anchors,
         scorers,

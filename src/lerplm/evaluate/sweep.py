@@ -65,6 +65,16 @@ def _check_settings(out: Path, settings: dict) -> None:
         path.write_text(json.dumps(settings, indent=2))
 
 
+def settings_of(params: SamplingParams) -> dict:
+    """``params`` as a sweep's settings record them; penalties and biases only when set, so sweeps recorded
+    before the engine had them resume."""
+    out = asdict(params) | {"logit_bias": {str(t): b for t, b in params.logit_bias.items()}}  # as JSON reads back
+    for key, off in (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("logit_bias", {})):
+        if out[key] == off:
+            del out[key]
+    return out
+
+
 def run_sweep(
     lm: LerpModel,
     scorers: ScorerSet,
@@ -91,7 +101,7 @@ def run_sweep(
             "scorers": str(scorers.root),
             "prompts": list(prompts),
             "n": n,
-            "params": asdict(params),
+            "params": settings_of(params),
             "heldout_texts": len(heldout),
             "seeding": SEEDING,
             **({"quantize": lm.quantize} if lm.quantize != "fp32" else {}),  # fp32 runs keep their old settings
