@@ -431,11 +431,9 @@ class Engine:
             i for i, s in enumerate(rows) if s.tokens and (s.params.presence_penalty or s.params.frequency_penalty)
         ]
         if penalised:
-            picked = [rows[i] for i in penalised]
-            presence = [s.params.presence_penalty for s in picked]
-            penalise(
-                logits, penalised, [s.tokens for s in picked], presence, [s.params.frequency_penalty for s in picked]
-            )
+            ps = [rows[i].params for i in penalised]
+            texts = [rows[i].tokens for i in penalised]
+            penalise(logits, penalised, texts, [q.presence_penalty for q in ps], [q.frequency_penalty for q in ps])
         biased = [i for i, s in enumerate(rows) if s.params.logit_bias]
         if biased:
             add_bias(logits, biased, [rows[i].params.logit_bias for i in biased])
