@@ -413,6 +413,35 @@ def test_an_attribute_can_train_with_its_own_settings(tmp_path, base_dir, togeth
     assert capped.training_for("politeness", "polite").max_steps == 1
 
 
+def test_training_some_attributes_into_a_set_keeps_the_others(tmp_path, base_dir):
+    """`--only sentiment` into a set of two attributes retrains sentiment (here with another step cap) and keeps
+    politeness in the manifest, in its place, with a training record that still says how it was trained."""
+    import shutil
+
+    config = write_config(tmp_path, base_dir, extra=POLITENESS + "training = { learning_rate = 1e-3 }\n")
+    out = tmp_path / "anchors"
+    train_anchors(load_config(config), out, log=lambda s: None)
+    polite = (out / "politeness.polite" / "adapter_model.safetensors").read_bytes()
+    for name in ("sentiment.negative", "sentiment.positive"):
+        shutil.rmtree(out / name)
+    logs: list[str] = []
+    train_anchors(load_config(config, overrides={"max_steps": 1}).only(["sentiment"]), out, log=logs.append)
+    anchors = AnchorSet.load(out)
+    assert [a.name for a in anchors.attributes] == ["sentiment", "politeness"]
+    assert sum("training on" in s for s in logs) == 2  # sentiment's two anchors; politeness untouched
+    assert (out / "politeness.polite" / "adapter_model.safetensors").read_bytes() == polite
+    assert anchors.training["max_steps"] == 1
+    assert anchors.training["attributes"] == {"politeness": {"max_steps": 2, "learning_rate": 1e-3}}
+    # a set on another base model is not kept
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    manifest = json.loads((other / "anchors.json").read_text())
+    manifest["base_model"]["sha256"] = "0" * 64
+    (other / "anchors.json").write_text(json.dumps(manifest))
+    train_anchors(load_config(config, overrides={"max_steps": 1}).only(["sentiment"]), other, log=lambda s: None)
+    assert [a.name for a in AnchorSet.load(other).attributes] == ["sentiment"]
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [

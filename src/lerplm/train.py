@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers.trainer_callback import ProgressCallback
 
-from .anchors import AnchorSet, Attribute, Endpoint
+from .anchors import MANIFEST, AnchorSet, Attribute, Endpoint
 from .config import RECIPES, StylesConfig
 from .data import Block, build_blocks, endpoint_texts, join_answers, read_prompts
 from .errors import LerpError
@@ -326,6 +326,30 @@ def train_together(
     return summaries
 
 
+def kept_attributes(
+    out: Path, training: set[str], settings: dict, base: ModelRef, sha: str | None
+) -> tuple[list[Attribute], dict[str, dict], dict[str, dict]]:
+    """The attributes of the set already at ``out`` in its order, those this run trains (``training``) among them,
+    so that a run with ``--only`` replaces or adds attributes instead of dropping the rest; with the per-attribute
+    and per-endpoint training records of the kept ones, where the set's settings differ from this run's
+    (``settings``) folded into each. Nothing from a set on another base model, or from no set."""
+    try:
+        old = AnchorSet.load(out) if (out / MANIFEST).is_file() else None
+    except LerpError:
+        old = None
+    if old is None or old.base_sha256 != sha or old.base_model != base:
+        return [], {}, {}
+    t = old.training
+    differs = {k: v for k, v in t.items() if k not in ("attributes", "endpoints") and settings.get(k) != v}
+    changes = {
+        a.name: differs | (t.get("attributes") or {}).get(a.name, {})
+        for a in old.attributes
+        if a.name not in training and (differs or a.name in (t.get("attributes") or {}))
+    }
+    own = {k: v for k, v in (t.get("endpoints") or {}).items() if k.split(".")[0] not in training}
+    return old.attributes, changes, own
+
+
 def train_anchors(
     cfg: StylesConfig,
     out: str | Path,
@@ -400,22 +424,25 @@ def train_anchors(
             )
             log(f"{tag}: done, mean train loss {summary['train_loss']:.4f} over {summary['steps']} steps")
         endpoints[name] = Endpoint(ep.name, name, prov, summary.get("train_loss"))
-    changes = {a.name: a.training for a in cfg.attributes if a.training}
-    own = {f"{a.name}.{ep.name}": ep.training for a in cfg.attributes for ep in a.endpoints if ep.training}
+    settings, sha = _settings(cfg), weights_hash(base_ref)
     attributes = [
         Attribute(a.name, endpoints[f"{a.name}.{a.negative.name}"], endpoints[f"{a.name}.{a.positive.name}"])
         for a in cfg.attributes
     ]
+    changes = {a.name: a.training for a in cfg.attributes if a.training}
+    own = {f"{a.name}.{ep.name}": ep.training for a in cfg.attributes for ep in a.endpoints if ep.training}
+    kept, kept_changes, kept_own = kept_attributes(out, {a.name for a in attributes}, settings, base_ref, sha)
     anchor_set = AnchorSet(
         root=out,
         base_model=base_ref,
-        attributes=attributes,
-        base_sha256=weights_hash(base_ref),
+        attributes=[next((a for a in attributes if a.name == k.name), k) for k in kept]
+        + [a for a in attributes if a.name not in {k.name for k in kept}],
+        base_sha256=sha,
         embedded=embedded,
         training={
-            **_settings(cfg),
-            **({"attributes": changes} if changes else {}),
-            **({"endpoints": own} if own else {}),
+            **settings,
+            **({"attributes": kept_changes | changes} if kept_changes | changes else {}),
+            **({"endpoints": kept_own | own} if kept_own | own else {}),
         },
     )
     if is_main_process():
