@@ -9,8 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 P=../shared/data/styles/prompts/writing_prompts.txt
 source experiments/publish.sh
-[ -d anchors/quickstart ] || lerplm train --config examples/quickstart.toml --out anchors/quickstart
-[ -d scorers/quickstart ] || lerplm scorers train --config examples/quickstart.toml --out scorers/quickstart
+trained quickstart
 for q in fp32 int8 int4; do
   run="quantized_$q"
   if [ ! -f "docs/results/$run/summary.json" ]; then
