@@ -329,10 +329,10 @@ def train_together(
 def kept_attributes(
     out: Path, training: set[str], settings: dict, base: ModelRef, sha: str | None
 ) -> tuple[list[Attribute], dict[str, dict], dict[str, dict]]:
-    """The attributes of the set already at ``out`` in its order, those this run trains (``training``) among them,
-    so that a run with ``--only`` replaces or adds attributes instead of dropping the rest; with the per-attribute
-    and per-endpoint training records of the kept ones, where the set's settings differ from this run's
-    (``settings``) folded into each. Nothing from a set on another base model, or from no set."""
+    """The attributes the set already at ``out`` lists, in its order, so that a run with ``--only`` replaces or adds
+    attributes instead of dropping the rest; and the training records of those this run does not train
+    (``training``), each with what the set's settings had other than this run's ``settings`` (None: not set). Nothing
+    from a set on another base model, or from no readable set."""
     try:
         old = AnchorSet.load(out) if (out / MANIFEST).is_file() else None
     except LerpError:
@@ -340,14 +340,14 @@ def kept_attributes(
     if old is None or old.base_sha256 != sha or old.base_model != base:
         return [], {}, {}
     t = old.training
-    differs = {k: v for k, v in t.items() if k not in ("attributes", "endpoints") and settings.get(k) != v}
-    changes = {
-        a.name: differs | (t.get("attributes") or {}).get(a.name, {})
-        for a in old.attributes
-        if a.name not in training and (differs or a.name in (t.get("attributes") or {}))
-    }
-    own = {k: v for k, v in (t.get("endpoints") or {}).items() if k.split(".")[0] not in training}
-    return old.attributes, changes, own
+    records = ("attributes", "endpoints")
+    differs = {k: v for k, v in t.items() if k not in records and settings.get(k) != v}
+    differs |= {k: None for k in settings if k not in t}
+    kept = [a for a in old.attributes if a.name not in training]
+    by_attribute, by_endpoint = t.get("attributes") or {}, t.get("endpoints") or {}
+    changes = {a.name: differs | by_attribute.get(a.name, {}) for a in kept if differs or a.name in by_attribute}
+    names = {f"{a.name}.{e.name}" for a in kept for e in a.endpoints}
+    return old.attributes, changes, {k: v for k, v in by_endpoint.items() if k in names}
 
 
 def train_anchors(
