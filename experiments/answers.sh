@@ -135,6 +135,7 @@ LEVELS=11 variant simplicity distill_end075 "$DISTILL" 'max_steps = 60' 'end_los
 LEVELS=11 variant simplicity distill_end090 "$DISTILL" 'max_steps = 60' 'end_loss = 0.9'  # nine tenths
 LEVELS=11 variant simplicity distill125_end090 'distill = { prompts = "prompts/writing_prompts.txt", strength = 1.25 }' \
   'max_steps = 60' 'end_loss = 0.9'  # a stronger teacher: a wider range than the set's 0.31?
+variant formality distill_end075 "$DISTILL" 'max_steps = 60' 'end_loss = 0.75'  # distilled formality: wider than 0.31?
 # humor's not_humorous endpoint between the quarter and the tenth (a fifth of the blocks replayed), humorous from the
 # tenth, at 11 levels
 LEVELS=11 variant humor replay_fifth_noend_tenth_humorous 'answer_words = 80' "${REPLAY/share = 0.5/share = 0.2}" \
@@ -197,7 +198,7 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
     docs/results/answers_humor_{quarter_noend_distill125_replay_not_humorous,replay_quarter_noend}_elsewhere
   echo
   python experiments/answers_table.py formality \
-    docs/results/answers_formality_replay_quarter_{finished,noend,half_end,end075}
+    docs/results/answers_formality_replay_quarter_{finished,noend,half_end,end075} docs/results/answers_formality_distill_end075
   echo
   python experiments/answers_table.py simplicity \
     docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend,distill_finished,distill_quarter_end,distill_end075,distill_end090,distill125_end090}
