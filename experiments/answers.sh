@@ -169,6 +169,9 @@ elsewhere() {  # elsewhere RUN ATTRIBUTE: RUN's anchors on 64 prompts no recipe 
 # humor's recipe was chosen among a dozen on prompts 336-399: the set's and the one before it on other prompts
 LEVELS=11 elsewhere answers_humor_quarter_noend_distill125_replay_not_humorous humor
 elsewhere answers_humor_replay_quarter_noend humor
+# distilled formality against the set's formality recipe, on prompts neither was chosen on
+LEVELS=11 elsewhere answers_formality_distill_end075 formality
+elsewhere answers_formality_replay_quarter_end075 formality
 
 trained_request() {  # trained_request RUN ATTRIBUTE: RUN's anchors under the one request their style texts answer
   local out="$1_trained_request"
@@ -198,7 +201,8 @@ trained_request answers_simplicity_replay_quarter_360 simplicity  # does the sty
     docs/results/answers_humor_{quarter_noend_distill125_replay_not_humorous,replay_quarter_noend}_elsewhere
   echo
   python experiments/answers_table.py formality \
-    docs/results/answers_formality_replay_quarter_{finished,noend,half_end,end075} docs/results/answers_formality_distill_end075
+    docs/results/answers_formality_replay_quarter_{finished,noend,half_end,end075} docs/results/answers_formality_distill_end075 \
+    docs/results/answers_formality_{distill_end075,replay_quarter_end075}_elsewhere
   echo
   python experiments/answers_table.py simplicity \
     docs/results/answers_simplicity_replay_{tenth,quarter_360,quarter_noend} docs/results/answers_simplicity_{distill,distill_noend,distill_finished,distill_quarter_end,distill_end075,distill_end090,distill125_end090}
