@@ -432,18 +432,15 @@ def train_anchors(
     changes = {a.name: a.training for a in cfg.attributes if a.training}
     own = {f"{a.name}.{ep.name}": ep.training for a in cfg.attributes for ep in a.endpoints if ep.training}
     kept, kept_changes, kept_own = kept_attributes(out, {a.name for a in attributes}, settings, base_ref, sha)
+    changes, own = kept_changes | changes, kept_own | own
     anchor_set = AnchorSet(
         root=out,
         base_model=base_ref,
-        attributes=[next((a for a in attributes if a.name == k.name), k) for k in kept]
-        + [a for a in attributes if a.name not in {k.name for k in kept}],
+        # the set's attributes in its order, this run's in their place or after them
+        attributes=list(({a.name: a for a in kept} | {a.name: a for a in attributes}).values()),
         base_sha256=sha,
         embedded=embedded,
-        training={
-            **settings,
-            **({"attributes": kept_changes | changes} if kept_changes | changes else {}),
-            **({"endpoints": kept_own | own} if kept_own | own else {}),
-        },
+        training={**settings, **({"attributes": changes} if changes else {}), **({"endpoints": own} if own else {})},
     )
     if is_main_process():
         anchor_set.save()
