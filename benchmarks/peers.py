@@ -1,10 +1,13 @@
 """lerplm serve against llama.cpp's llama-server on the same GGUF, the same anchors (exported with
 `lerplm export --format gguf`) and the same per-request mixes (llama.cpp's per-request `lora`
-scales are the mix's coefficients: the exact ΔW). One run measures both servers, one after the
-other, on loopback; raw numbers go to benchmarks/results/peers-*.json. Never run in CI. Each
-workload runs twice: answers of natural length (each server's own sampling decides where they end,
-so short answers weigh request overhead and prefill), and fixed (`ignore_eos`: every answer is
-max_tokens long on both servers, the same work).
+scales are the mix's coefficients: the exact ΔW). One run starts both servers on loopback and
+measures them in rounds (each round every workload on one server, then on the other, the order
+alternating), so that the machine's drift falls on both; the summary holds each workload's median
+over the rounds, and every run goes to benchmarks/results/peers-*.json. Never run in CI. Each client
+keeps its connection open between requests, as the OpenAI SDK does. Each workload runs twice:
+answers of natural length (each server's own sampling decides where they end, so short answers weigh
+request overhead and prefill), and fixed (`ignore_eos`: every answer is max_tokens long on both
+servers, the same work).
 
 python benchmarks/peers.py --anchors anchors/quickstart --quantize int4
 LLAMA_SERVER=/path/to/llama-server python benchmarks/peers.py ...   # use a llama-server you have
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -124,19 +128,26 @@ def workload(names: list[str], requests: int, attrs: tuple[int, int], seed: int)
 
 
 def drive(url: str, bodies: list[dict], clients: int) -> dict:
-    """Send every body (chat completions) from ``clients`` threads; throughput and latency."""
+    """Send every body (chat completions) from ``clients`` threads, each with its own connection kept open between
+    its requests; throughput and latency."""
+    local, opened = threading.local(), []
 
     def one(body):
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=600)
+            opened.append(local.client)
         t = time.perf_counter()
-        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
+        r = local.client.post(url + "/v1/chat/completions", json=body)
         r.raise_for_status()
         return time.perf_counter() - t, r.json()["usage"]["completion_tokens"]
 
-    one(bodies[0])  # warm-up
-    t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, bodies[:clients]))  # warm-up: every client's connection open
+        t0 = time.perf_counter()
         done = list(pool.map(one, bodies))
-    wall = time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+    for client in opened:
+        client.close()
     lat = sorted(d[0] for d in done)
     tokens = sum(d[1] for d in done)
     return {
@@ -227,6 +238,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--only", choices=["lerplm", "llama.cpp"], default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="every workload on every server this many times, in turn")
     args = ap.parse_args()
 
     import lerplm
@@ -249,77 +261,86 @@ def main() -> None:
                 )
 
     servers = [k for k in ("llama.cpp", "lerplm") if args.only in (None, k)]
-    for kind in servers:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        if kind == "llama.cpp":
-            binary = llama_server()
-            cmd = [
-                str(binary),
-                "-m",
-                manifest["base_gguf"],
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "-t",
-                "2",
-                "-np",
-                str(max(args.clients)),
-                "-c",
-                str(max(args.clients) * 1024),
-                "--lora-init-without-apply",
-            ]
-            cmd += [a for f in manifest["adapters"] for a in ("--lora", str(tmp / "gguf" / f))]
-        else:
-            cmd = [
-                sys.executable,
-                "-m",
-                "lerplm",
-                "serve",
-                "--anchors",
-                args.anchors,
-                "--port",
-                str(port),
-                "--quantize",
-                args.quantize,
-                "--max-batch",
-                str(max(args.clients)),
-            ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_ready(url, proc)
-            for clients, tokens, work in scenarios(kind):
-                variants = [("mixed", False)] + ([("bare", True)] if kind == "llama.cpp" and clients == 1 else [])
-                for (label, bare), fixed in itertools.product(variants, (False, True)):
-                    r = drive(url, bodies_for(kind, work, lm, tokens, bare, fixed), clients)
-                    r |= {
-                        "server": kind,
-                        "max_tokens": tokens,
-                        "adapters": label,
-                        "length": "fixed" if fixed else "natural",
-                    }
-                    results["runs"].append(r)
-                    print(
-                        f"{kind:9s} {label:5s} {r['length']:7s} clients={clients:2d} tokens={tokens:3d}  "
-                        f"{r['tok_s']:6.1f} tok/s  p50 {r['p50_s']:.2f} s  p95 {r['p95_s']:.2f} s",
-                        flush=True,
-                    )
-        finally:
+    procs, urls = {}, {}
+    try:
+        for kind in servers:
+            port = free_port()
+            urls[kind] = f"http://127.0.0.1:{port}"
+            cmd = llama_cmd(manifest, tmp, port, max(args.clients)) if kind == "llama.cpp" else lerplm_cmd(args, port)
+            procs[kind] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for kind in servers:
+            wait_ready(urls[kind], procs[kind])
+        for rnd in range(args.rounds):
+            for kind in servers if rnd % 2 == 0 else servers[::-1]:
+                for clients, tokens, work in scenarios(kind):
+                    variants = [("mixed", False)] + ([("bare", True)] if kind == "llama.cpp" and clients == 1 else [])
+                    for (label, bare), fixed in itertools.product(variants, (False, True)):
+                        r = drive(urls[kind], bodies_for(kind, work, lm, tokens, bare, fixed), clients)
+                        r |= {"server": kind, "max_tokens": tokens, "adapters": label}
+                        r |= {"length": "fixed" if fixed else "natural", "round": rnd}
+                        results["runs"].append(r)
+                        print(
+                            f"round {rnd} {kind:9s} {label:5s} {r['length']:7s} clients={clients:2d} tokens={tokens:3d}"
+                            f"  {r['tok_s']:6.1f} tok/s  p50 {r['p50_s']:.2f} s  p95 {r['p95_s']:.2f} s",
+                            flush=True,
+                        )
+            if args.only in (None, "lerplm"):
+                for clients, tokens, work in scenarios("lerplm"):
+                    for length in ("natural", "fixed") if clients > 1 else ():
+                        r = in_process(lm, work, tokens, clients, length == "fixed")
+                        r |= {"server": "lerplm engine in-process", "length": length, "max_tokens": tokens}
+                        r |= {"adapters": "mixed", "round": rnd}
+                        results["runs"].append(r)
+                        print(
+                            f"round {rnd} in-process engine, {length}, {clients} slots, tokens={tokens}: "
+                            f"{r['tok_s']:.1f} tok/s (closed-loop mean latency at that rate {r['little_s']:.2f} s)",
+                            flush=True,
+                        )
+    finally:
+        for proc in procs.values():
             proc.terminate()
             proc.wait(timeout=30)
-    if args.only in (None, "lerplm"):
-        for clients, tokens, work in scenarios("lerplm"):
-            for length in ("natural", "fixed") if clients > 1 else ():
-                r = in_process(lm, work, tokens, clients, length == "fixed")
-                r |= {"server": "lerplm engine in-process", "length": length, "max_tokens": tokens, "adapters": "mixed"}
-                results["runs"].append(r)
-                print(
-                    f"in-process engine, {length}, {clients} slots, tokens={tokens}: {r['tok_s']:.1f} tok/s "
-                    f"(closed-loop mean latency at that rate {r['little_s']:.2f} s)",
-                    flush=True,
-                )
+    results["summary"] = summary(results["runs"])
+    for row in results["summary"]:
+        print(
+            f"median {row['server']:24s} {row['adapters']:5s} {row['length']:7s} clients={row['clients']:2d} "
+            f"tokens={row['max_tokens']:3d}  {row['tok_s']:6.1f} tok/s"
+            + (f"  p50 {row['p50_s']:.2f} s  p95 {row['p95_s']:.2f} s" if "p50_s" in row else "")
+            + (f"  x llama.cpp {row['ratio']:.2f}" if "ratio" in row else "")
+        )
     print("wrote", save("peers", results))
+
+
+def summary(runs: list[dict]) -> list[dict]:
+    """Each workload's medians over the rounds; lerplm's rows with the ratio of their median tok/s to llama.cpp's
+    with the same mixes, and the ratios round by round."""
+    key = ("server", "clients", "max_tokens", "adapters", "length")
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r[k] for k in key), []).append(r)
+    out = []
+    for k, rs in groups.items():
+        row = dict(zip(key, k)) | {"rounds": len(rs)}
+        row |= {m: statistics.median(r[m] for r in rs) for m in ("tok_s", "p50_s", "p95_s", "little_s") if m in rs[0]}
+        peer = groups.get(("llama.cpp", *k[1:]))
+        if k[0] != "llama.cpp" and peer:
+            row["ratio"] = row["tok_s"] / statistics.median(r["tok_s"] for r in peer)
+            by_round = {r["round"]: r["tok_s"] for r in peer}
+            row["ratios_by_round"] = [r["tok_s"] / by_round[r["round"]] for r in rs if r["round"] in by_round]
+        out.append(row)
+    return out
+
+
+def llama_cmd(manifest: dict, tmp: Path, port: int, slots: int) -> list[str]:
+    """llama-server on the exported base GGUF with every anchor loaded and none applied (requests set scales)."""
+    cmd = [str(llama_server()), "-m", manifest["base_gguf"], "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["-t", "2", "-np", str(slots), "-c", str(slots * 1024), "--lora-init-without-apply"]
+    return cmd + [a for f in manifest["adapters"] for a in ("--lora", str(tmp / "gguf" / f))]
+
+
+def lerplm_cmd(args: argparse.Namespace, port: int) -> list[str]:
+    cmd = [sys.executable, "-m", "lerplm", "serve", "--anchors", args.anchors, "--port", str(port)]
+    return cmd + ["--quantize", args.quantize, "--max-batch", str(max(args.clients))]
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ def main() -> None:
     ap.add_argument("result", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    runs = [r for r in json.loads(args.result.read_text())["runs"] if r["adapters"] == "mixed"]
+    result = json.loads(args.result.read_text())
+    runs = [r for r in result.get("summary", result["runs"]) if r["adapters"] == "mixed"]  # medians over rounds
 
     def scenario(r: dict) -> tuple:
         return r["clients"], r["max_tokens"], r.get("length", "natural")

@@ -422,10 +422,20 @@ def _full_sort_draw(logits, temperature, top_p, top_k, u):
     return int(idx[torch.searchsorted(cdf, u * cdf[-1], right=True).clamp(max=len(cdf) - 1)])
 
 
+def _shelf(vocab: int, high: int, drop: float) -> torch.Tensor:
+    """Logits of a row whose ``high`` likeliest tokens lie above the sampler's floor and hold too little of the
+    probability for a top-p of 0.95: the nucleus reaches below the floor."""
+    g = torch.Generator().manual_seed(high)
+    row = torch.randn(vocab, generator=g) * 0.05 - drop  # no ties: one order of the tokens by probability
+    row[torch.randperm(vocab, generator=g)[:high]] += drop
+    return row
+
+
 def test_top_p_on_a_large_vocabulary_equals_a_full_sort():
-    # peaked rows (a few hundred tokens hold the nucleus) beside flat ones (no floor holds it: the whole vocabulary)
+    # peaked rows (a few hundred tokens hold the nucleus) beside flat ones (the whole vocabulary), top-k beside top-p
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(8, 20000, generator=g) * torch.tensor([8.0, 8.0, 6.0, 4.0, 1.0, 0.3, 8.0, 3.0])[:, None]
+    logits[1] = _shelf(20000, 1000, 3.5)  # a nucleus that reaches below the sampler's floor
     lists = (
         [0.8, 1.0, 0.7, 1.2, 1.0, 1.0, 0.0, 0.9],
         [0.95, 0.9, 0.5, 0.99, 0.95, 0.9, 0.95, 1.0],
@@ -443,15 +453,21 @@ def test_top_p_on_a_large_vocabulary_equals_a_full_sort():
 
 
 def test_only_rows_with_a_wide_nucleus_search_further(monkeypatch):
-    """A flat row looks among more tokens on its own: the peaked rows' search stops at the first cap."""
+    """Peaked rows draw among their tokens above the floor with no top-k search; a flat row (too many tokens above
+    the floor to sort) and a row whose nucleus reaches below the floor search on their own, from the first cap
+    above what their candidates held."""
     import lerplm.engine.sampling as sampling
 
     g = torch.Generator().manual_seed(1)
-    logits = torch.randn(4, 20000, generator=g) * torch.tensor([8.0, 0.3, 8.0, 8.0])[:, None]  # row 1 is flat
+    logits = torch.randn(4, 20000, generator=g) * torch.tensor([8.0, 0.3, 8.0, 0.0])[:, None]  # row 1 is flat
+    logits[3] = _shelf(20000, 1000, 3.5)  # 1,000 candidates, 0.63 of the probability
     calls, real = [], torch.topk
     monkeypatch.setattr(sampling.torch, "topk", lambda x, k, **kw: (calls.append((x.shape[0], k)), real(x, k, **kw))[1])
     sample(logits, _params(4, temperature=1.0, top_p=0.95))
-    assert calls == [(4, 512), (1, 4096), (1, 20000)]
+    assert calls == [(2, 4096), (2, 20000)]
+    calls.clear()
+    sample(logits[[0, 2]], _params(2, temperature=1.0, top_p=0.95))
+    assert calls == []
 
 
 def test_penalties_and_logit_bias_act_as_openai_defines(lm):

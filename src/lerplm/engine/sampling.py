@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-TOPK_CAPS = (512, 4096)  # a row looks for its nucleus among its 512, then 4096 likeliest tokens, then all
+FLOOR = 3e-5  # a top-p row seeks its nucleus among its tokens at least this likely, if it has at most WIDE of them;
+WIDE = 8192
+TOPK_CAPS = (512, 4096)  # else (or if they hold too little) among its 512, then 4096 likeliest tokens, then all
 _M32 = 0xFFFFFFFF
 
 
@@ -55,6 +57,7 @@ class BatchParams:
     any_greedy: bool = True
     any_full: bool = True  # some sampled row uses the whole distribution (no top-k, no top-p)
     any_filtered: bool = True  # some sampled row uses top-k or top-p
+    any_nucleus: bool = True  # some sampled row uses top-p alone (no top-k)
     max_top_k: int = -1  # -1: not given, read from top_k
 
     def select(self, rows: torch.Tensor) -> BatchParams:
@@ -85,6 +88,7 @@ class BatchParams:
             any_greedy=len(sampled) < len(temperature),
             any_full=not all(filtered),
             any_filtered=any(filtered),
+            any_nucleus=any(top_k[i] == 0 and top_p[i] < 1 for i in sampled),
             max_top_k=max(top_k, default=0),
         )
 
@@ -140,11 +144,68 @@ def _draw(logits: torch.Tensor, p: BatchParams) -> torch.Tensor:
         cdf = probs.double().cumsum(-1)
         tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=vocab - 1)
     if p.any_filtered:
+        top = torch.zeros_like(u, dtype=torch.long)
+        if p.any_nucleus:  # rows with top-p alone
+            caps = [*(c for c in TOPK_CAPS if c < vocab), vocab]
+            # on a CPU a comparison and a small sort beat a top-k search; on a GPU top-k is fast and reads nothing back
+            search = _floor_draw if logits.device.type == "cpu" else _filtered_draw
+            top = search(scaled, probs, p, u, caps)
         kmax = p.max_top_k if p.max_top_k >= 0 else int(p.top_k.max())
-        caps = [*(c for c in TOPK_CAPS if c > kmax), vocab]
-        top = _filtered_draw(scaled, probs, p, u, caps)
+        if kmax > 0:  # rows with a top-k draw among their k best (top-p, if any, within them)
+            rows = (p.top_k > 0).nonzero()[:, 0]
+            if len(rows) == len(top):  # every row: no copies
+                top = _filtered_draw(scaled, probs, p, u, [min(kmax, vocab)])
+            else:
+                top[rows] = _filtered_draw(scaled[rows], probs[rows], p.select(rows), u[rows], [min(kmax, vocab)])
         tokens = top if tokens is None else torch.where(filtered, top, tokens)
     return tokens
+
+
+def _floor_draw(
+    scaled: torch.Tensor, full: torch.Tensor, p: BatchParams, u: torch.Tensor, caps: list[int]
+) -> torch.Tensor:
+    """Top-p draw (rows without top-k) among each row's tokens of probability >= FLOOR: one comparison and one
+    sort of a few thousand numbers for the whole batch, where a top-k search over the vocabulary costs ~0.2 ms a
+    row on a 2-core CPU (``benchmarks/sampling.py``). A row whose candidates do not hold its nucleus (a flat
+    distribution) searches by top-k on its own (``_filtered_draw`` over ``caps``)."""
+    batch, top_p = full.shape[0], p.top_p.double()
+    rows, cols = (full >= FLOOR).nonzero(as_tuple=True)
+    vals = full[rows, cols].double()
+    counts = torch.bincount(rows, minlength=batch)
+    short = torch.bincount(rows, vals, minlength=batch) <= top_p  # too little above the floor: a wider search
+    fits = ~short & (counts <= WIDE)  # a row with more candidates than WIDE searches at once, with nothing to sort
+    below = torch.where(short, counts, 0)  # a row whose candidates hold too little: its nucleus is larger
+    keep = fits[rows]
+    rows, cols, vals, counts = rows[keep], cols[keep], vals[keep], torch.where(fits, counts, 0)
+    # by row, then most likely first, ties in vocabulary order: one stable sort (the key is exact in float64)
+    order = torch.sort(rows.double() * 2 + (1 - vals), stable=True).indices
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    width = max(int(counts.max()), 1)
+    at = torch.arange(len(rows), device=full.device) - (counts.cumsum(0) - counts)[rows]
+    probs = torch.zeros(batch, width, dtype=torch.float64, device=full.device)
+    idx = torch.zeros(batch, width, dtype=torch.long, device=full.device)
+    probs[rows, at], idx[rows, at] = vals, cols
+    tokens, held = _pick(probs, idx, p, u)
+    nucleus = (p.temperature > 0) & (p.top_k == 0) & (p.top_p < 1)
+    redo = (nucleus & (~fits | (held <= top_p))).nonzero()[:, 0]  # which rows' nuclei reach further
+    if len(redo):  # the search starts above what the candidates of a row that has too little held
+        wider = [c for c in caps if c > int(below[redo].max())] or caps[-1:]
+        tokens[redo] = _filtered_draw(scaled[redo], full[redo], p.select(redo), u[redo], wider)
+    return tokens
+
+
+def _pick(probs: torch.Tensor, idx: torch.Tensor, p: BatchParams, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's draw among its candidates ``idx`` with probabilities ``probs`` (float64, most likely first, zeros
+    after the last), and the probability the candidates hold (after top-k's renormalisation)."""
+    rank = torch.arange(probs.shape[1], device=probs.device)
+    keep_k = torch.where(p.top_k[:, None] > 0, rank[None] < p.top_k[:, None], torch.ones_like(probs, dtype=torch.bool))
+    probs = probs * keep_k
+    probs = torch.where(p.top_k[:, None] > 0, probs / probs.sum(-1, keepdim=True), probs)  # renormalise top-k
+    cum = probs.cumsum(-1)
+    keep_p = (cum - probs) <= p.top_p.double()[:, None]  # the smallest prefix whose mass reaches top_p
+    cdf = (probs * keep_p).cumsum(-1)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=probs.shape[1] - 1)
+    return idx.gather(1, pick)[:, 0], cum[:, -1]
 
 
 def _filtered_draw(
@@ -155,21 +216,10 @@ def _filtered_draw(
     with a flat distribution costs its own wider search, not the whole batch's."""
     cap = min(caps[0], full.shape[-1])
     idx = torch.topk(scaled, cap, dim=-1).indices  # sorted, descending (faster on logits than on probabilities)
-    probs = full.gather(1, idx).double()
-    rank = torch.arange(cap, device=probs.device)
-    keep_k = torch.where(p.top_k[:, None] > 0, rank[None] < p.top_k[:, None], torch.ones_like(probs, dtype=torch.bool))
-    probs = probs * keep_k
-    probs = torch.where(p.top_k[:, None] > 0, probs / probs.sum(-1, keepdim=True), probs)  # renormalise top-k
-    cum = probs.cumsum(-1)
-    top_p = p.top_p.double()[:, None]
-    keep_p = (cum - probs) <= top_p  # the smallest prefix whose mass reaches top_p
-    probs = probs * keep_p
-    cdf = probs.cumsum(-1)
-    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=cap - 1)
-    tokens = idx.gather(1, pick)[:, 0]
+    tokens, held = _pick(full.gather(1, idx).double(), idx, p, u)
     if cap < full.shape[-1]:
-        short = (p.top_p < 1) & (cum[:, -1] < p.top_p.double()) & (p.top_k == 0)
-        rows = short.nonzero()[:, 0]  # the one read-back a step may need: which rows' nuclei reach further
+        short = (p.top_p < 1) & (held <= p.top_p.double()) & (p.top_k == 0)
+        rows = short.nonzero()[:, 0]
         if len(rows):
             tokens[rows] = _filtered_draw(scaled[rows], full[rows], p.select(rows), u[rows], caps[1:])
     return tokens
