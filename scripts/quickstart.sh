@@ -8,8 +8,8 @@ lerplm train --config examples/quickstart.toml --out anchors/quickstart
 lerplm generate --anchors anchors/quickstart \
   --mix sentiment=0 --mix sentiment=0.5 --mix sentiment=1 \
   --prompt "Write two sentences about the restaurant you went to last night." \
-  --max-new-tokens 48 --seed 0
+  --max-new-tokens 96 --seed 0
 lerplm generate --anchors anchors/quickstart \
   --mix simplicity=0 --mix simplicity=1 \
   --prompt "Explain why the city is building a new bridge." \
-  --max-new-tokens 48 --seed 0
+  --max-new-tokens 96 --seed 0
