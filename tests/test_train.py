@@ -523,5 +523,6 @@ def test_replay_mixes_the_base_models_own_answers_into_training(tmp_path, base_d
     train_anchors(cfg, tmp_path / "anchors", log=lambda s: None)
     summary = json.loads((tmp_path / "anchors" / "sentiment.negative" / "lerplm_training.json").read_text())
     assert summary["settings"]["replay"]["first"] == 4 and summary["replayed_blocks"] > 0
+    assert "training    replay: prompts=" in AnchorSet.load(tmp_path / "anchors").describe()  # `lerplm info` shows it
     with pytest.raises(LerpError, match="text_format"):  # answers to instructions live in the chat format only
         load_config(write_config(tmp_path / "plain", base_dir, extra=REPLAY))

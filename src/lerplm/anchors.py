@@ -150,6 +150,9 @@ class AnchorSet:
             lines.append("training    " + ", ".join(f"{k}={v}" for k, v in t.items() if not isinstance(v, dict)))
             if isinstance(t.get("lora"), dict):
                 lines.append("lora        " + ", ".join(f"{k}={v}" for k, v in t["lora"].items()))
+            for recipe in ("replay", "distill"):  # the set's answers recipe, where it has one
+                if isinstance(t.get(recipe), dict):
+                    lines.append(f"training    {recipe}: " + ", ".join(f"{k}={v}" for k, v in t[recipe].items()))
             for name, changes in {**(t.get("attributes") or {}), **(t.get("endpoints") or {})}.items():
                 lines.append(f"training    {name} only: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
         return "\n".join(lines)
