@@ -15,14 +15,13 @@ if [ ! -d anchors/quickstart_one_line ]; then  # the same config without the rec
     sed "s|^data_dir = .*|data_dir = \"$(cd ../shared/data/styles && pwd)\"|" > runs/quickstart_one_line.toml
   lerplm train --config runs/quickstart_one_line.toml --out anchors/quickstart_one_line
 fi
-for run in answers:quickstart one_line:quickstart_one_line; do
-  name="quickstart_${run%%:*}"
-  if [ ! -f "docs/results/$name/summary.json" ]; then
-    lerplm sweep --anchors "anchors/${run#*:}" --scorers scorers/quickstart --grid single:all --grid base --levels 3 \
-      --max-new-tokens 128 --prompts "$P" --skip-prompts 336 --max-prompts 64 --config examples/quickstart.toml \
-      --heldout-per-endpoint 5 --out "runs/$name"
-    publish "$name" "Quick-start anchors, $([ "$name" = quickstart_answers ] && echo 'examples/quickstart.toml' ||
-      echo 'one corpus line per answer'): 64 prompts x 3 levels, 128 new tokens"
-  fi
-done
+sweep() {  # sweep RUN ANCHORS WHAT: anchors/ANCHORS into docs/results/RUN, unless it is there
+  [ -f "docs/results/$1/summary.json" ] && return
+  lerplm sweep --anchors "anchors/$2" --scorers scorers/quickstart --grid single:all --grid base --levels 3 \
+    --max-new-tokens 128 --prompts "$P" --skip-prompts 336 --max-prompts 64 --config examples/quickstart.toml \
+    --heldout-per-endpoint 5 --out "runs/$1"
+  publish "$1" "Quick-start anchors, $3: 64 prompts x 3 levels, 128 new tokens"
+}
+sweep quickstart_answers quickstart examples/quickstart.toml
+sweep quickstart_one_line quickstart_one_line "one corpus line per answer"
 python experiments/answers_table.py all docs/results/quickstart_{answers,one_line} > docs/results/quickstart_table.md

@@ -148,11 +148,10 @@ class AnchorSet:
         t = self.training
         if t:
             lines.append("training    " + ", ".join(f"{k}={v}" for k, v in t.items() if not isinstance(v, dict)))
-            if isinstance(t.get("lora"), dict):
-                lines.append("lora        " + ", ".join(f"{k}={v}" for k, v in t["lora"].items()))
-            for recipe in ("replay", "distill"):  # the set's answers recipe, where it has one
-                if isinstance(t.get(recipe), dict):
-                    lines.append(f"training    {recipe}: " + ", ".join(f"{k}={v}" for k, v in t[recipe].items()))
+            for key, table in t.items():  # nested settings (lora, replay, distill) on their own lines
+                if isinstance(table, dict) and key not in ("attributes", "endpoints"):
+                    head = "lora        " if key == "lora" else f"training    {key}: "
+                    lines.append(head + ", ".join(f"{k}={v}" for k, v in table.items()))
             for name, changes in {**(t.get("attributes") or {}), **(t.get("endpoints") or {})}.items():
                 lines.append(f"training    {name} only: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
         return "\n".join(lines)
