@@ -1,8 +1,9 @@
-"""Would decoding through the int8 prefill graph pay? Its products after each norm are int8 x int8 with one
-activation scale per token (``MatMulIntegerToFloat``), ~2-3x ``MatMulNBits``' rate at 16 rows alone
-(``benchmarks/matmul.py``), but the graph first rounds each product's input per token in eight small operators.
-Both graphs of one int8 step, mixed and bare (no adapters), timed as ``benchmarks/engine.py`` times its steps
-(``step_times``: decode at 1 and 16 rows, taking turns; its 42-token prefill runs the prefill graph in both).
+"""Would decoding through the int8 prefill graph pay? Its products are int8 x int8 with one activation scale per
+token (``MatMulIntegerToFloat``), 2-2.5x ``MatMulNBits``' rate at 16-64 rows alone
+(``benchmarks/matmul.py``), but the graph first rounds each product's input per token in a few small operators, and
+that kernel is slower than ``MatMulNBits`` at one row. Both graphs of one int8 step, mixed and bare (no adapters),
+timed as ``benchmarks/engine.py`` times its steps (``step_times``: decode at 1 and 16 rows, taking turns; its
+42-token prefill runs the prefill graph in both).
 
 python benchmarks/decode_graphs.py --anchors anchors/quickstart
 """

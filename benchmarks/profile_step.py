@@ -1,10 +1,12 @@
 """Where the int8 step's time goes, with the anchors attached and without: ONNX Runtime's own profiler over decode
 steps of the engine's graph (the step ``--quantize int8`` runs; one row, or ``--rows`` rows each with its own mix, each
-attending to ``--position`` + 1 cache positions), kernel time per operator type, beside the weight bytes each graph's
-matrix products read per step and the unprofiled step time (the two graphs taking turns).
+attending to ``--position`` + 1 cache positions) or, with ``--prefill N``, over N-token prompt chunks of its prefill
+graph (one row, one mix), kernel time per operator type, beside the weight bytes each graph's matrix products read
+per call and the unprofiled call time (the two graphs taking turns).
 
 python benchmarks/profile_step.py --anchors anchors/quickstart
 python benchmarks/profile_step.py --anchors anchors/quickstart --rows 16 --position 500
+python benchmarks/profile_step.py --anchors anchors/quickstart --prefill 64
 """
 
 from __future__ import annotations
@@ -24,28 +26,34 @@ from common import save, taking_turns
 STEPS = 300
 
 
+WEIGHTS = {"MatMulNBits": (1, 2), "MatMulIntegerToFloat": (1, 3), "MatMul": (1,)}  # inputs that hold weights
+
+
 def product_bytes(model: bytes) -> int:
-    """Bytes of the weights and scales the graph's ``MatMulNBits`` products read: what a step reads besides the
-    cache and one embedding row."""
+    """Bytes of the weights and scales the graph's matrix products read: what a step reads besides the cache and
+    one embedding row."""
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load_from_string(model).graph
     sizes = {t.name: numpy_helper.to_array(t).nbytes for t in graph.initializer}
-    return sum(sizes.get(name, 0) for n in graph.node if n.op_type == "MatMulNBits" for name in n.input[1:3])
+    return sum(sizes.get(n.input[i], 0) for n in graph.node for i in WEIGHTS.get(n.op_type, ()))
 
 
-def feeds(dec, adapters: int, rows: int, position: int) -> dict[str, np.ndarray]:
-    """``rows`` decoding rows at ``position`` of a cache 48 positions longer, each under its own random mix."""
+def feeds(dec, adapters: int, rows: int, position: int, chunk: int = 1) -> dict[str, np.ndarray]:
+    """``rows`` rows of ``chunk`` tokens each ending at ``position`` of a cache 48 positions longer, each row under
+    its own random mix (the same for its tokens), the logits of each row's last token wanted."""
     length = position + 48
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, dec.embed.shape[0], (rows, chunk))
     f = {
-        "input_ids": np.full((rows, 1), 5, np.int64),
+        "embeds": dec.embed.numpy().take(ids, 0),
         "seqlens_k": np.full(rows, position, np.int32),
         "total_seq_len": np.array(length, np.int32),
-        "logit_index": np.arange(rows, dtype=np.int64),
+        "logit_index": np.arange(rows, dtype=np.int64) * chunk + chunk - 1,
     }
     if adapters:
-        f["coeffs"] = np.random.default_rng(0).random((rows, 1, adapters), np.float32)
+        f["coeffs"] = np.repeat(rng.random((rows, 1, adapters), np.float32), chunk, 1)
     for i in range(dec.num_layers):
         for part in ("key", "value"):
             f[f"past_{part}_{i}"] = np.zeros((rows, dec.kv_heads, length, dec.head_dim), np.float32)
@@ -75,21 +83,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--rows", type=int, default=1, help="decoding rows per step")
     ap.add_argument("--position", type=int, default=80, help="cache positions each row attends to, minus one")
+    ap.add_argument("--prefill", type=int, default=0, help="N: profile N-token chunks of the prefill graph instead")
     args = ap.parse_args()
+    if args.prefill:
+        args.rows, args.position = 1, args.prefill - 1
 
     import torch
 
     import lerplm
     from lerplm.engine.decoder import FastDecoder
-    from lerplm.engine.ortstep import build_graph, new_session
+    from lerplm.engine.ortstep import build_graph, calibrate, new_session
+    from lerplm.generate import CALIBRATION_PROMPTS
 
     lm = lerplm.load(args.anchors)
     threads = torch.get_num_threads()
     graphs, inputs, sessions = {}, {}, {}
     for name, adapters in (("base", []), ("mix", lm.adapters)):
         dec = FastDecoder(lm.model, adapters)
-        graphs[name] = build_graph(dec, 8)
-        inputs[name] = feeds(dec, len(adapters), args.rows, args.position)
+        prefill = calibrate(dec, lm.prompt_ids(CALIBRATION_PROMPTS)) if args.prefill else None
+        graphs[name] = build_graph(dec, 8, prefill)
+        inputs[name] = feeds(dec, len(adapters), args.rows, args.position, max(args.prefill, 1))
         sessions[name] = new_session(graphs[name], threads)
     runs = {name: functools.partial(sessions[name].run, ["logits"], inputs[name]) for name in graphs}
     times = taking_turns(runs, args.rounds, 10, 30)  # unprofiled step times, the two graphs taking turns
@@ -97,6 +110,7 @@ def main() -> None:
         "anchors": args.anchors,
         "rows": args.rows,
         "position": args.position,
+        "prefill": args.prefill,
         "threads": threads,
         "steps_profiled": STEPS,
         "graphs": {},

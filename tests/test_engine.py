@@ -222,25 +222,78 @@ def test_prefill_smoothing_moves_ranges_into_the_weights_exactly(lm, quantized):
     weights by s: with s = 2 everywhere (a power of two, which per-token and per-output rounding
     carry exactly) its logits are those of the graph without smoothing; the calibrated factors are positive and
     finite, one per input channel."""
-    from lerplm.engine.ortstep import BITS, OrtDecoder, build_graph, new_session, smoothing
+    from lerplm.engine.ortstep import BITS, Calibration, OrtDecoder, build_graph, calibrate, new_session
 
     step, qlm = quantized
     dec = FastDecoder(lm.model, lm.adapters)
-    factors = smoothing(dec, qlm.prompt_ids(["the food was great", "could you please take a look?"]))
-    assert set(factors) == {(i, g) for i in range(dec.num_layers) for g in ("qkv", "gate_up")}
+    factors = calibrate(dec, qlm.prompt_ids(["the food was great", "could you please take a look?"])).smooth
+    assert set(factors) == {(i, g) for i in range(dec.num_layers) for g in ("qkv", "o", "gate_up", "down")}
     assert all(f.shape == (getattr(dec.layers[i], g).base.weight.shape[1],) for (i, g), f in factors.items())
     assert all(bool((f > 0).all() and f.isfinite().all()) for f in factors.values())
     ids = torch.randint(3, 300, (1, 11), generator=torch.Generator().manual_seed(9))
     c = COEFFS[:1, None].expand(1, 11, 4)
     plain, doubled = OrtDecoder(dec, step.scheme), OrtDecoder(dec, step.scheme)
     twos = {key: torch.full_like(f, 2.0) for key, f in factors.items()}
-    doubled.prefill_session = new_session(build_graph(dec, BITS[step.scheme], True, twos), 1)
+    doubled.prefill_session = new_session(build_graph(dec, BITS[step.scheme], Calibration(twos)), 1)
     want = plain(prefill_plan(ids, c, [0]), plain.new_cache(1, 16))
     assert torch.allclose(doubled(prefill_plan(ids, c, [0]), doubled.new_cache(1, 16)), want, atol=1e-4)
     doubled.prefill_session = None  # prefill chunks run the prefill graph, decode rows the decode graph
     with pytest.raises(AttributeError):
         doubled(prefill_plan(ids, c, [0]), doubled.new_cache(1, 16))
     doubled(StepPlan.decoding(ids[0, :2], torch.tensor([0, 0]), [0, 1], COEFFS[:2]), doubled.new_cache(2, 16))
+
+
+def test_integer_products_compute_outlier_channels_apart():
+    """An input channel 300x the others sets each token's int8 step and rounds the rest away; computed apart in
+    fp32 (its weights' column too), the product is as close to exact as without the outlier, and several times
+    closer than with it rounded in."""
+    from onnx import TensorProto, helper
+
+    from lerplm.engine.ortstep import Graph, new_session
+
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(8, 64, generator=g), torch.randn(32, 64, generator=g)
+
+    def error(x: torch.Tensor, outliers: torch.Tensor | None) -> float:
+        graph = Graph()
+        graph.integer_matmul("x", w, outliers)
+        graph.nodes[-1].output[0] = "y"
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])]
+        model = graph.serialize("t", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 32])])
+        got = new_session(model, 1).run(["y"], {"x": x.numpy()})[0]
+        return float((torch.from_numpy(got) - x @ w.T).abs().max())
+
+    wide = x.clone()
+    wide[:, 5] *= 300
+    usual, apart = error(x, None), error(wide, torch.tensor([5, 40]))
+    assert apart < 1.5 * usual and error(wide, None) > 20 * apart
+
+
+def test_calibration_finds_the_widest_inputs_of_o_and_down(lm, quantized):
+    """With one channel of every down product's input 300x its usual size (up's row scaled up, down's column
+    down: the same model), calibration lists it among the eighth of down's inputs that the prefill graph computes
+    in fp32, and the prefill stays within the tolerance."""
+    import copy
+
+    from lerplm.engine.ortstep import OrtDecoder, calibrate
+
+    step, qlm = quantized
+    model = copy.deepcopy(lm.model)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.up_proj.weight[5] *= 300
+            layer.mlp.down_proj.weight[:, 5] /= 300
+    dec = FastDecoder(model, lm.adapters)
+    prompts = qlm.prompt_ids(["the food was great", "could you please take a look?"])
+    found = calibrate(dec, prompts).outliers
+    assert set(found) == {(i, g) for i in range(dec.num_layers) for g in ("o", "down")}
+    assert all(5 in found[i, "down"] and len(found[i, "down"]) == 128 // 8 for i in range(dec.num_layers))
+    ids = torch.randint(3, 300, (1, 11), generator=torch.Generator().manual_seed(4))
+    c = COEFFS[1:2, None].expand(1, 11, 4)
+    want = dec(prefill_plan(ids, c, [0]), dec.new_cache(1, 16))
+    apart = OrtDecoder(dec, step.scheme, prompts)
+    error = (apart(prefill_plan(ids, c, [0]), apart.new_cache(1, 16)) - want).abs().max()
+    assert error <= QUANTIZED_TOL[step.scheme] * want.abs().max()
 
 
 def test_quantised_chunks_and_scattered_rows_equal_whole_runs(lm, quantized):
@@ -345,10 +398,10 @@ def test_step_graphs_hold_no_copy_of_the_embedding_table(fast):
     """The quantised step gathers input embeddings from the model's table (a constant would be a copy per session)."""
     import onnx
 
-    from lerplm.engine.ortstep import build_graph
+    from lerplm.engine.ortstep import Calibration, build_graph
 
     for prefill in (False, True):
-        graph = onnx.load_from_string(build_graph(fast, 8, prefill)).graph
+        graph = onnx.load_from_string(build_graph(fast, 8, Calibration() if prefill else None)).graph
         assert [i.name for i in graph.input][0] == "embeds"
         assert all(tuple(t.dims) != tuple(fast.embed.shape) for t in graph.initializer)
 

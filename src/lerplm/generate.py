@@ -28,7 +28,7 @@ MixLike = Mix | Mapping | str
 MixOrSchedule = MixLike | Schedule
 SEEDING = "prompt-sample-icdf"  # recorded by sweeps: runs sampled under another seeding are not resumed into
 MAX_BATCH = 64  # generate()'s rows in flight at once
-# Requests whose tokens set the quantised steps' prefill smoothing (ortstep.smoothing: each input channel's range)
+# Requests whose tokens calibrate the quantised steps' prefill (ortstep.calibrate: each input channel's range)
 CALIBRATION_PROMPTS = (
     "Write a short e-mail to a colleague asking to move tomorrow's meeting to Friday.",
     "Explain in a few sentences why the sky is blue.",

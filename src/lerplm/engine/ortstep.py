@@ -17,19 +17,20 @@ decoding rows (one token each, the slot range they span; slots in that range tha
 run as dummy rows that write one cache position no sequence needs, ``plan.idle``'s, and attend to the
 positions before it), one call per prefill chunk.
 
-Prefill chunks run in a second graph of the same weights whose products after each norm (q/k/v and
-gate/up, with their adapters) are int8 x int8 (ONNX Runtime's integer GEMM, ~2x ``MatMulNBits``' rate at tens
-of rows): weights rounded per output, activations per token, so a token's numbers do not depend on its chunk.
-Per-token rounding suffers from the few input channels that run far above the rest, so those products take
-part of each channel's range into their weights (SmoothQuant: x Wᵀ = (x / s)(W s)ᵀ, s from the channel ranges
-of a few calibration prompts, 1 / s folded into the norm's weights). The attention output and down
-projections, whose inputs per-token rounding serves worst, stay in blocks; the cache the prefill graph
-writes has the same meaning as the decode graph's.
+Prefill chunks run in a second graph of the same weights whose products are int8 x int8 (ONNX Runtime's
+integer GEMM, 2-2.5x ``MatMulNBits``' rate at tens of rows): weights rounded per output, activations per
+token, so a token's numbers do not depend on its chunk. Per-token rounding suffers from the few input channels
+that run far above the rest, and a few calibration prompts say which: the products after each norm (q/k/v,
+gate/up) take part of each channel's range into their weights (SmoothQuant: x Wᵀ = (x / s)(W s)ᵀ, 1 / s folded
+into the norm's weights), and the attention output and down projections, which no norm precedes and whose
+inputs run furthest apart, compute their widest input channels in fp32 beside the int8 product of the rest (as
+LLM.int8() does). The cache the prefill graph writes has the same meaning as the decode graph's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -42,6 +43,9 @@ BITS = {"int8": 8, "int4": 4}
 BLOCK = 32  # inputs per int4 quantisation block (the GGUF Q4_1 block size)
 INT8_BLOCKS = (128, 64, 32)  # int8 takes the largest that divides a layer's inputs (docs/performance.md)
 SMOOTHING = 0.7  # SmoothQuant's alpha: the share of each input channel's range moved into the prefill's weights
+OUTLIER_CHANNELS = 64  # widest input channels of the prefill's o and down products kept in fp32 (at most 1/8)
+OUTLIER_SMOOTHING = 0.5  # alpha for the rest of o's and down's inputs
+NORMED = ("qkv", "gate_up")  # the products that read a norm's output, which takes their smoothing
 
 
 def block_size(in_f: int, bits: int) -> int:
@@ -150,19 +154,36 @@ class Graph:
         sums = self.op("ReduceSum", [blocks, self.const(np.array([-1], np.int64))], keepdims=0)
         return self.op("Add", [y, self.op("MatMul", [sums, self.const(offset.T, "offset")])])
 
-    def integer_matmul(self, x: str, w: torch.Tensor) -> str:
+    def integer_matmul(
+        self, x: str, w: torch.Tensor, outliers: torch.Tensor | None = None, smooth: torch.Tensor | None = None
+    ) -> str:
         """x wᵀ as int8 x int8 (``MatMulIntegerToFloat``): w symmetric per output, x per token, quantised once per
-        input whatever reads it."""
-        from onnx import TensorProto
-
+        input whatever reads it; the input channels ``outliers`` (the same for every product of x) apart, in fp32,
+        so that they do not set the tokens' int8 steps, and the rest divided by ``smooth`` (w's inputs multiplied
+        by it) in the same pass that leaves the outliers out."""
         if x not in self.per_token:
-            amax = self.op("ReduceMax", [self.op("Abs", [x])], axes=[-1], keepdims=1)
+            wide = None
+            if outliers is not None:
+                wide = self.op("Gather", [x, self.const(outliers.long(), "wide")], axis=-1)
+                keep = torch.ones(w.shape[1]) if smooth is None else 1 / smooth.float()
+                keep[outliers] = 0
+                x_int = self.op("Mul", [x, self.const(keep, "keep")])
+            else:
+                x_int = x
+            amax = self.op("ReduceMax", [self.op("Abs", [x_int])], axes=[-1], keepdims=1)
             scale = self.op(
                 "Mul", [self.op("Max", [amax, self.const(np.float32(1e-12))]), self.const(np.float32(1 / 127))]
             )
-            q = self.op("Add", [self.op("Round", [self.op("Div", [x, scale])]), self.const(np.float32(128))])
-            self.per_token[x] = self.op("Cast", [q], to=TensorProto.UINT8), scale
-        q, scale = self.per_token[x]
+            # QuantizeLinear per token (axis 0 of the tokens as rows): one pass, where Div, Round, Add, Cast took four
+            per_row = self.op("Reshape", [scale, self.const(np.array([-1], np.int64))])
+            zero = self.op("Expand", [self.const(np.uint8(128)), self.op("Shape", [per_row])])
+            width = self.const(np.array([-1, w.shape[1]], np.int64))
+            q = self.op("QuantizeLinear", [self.op("Reshape", [x_int, width]), per_row, zero], axis=0)
+            self.per_token[x] = self.op("Reshape", [q, self.op("Shape", [x])]), scale, wide
+        q, scale, wide = self.per_token[x]
+        if outliers is not None:
+            w, w_wide = w * (1 if smooth is None else smooth), w[:, outliers]
+            w[:, outliers] = 0  # nor the weights' int8 steps
         w_scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
         wq = torch.round(w / w_scale[:, None]).clamp(-127, 127).to(torch.int8).T
         inputs = [
@@ -172,7 +193,20 @@ class Graph:
             self.const(w_scale.float(), "ws"),
             self.const(np.uint8(128)),
         ]
-        return self.op("Mul", [self.op("MatMulIntegerToFloat", inputs, domain="com.microsoft"), scale])
+        y = self.op("Mul", [self.op("MatMulIntegerToFloat", inputs, domain="com.microsoft"), scale])
+        if outliers is None:
+            return y
+        return self.op("Add", [y, self.op("MatMul", [wide, self.const(w_wide.T.float().contiguous(), "w_wide")])])
+
+
+@dataclass
+class Calibration:
+    """What the prefill graph takes from a few calibration prompts, per (layer, group): ``smooth``, the factors s
+    that a product divides its input by and multiplies its weights' inputs by; ``outliers``, the input channels of
+    the o and down products computed in fp32 (without them those products stay in blocks, unsmoothed)."""
+
+    smooth: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    outliers: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
 
 
 def _adapter_layers(dec) -> list:
@@ -180,11 +214,11 @@ def _adapter_layers(dec) -> list:
     return [getattr(block, group) for block in dec.layers for group in GROUPS if getattr(block, group).seg is not None]
 
 
-def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = None, packed: dict | None = None) -> bytes:
+def build_graph(dec, bits: int, prefill: Calibration | None = None, packed: dict | None = None) -> bytes:
     """The serialised step graph for ``dec``'s weights (a ``FastDecoder`` in fp32) with ``bits``-bit base
-    weights, int8 adapters and an int8 output head; ``prefill``: the products after each norm in int8 x int8 per
-    token instead, their inputs divided by ``smooth[(layer, group)]`` (see ``smoothing``). ``packed``: quantised
-    weights shared by the builds of one step's graphs.
+    weights, int8 adapters and an int8 output head; ``prefill``: the prefill graph, its products in int8 x int8
+    per token instead, as that calibration says (see ``calibrate``). ``packed``: quantised weights shared by the
+    builds of one step's graphs.
 
     Inputs: embeds (B, S, hidden) the tokens' input embeddings, coeffs (B, S, K) per token (only with adapters),
     seqlens_k (B,) = last position written per row, total_seq_len (the cache length), logit_index (M,) rows of the
@@ -193,7 +227,8 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
     from onnx import TensorProto, helper
 
     g = Graph(packed)
-    smooth = smooth or {}
+    integer = prefill is not None
+    smooth, outliers = (prefill.smooth, prefill.outliers) if integer else ({}, {})
     hq, hkv, d, eps = dec.heads, dec.kv_heads, dec.head_dim, float(dec.eps)
     hidden = dec.embed.shape[1]
     has_adapters = bool(_adapter_layers(dec))
@@ -211,16 +246,23 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
     outputs = [helper.make_tensor_value_info("logits", f32, ["M", dec.lm_head.weight.shape[0]])]
     per_rank: dict[int, str] = {}  # one (B, S, R) coefficient tensor per rank layout, shared by the layers
 
-    def linear(x: str, layer, integer: bool = False, smooth_by: torch.Tensor | None = None) -> str:
-        """x through ``layer``; ``integer``: in int8 x int8 products (ONNX Runtime's integer GEMM), the weights'
-        inputs multiplied by ``smooth_by`` (x comes divided by it)."""
+    def linear(x: str, layer, key: tuple[int, str]) -> str:
+        """x through ``layer`` (``key``: its layer and group); in the prefill graph in int8 x int8 products (ONNX
+        Runtime's integer GEMM) as the calibration says: after a norm with x divided by the smoothing factors (in
+        the norm's weights) and the weights' inputs multiplied by them; o and down with their outlier channels
+        apart (without them: in blocks)."""
         w, a, b = layer.base.weight, layer.a, layer.b
-        if smooth_by is not None:
+        normed = key[1] in NORMED
+        smooth_by, wide = smooth.get(key), outliers.get(key)
+        in_integer = integer and (normed or wide is not None)
+        if normed and smooth_by is not None:
             w, a = w * smooth_by, None if a is None else a * smooth_by
 
         def matmul(x: str, w: torch.Tensor, wbits: int, role: str) -> str:
-            if integer:
+            if in_integer and role == "b":  # t = (x Aᵀ) ⊙ c: no outliers known, nothing to smooth
                 return g.integer_matmul(x, w)
+            if in_integer:
+                return g.integer_matmul(x, w, wide, None if normed else smooth_by)
             return g.matmul(x, w, wbits, key=None if smooth_by is not None else (id(layer), role))
 
         if layer.seg is None:
@@ -231,7 +273,7 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
                 per_rank[key] = g.op("Gather", ["coeffs", g.const(layer.seg, "seg")], axis=2)
             t = g.op("Mul", [matmul(x, a, 8, "a"), per_rank[key]])
             block = block_size(w.shape[1], 8)
-            if bits == 8 and w.shape[1] % block == 0 and not integer:
+            if bits == 8 and w.shape[1] % block == 0 and not in_integer:
                 # [x, t] [W, B]ᵀ: the second product and its sum ride in the base's own int8 product (in blocks
                 # that divide x's width, so B's blocks are its own: the same numbers as apart), one operator
                 # and one pass fewer
@@ -253,7 +295,7 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
             y = g.op("SimplifiedLayerNormalization", [x, ln1], epsilon=eps, axis=-1)
         else:  # x + residual and its norm in one operator
             y, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, residual, ln1], 4, "com.microsoft", epsilon=eps)
-        qkv = linear(y, block.qkv, prefill, s_qkv)
+        qkv = linear(y, block.qkv, (i, "qkv"))
         past, present = [f"past_key_{i}", f"past_value_{i}"], [f"present_key_{i}", f"present_value_{i}"]
         inputs += [helper.make_tensor_value_info(n, f32, kv_shape) for n in past]
         outputs += [helper.make_tensor_value_info(n, f32, kv_shape) for n in present]
@@ -267,13 +309,12 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
             do_rotary=1,
         )[0]
         ln2 = g.const(block.ln2 if s_gate_up is None else block.ln2 / s_gate_up, "ln2")
-        y, _, _, x = g.op(
-            "SkipSimplifiedLayerNormalization", [x, linear(att, block.o), ln2], 4, "com.microsoft", epsilon=eps
-        )
+        out = linear(att, block.o, (i, "o"))
+        y, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, out, ln2], 4, "com.microsoft", epsilon=eps)
         inter = block.down.base.weight.shape[1]
-        gate_up = linear(y, block.gate_up, prefill, s_gate_up)
+        gate_up = linear(y, block.gate_up, (i, "gate_up"))
         gate, up = g.op("Split", [gate_up, g.const(np.array([inter, inter], np.int64))], 2, axis=-1)
-        residual = linear(g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]), block.down)
+        residual = linear(g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]), block.down, (i, "down"))
     x = g.op("Add", [x, residual])
     rows = g.op("Gather", [g.op("Reshape", [x, g.const(np.array([-1, hidden], np.int64))]), "logit_index"], axis=0)
     y = g.op("SimplifiedLayerNormalization", [rows, g.const(dec.norm, "norm")], epsilon=eps)
@@ -283,22 +324,23 @@ def build_graph(dec, bits: int, prefill: bool = False, smooth: dict | None = Non
 
 
 @torch.inference_mode()
-def smoothing(
-    dec, calibration: Sequence[Sequence[int]], alpha: float = SMOOTHING
-) -> dict[tuple[int, str], torch.Tensor]:
-    """Per (layer, group), the factors s that the prefill graph divides that product's input by (and multiplies its
-    weights' inputs by): s = max|x|^alpha / max|w|^(1 - alpha) per input channel, max|x| over the tokens of the
-    ``calibration`` prompts run through ``dec`` (exact, without adapters), for the groups that read a norm's output
-    (q/k/v, gate/up); none without a non-empty prompt (the graph is then not smoothed)."""
+def calibrate(
+    dec, calibration: Sequence[Sequence[int]], alpha: float = SMOOTHING, channels: int = OUTLIER_CHANNELS
+) -> Calibration:
+    """The prefill graph's calibration from each product's input ranges, max|x| per input channel over the tokens of
+    the ``calibration`` prompts run through ``dec`` (exact, without adapters): smoothing factors s = max|x|^alpha /
+    max|w|^(1 - alpha) per input channel (o and down: ``OUTLIER_SMOOTHING``), and for o and down the ``channels``
+    widest inputs (at most an eighth of them). Empty without a non-empty prompt (then nothing is smoothed and o
+    and down stay in blocks)."""
     from .decoder import StepPlan
 
     prompts = [list(ids) for ids in calibration if len(ids)]
     if not prompts:
-        return {}
+        return Calibration()
     ranges: dict[tuple[int, str], torch.Tensor] = {}
     hooks = []
     for i, block in enumerate(dec.layers):
-        for group in ("qkv", "gate_up"):
+        for group in GROUPS:
 
             def record(_mod, args, _out, key=(i, group)):
                 x = args[0].reshape(-1, args[0].shape[-1]).abs().amax(0).float()
@@ -312,13 +354,14 @@ def smoothing(
     finally:
         for h in hooks:
             h.remove()
-    return {
-        (i, group): (
-            x.clamp(min=1e-5) ** alpha
-            / getattr(dec.layers[i], group).base.weight.abs().amax(0).clamp(min=1e-5) ** (1 - alpha)
-        )
-        for (i, group), x in ranges.items()
-    }
+    out = Calibration()
+    for (i, group), x in ranges.items():
+        w = getattr(dec.layers[i], group).base.weight
+        a = alpha if group in NORMED else OUTLIER_SMOOTHING
+        out.smooth[i, group] = x.clamp(min=1e-5) ** a / w.abs().amax(0).clamp(min=1e-5) ** (1 - a)
+        if group not in NORMED:
+            out.outliers[i, group] = x.topk(min(channels, len(x) // 8)).indices.sort().values
+    return out
 
 
 _SHARED_POOL: list[bool] = []  # [whether this process's sessions share ONNX Runtime's global thread pool]
@@ -398,8 +441,8 @@ class OrtDecoder:
         self.session = new_session(build_graph(dec, BITS[scheme], packed=packed), threads)
         self.prefill_session = self.session
         if integer_prefill:  # False: prefill through the decode graph (the baseline in benchmarks/engine.py)
-            smooth = smoothing(dec, calibration)
-            self.prefill_session = new_session(build_graph(dec, BITS[scheme], True, smooth, packed), threads)
+            prefill = calibrate(dec, calibration)
+            self.prefill_session = new_session(build_graph(dec, BITS[scheme], prefill, packed), threads)
         self._owner: tuple | None = None  # the cache the kept bindings point into
         self._bindings: dict[tuple[int, int, int], object] = {}  # (session, first slot, batch) -> binding
 
