@@ -185,7 +185,10 @@ def test_concurrent_requests_with_different_mixes_equal_the_same_requests_alone(
         ({"prompt": "hi", "max_tokens": 4, "min_tokens": 5}, "min_tokens must lie in [0, max_tokens]"),
         ({"prompt": 5, "mix": {"levels": {"sentiment": 0.5}}}, "prompt"),
         ({"mix": {"levels": {"sentiment": 0.5}}}, "prompt: Field required"),
-        ({"prompt": [1, 2, 3]}, "token ids are not accepted"),
+        ({"prompt": [1, 2, 99999999]}, "prompt token ids must lie in [0, "),
+        ({"prompt": [[1, 2], []]}, "prompt must not be empty"),
+        ({"prompt": [1, 2], "chat": True}, "token ids are taken as they are"),
+        ({"prompt": ["a", [1, 2]]}, "prompt"),
         ({"prompt": "hi", "n": 0}, "n must lie in [1, 8]"),
         ({"prompt": "hi", "temperature": float("nan")}, "temperature must be a finite number"),
         ({"prompt": "hi", "temperature": float("inf")}, "temperature must be a finite number"),
@@ -204,6 +207,20 @@ def test_bad_input_gets_an_openai_style_400(server, body, message):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert message in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_token_id_prompts_are_the_text_they_encode(server):
+    """/v1/completions takes token ids as OpenAI's does (one list, or a list of lists): the same greedy answer
+    as the text they encode, one choice per prompt."""
+    c = client(server)
+    ids = server.app.state.lm.prompt_ids(["the food was", "worst"], chat=False)
+
+    def greedy(prompt) -> list[str]:
+        r = c.completions.create(model=server.model, prompt=prompt, max_tokens=6, temperature=0)
+        return [ch.text for ch in sorted(r.choices, key=lambda ch: ch.index)]
+
+    assert greedy(ids[0]) == greedy("the food was")
+    assert greedy(ids) == greedy(["the food was", "worst"])
 
 
 def test_logit_bias_and_penalties_reach_the_sampler(server):
@@ -274,6 +291,15 @@ def test_attributes_metrics_and_page(server):
     ):
         assert name in text
     assert "/v1/chat/completions" in httpx.get(server.url + "/").text
+    for path in ("/v1/streams/a/mix", "/v1/streams/b/mix", "/v1/models/x", "/v1/models/y", "/nothing/1", "/nothing/2"):
+        httpx.post(server.url + path, json={})
+    counted = {
+        line.split('route="')[1].split('"')[0]
+        for line in httpx.get(server.url + "/metrics").text.splitlines()
+        if line.startswith("lerplm_requests_total{")
+    }
+    assert {"/v1/streams/{stream_id}/mix", "/v1/models/{model}", "unmatched"} <= counted  # one label per route
+    assert not any(label.startswith(("/v1/streams/a", "/v1/models/x", "/nothing")) for label in counted)
 
 
 def test_api_key_is_enforced(anchor_dir):

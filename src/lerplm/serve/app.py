@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ..engine import QueueFull, SamplingParams, Sequence
 from ..errors import LerpError
@@ -72,7 +73,7 @@ class _Common(BaseModel):
 
 
 class CompletionBody(_Common):
-    prompt: str | list[str] | list[int] | list[list[int]]  # token ids: refused with a clear message
+    prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids (taken as they are)
     chat: bool = False  # lerplm's field: each prompt as the user turn of the chat template, as `generate` reads it
     echo: bool = False  # refused: only the new text comes back
 
@@ -205,8 +206,16 @@ def create_app(
             )
         else:
             response = await call_next(request)
-        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.requests.labels(route_of(request.scope), str(response.status_code)).inc()
         return response
+
+    def route_of(scope) -> str:
+        """The route a request names, as declared ("/v1/streams/{stream_id}/mix"), or "unmatched": one metrics
+        label per route, however many paths clients send."""
+        for route in app.router.routes:
+            if route.matches(scope)[0] != Match.NONE:
+                return route.path
+        return "unmatched"
 
     # -- helpers --------------------------------------------------------------------------------
     streams: dict[str, list[Sequence]] = {}  # running requests by response id: their mixes can change live
@@ -529,17 +538,24 @@ def create_app(
 
     @app.post("/v1/completions", responses=generation)
     async def completions(body: CompletionBody):
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not all(isinstance(p, str) for p in prompts):
-            raise APIError(400, "prompt must be text: token ids are not accepted", param="prompt")
+        single = isinstance(body.prompt, str) or (body.prompt and isinstance(body.prompt[0], int))
+        prompts = [body.prompt] if single else body.prompt
         if not prompts or len(prompts) > 8:
-            raise APIError(400, "prompt must be a string or a list of 1 to 8 strings", param="prompt")
+            raise APIError(400, "prompt must be text or token ids, or a list of 1 to 8 of either", param="prompt")
         if not all(prompts):
             raise APIError(400, "prompt must not be empty", param="prompt")
         if body.echo:
             raise APIError(400, "echo is not supported: the answer holds the new text only", param="echo")
-        ids = [limited(x) for x in lm.prompt_ids(prompts, chat=body.chat)]  # as `generate` reads them
-        return await run("completion", ids, body, "/v1/completions")
+        if isinstance(prompts[0], str):
+            ids = lm.prompt_ids(prompts, chat=body.chat)  # as `generate` reads them
+        elif body.chat:
+            raise APIError(400, "chat reads text prompts; token ids are taken as they are", param="chat")
+        else:
+            vocab = len(lm.tokenizer)
+            if not all(0 <= t < vocab for p in prompts for t in p):
+                raise APIError(400, f"prompt token ids must lie in [0, {vocab})", param="prompt")
+            ids = prompts
+        return await run("completion", [limited(x) for x in ids], body, "/v1/completions")
 
     @app.post("/v1/chat/completions", responses=generation)
     async def chat(body: ChatBody):
