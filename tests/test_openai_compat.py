@@ -81,7 +81,10 @@ def test_completions_continue_the_text_and_chat_true_answers_it_as_generate_does
         assert r.choices[0].text.strip() == want.rstrip("\ufffd").strip()
     raw, chat = lm.prompt_ids(["the food was"], chat=False)[0], lm.prompt_ids(["the food was"], chat=True)[0]
     assert len(raw) < len(chat)  # the tiny model has a chat template: the two reads differ
-    for bad, message in (({"prompt": ""}, "must not be empty"), ({"prompt": "hi", "echo": True}, "echo")):
+    for bad, message in (
+        ({"prompt": ""}, "must not be empty"),
+        ({"prompt": "hi", "echo": True, "stream": True}, "echo cannot stream"),
+    ):
         r = httpx.post(s.url + "/v1/completions", json=bad, timeout=30)
         assert r.status_code == 400 and message in r.json()["error"]["message"]
 

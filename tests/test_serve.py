@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
@@ -221,6 +222,48 @@ def test_token_id_prompts_are_the_text_they_encode(server):
 
     assert greedy(ids[0]) == greedy("the food was")
     assert greedy(ids) == greedy(["the food was", "worst"])
+
+
+def test_echo_scores_the_prompt_under_the_mix(server):
+    """``echo`` with ``logprobs`` (how lm-eval's local-completions scores a text): one entry per prompt token, the
+    first without a logprob, the rest the exact model's log-probabilities under the request's mix, then the new
+    tokens'; ``max_tokens: 0`` scores the prompt alone; the text starts with the prompt."""
+    c = client(server)
+    lm = server.app.state.lm
+    ids = lm.prompt_ids(["the food was really"], chat=False)[0]
+    scored = c.completions.create(
+        model=server.model, prompt=ids, max_tokens=0, echo=True, logprobs=2, extra_body={"mix": MIX}
+    )
+    lp = scored.choices[0].logprobs
+    assert len(lp.token_logprobs) == len(ids) and lp.token_logprobs[0] is None and scored.usage.completion_tokens == 0
+    coeffs = lm.coefficients([MIX])
+    want = torch.log_softmax(lm.logits(torch.tensor([ids]), coeffs)[0, :-1].float(), -1)
+    want = want[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    assert torch.allclose(torch.tensor(lp.token_logprobs[1:]), want, atol=1e-4)
+    assert all(len(top) == 2 and max(top.values()) >= t for top, t in zip(lp.top_logprobs[1:], lp.token_logprobs[1:]))
+    base = c.completions.create(model=server.model, prompt=ids, max_tokens=0, echo=True, logprobs=0)
+    assert base.choices[0].logprobs.token_logprobs[1:] != lp.token_logprobs[1:]  # the mix changes the scores
+    assert scored.choices[0].text == lm.tokenizer.decode(ids)
+    plain = c.completions.create(model=server.model, prompt="the food was", max_tokens=4, temperature=0)
+    both = c.completions.create(
+        model=server.model, prompt="the food was", max_tokens=4, temperature=0, echo=True, logprobs=1
+    )
+    assert both.choices[0].text == "the food was" + plain.choices[0].text
+    n_prompt = len(lm.prompt_ids(["the food was"], chat=False)[0])
+    assert len(both.choices[0].logprobs.tokens) == n_prompt + both.usage.completion_tokens
+    offsets = both.choices[0].logprobs.text_offset
+    assert offsets == sorted(offsets) and offsets[n_prompt] == len("the food was")
+    # lm-eval's local-completions: context + continuation as token ids, the continuation's logprobs read off
+    # token_logprobs[len(context):-1] (the last entry is the one new token)
+    context, continuation = ids[:3], ids[3:]
+    payload = {"model": server.model, "prompt": [context + continuation], "temperature": 0, "max_tokens": 1}
+    r = httpx.post(server.url + "/v1/completions", json=payload | {"logprobs": 1, "seed": 1234, "echo": True})
+    choice = r.json()["choices"][0]["logprobs"]
+    base_want = torch.log_softmax(lm.logits(torch.tensor([ids]), None)[0, :-1].float(), -1)  # the default mix: base
+    base_want = base_want[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    got = choice["token_logprobs"][len(context) : -1]
+    assert len(got) == len(continuation) and torch.allclose(torch.tensor(got), base_want[2:], atol=1e-4)
+    assert all(max(top.values()) >= t for top, t in zip(choice["top_logprobs"][len(context) : -1], got))
 
 
 def test_logit_bias_and_penalties_reach_the_sampler(server):

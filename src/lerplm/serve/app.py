@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -75,7 +77,7 @@ class _Common(BaseModel):
 class CompletionBody(_Common):
     prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids (taken as they are)
     chat: bool = False  # lerplm's field: each prompt as the user turn of the chat template, as `generate` reads it
-    echo: bool = False  # refused: only the new text comes back
+    echo: bool = False  # each choice's text (and logprobs) starts with its prompt's
 
 
 class TextPart(BaseModel):
@@ -251,9 +253,12 @@ def create_app(
         except LerpError as e:
             raise APIError(400, str(e), param="mix") from None
 
-    def sampling(body: _Common, index: int) -> SamplingParams:
+    def new_tokens(body: _Common) -> int:
         max_tokens = body.max_completion_tokens or body.max_tokens
-        max_tokens = default_max_tokens if max_tokens is None else max_tokens
+        return default_max_tokens if max_tokens is None else max_tokens
+
+    def sampling(body: _Common, index: int) -> SamplingParams:
+        max_tokens = new_tokens(body)
         if not 1 <= max_tokens <= max_tokens_limit:
             raise APIError(400, f"max_tokens must lie in [1, {max_tokens_limit}], got {max_tokens}", param="max_tokens")
         if body.seed is not None and not -(2**62) <= body.seed < 2**62:
@@ -372,10 +377,11 @@ def create_app(
             "text_offset": offsets,
         }
 
-    async def run(kind: str, prompt_ids: list[list[int]], body: _Common, route: str):
+    async def run(kind: str, prompt_ids: list[list[int]], body: _Common, route: str, mix: tuple | None = None):
+        """Generate ``body``'s answers to ``prompt_ids`` (``mix``: parse_mix's result, when the caller has it)."""
         if not 1 <= body.n <= 8:
             raise APIError(400, f"n must lie in [1, 8], got {body.n}", param="n")
-        coeffs, solved = parse_mix(body)
+        coeffs, solved = mix or parse_mix(body)
         params = [sampling(body, j) for j in range(body.n)]
         stop, n_alts = stops(body), top_logprobs(body, kind)
         reqs = [submit(ids, coeffs, p, n_alts) for ids in prompt_ids for p in params]
@@ -518,6 +524,58 @@ def create_app(
         metrics.latency.labels(route).observe(time.monotonic() - start)
         return envelope(whole=True) | {"choices": choices, "usage": usage()} | extra
 
+    scoring = threading.Lock()  # the exact model's coefficients are one state: one scoring pass at a time
+
+    def prompt_entries(ids: list[int], coeffs: list[float], alts: int) -> list[dict]:
+        """Each prompt token's logprob entry under ``coeffs`` (the exact model; the first token has none)."""
+        with scoring:
+            logits = lm.logits(torch.tensor([ids]), torch.tensor([coeffs]))[0, :-1]
+        lp = torch.log_softmax(logits.float(), -1)
+        top = torch.topk(lp, alts) if alts else None
+        out = [{"token": token_text(ids[0]), "logprob": None, "top": None}]
+        for i, token in enumerate(ids[1:]):
+            pairs = list(zip(top.indices[i].tolist(), top.values[i].tolist())) if top is not None else []
+            out.append(logprob_entry("completion", token, float(lp[i, token]), pairs))
+        return out
+
+    async def echoed(prompt_ids: list[list[int]], texts: list[str], body: CompletionBody) -> dict:
+        """OpenAI's ``echo``: each choice's text starts with its prompt, and with ``logprobs`` each prompt token's
+        logprob under the request's mix comes first (how evaluation harnesses score a text); ``max_tokens: 0``
+        scores the prompt alone."""
+        n, mix = body.n, parse_mix(body)
+        coeffs, solved = mix
+        alts = top_logprobs(body, "completion")
+        if new_tokens(body) == 0:
+            if not 1 <= n <= 8:
+                raise APIError(400, f"n must lie in [1, 8], got {n}", param="n")
+            answer = {
+                "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.model or model_id,
+                "choices": [
+                    {"index": i, "text": "", "finish_reason": "length", "logprobs": None}
+                    for i in range(len(prompt_ids) * n)
+                ],
+            } | ({"mix": solved} if solved else {})
+            used = sum(map(len, prompt_ids)) * n
+            answer["usage"] = {"prompt_tokens": used, "completion_tokens": 0, "total_tokens": used}
+        else:
+            answer = await run("completion", prompt_ids, body, "/v1/completions", mix)
+        if isinstance(coeffs, Schedule):  # the prompt is read under the first token's mix
+            coeffs = lm.sequence(prompt_ids[0], coeffs, SamplingParams(), 0).coeffs
+        for p, (ids, text) in enumerate(zip(prompt_ids, texts)):
+            entries = await asyncio.to_thread(prompt_entries, ids, coeffs, alts) if alts is not None else None
+            for choice in answer["choices"][p * n : (p + 1) * n]:
+                choice["text"] = text + choice["text"]
+                if entries is not None:
+                    new = choice["logprobs"] or {"tokens": [], "token_logprobs": [], "top_logprobs": []}
+                    choice["logprobs"] = logprobs_field("completion", entries, 0)
+                    choice["logprobs"]["text_offset"] += [len(text) + o for o in new.get("text_offset", [])]
+                    for key in ("tokens", "token_logprobs", "top_logprobs"):
+                        choice["logprobs"][key] += new[key]
+        return answer
+
     # -- routes ---------------------------------------------------------------------------------
     errors = {
         code: {"description": what, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
@@ -544,8 +602,8 @@ def create_app(
             raise APIError(400, "prompt must be text or token ids, or a list of 1 to 8 of either", param="prompt")
         if not all(prompts):
             raise APIError(400, "prompt must not be empty", param="prompt")
-        if body.echo:
-            raise APIError(400, "echo is not supported: the answer holds the new text only", param="echo")
+        if body.echo and body.stream:
+            raise APIError(400, "echo cannot stream: send stream: false", param="echo")
         if isinstance(prompts[0], str):
             ids = lm.prompt_ids(prompts, chat=body.chat)  # as `generate` reads them
         elif body.chat:
@@ -555,7 +613,11 @@ def create_app(
             if not all(0 <= t < vocab for p in prompts for t in p):
                 raise APIError(400, f"prompt token ids must lie in [0, {vocab})", param="prompt")
             ids = prompts
-        return await run("completion", [limited(x) for x in ids], body, "/v1/completions")
+        ids = [limited(x) for x in ids]
+        if not body.echo:
+            return await run("completion", ids, body, "/v1/completions")
+        texts = [p if isinstance(p, str) else lm.tokenizer.decode(p) for p in prompts]
+        return await echoed(ids, texts, body)
 
     @app.post("/v1/chat/completions", responses=generation)
     async def chat(body: ChatBody):
