@@ -149,6 +149,24 @@ def test_info_and_export(anchor_dir, tmp_path):
     assert r.exit_code == 0 and (tmp_path / "e" / "adapter_model.safetensors").is_file()
     r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0.3", "--out", tmp_path / "m", "--format", "onnx")
     assert_user_error(r, "choose from: peft, merged")
+    (tmp_path / "file").write_text("")  # a file where the output's folder would go
+    r = run("export", "--anchors", anchor_dir, "--mix", "sentiment=0.3", "--out", tmp_path / "file" / "e")
+    assert_user_error(r, f"cannot write {tmp_path / 'file' / 'e'}")
+
+
+def test_os_errors_are_one_line_not_a_traceback():
+    """A full disk or a vanished file mid-run: the system's message and exit code 1."""
+    import typer
+
+    from lerplm.cli_common import user_errors
+
+    def full():
+        raise OSError(28, "No space left on device", "/data/out.csv")
+
+    cli = typer.Typer()
+    cli.command()(user_errors(full))
+    r = CliRunner().invoke(cli)
+    assert r.exit_code == 1 and r.output.strip() == "error: No space left on device: /data/out.csv"
 
 
 def test_export_grid_and_rank_from_the_cli(anchor_dir, tmp_path):

@@ -39,7 +39,8 @@ Count = Annotated[int | None, opt(min=1, help="Use N prompts (after --skip-promp
 
 
 def user_errors(fn):
-    """Turn LerpError into 'error: ...' on stderr with exit code 2, and Ctrl-C into a short note."""
+    """Turn LerpError into 'error: ...' on stderr with exit code 2, an OSError into the system's message with exit
+    code 1, and Ctrl-C into a short note."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -48,6 +49,9 @@ def user_errors(fn):
         except LerpError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # a full disk, a file taken away mid-run: the system's words, not a traceback
+            typer.echo(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted; finished work is kept (run the same command again to resume)", err=True)
             raise typer.Exit(130) from None

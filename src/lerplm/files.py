@@ -13,6 +13,15 @@ from .errors import LerpError
 
 
 @contextmanager
+def _writable(out: Path) -> Iterator[None]:
+    """Report a place that cannot be written (a read-only or missing parent, no permission) as the user's error."""
+    try:
+        yield
+    except OSError as e:
+        raise LerpError(f"cannot write {out}: {e.strerror or e}") from None
+
+
+@contextmanager
 def atomic_dir(out: str | Path, shared: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``out`` and rename it into place only on success.
 
@@ -21,8 +30,9 @@ def atomic_dir(out: str | Path, shared: bool = False) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not shared:
         raise LerpError(f"{out} already exists; choose another --out or delete it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    with _writable(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
         yield tmp
         os.replace(tmp, out)
@@ -40,8 +50,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` (readable by all, as a plain
     file would be), on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with _writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     os.close(fd)
     tmp = Path(name)
     try:
