@@ -156,6 +156,7 @@ def drive(url: str, bodies: list[dict], clients: int) -> dict:
         "tokens": tokens,
         "wall_s": wall,
         "tok_s": tokens / wall,
+        "req_s": len(bodies) / wall,
         "p50_s": statistics.median(lat),
         "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
     }
@@ -204,6 +205,7 @@ def in_process(lm, work, max_tokens: int, slots: int, fixed: bool) -> dict:
         "steps": engine.stats.steps - warm_steps,
         "wall_s": wall,
         "tok_s": tokens / wall,
+        "req_s": len(work) / wall,
         "little_s": slots * tokens / len(seqs) / (tokens / wall),
     } | phases
 
@@ -306,14 +308,16 @@ def main() -> None:
             f"median {row['server']:24s} {row['adapters']:5s} {row['length']:7s} clients={row['clients']:2d} "
             f"tokens={row['max_tokens']:3d}  {row['tok_s']:6.1f} tok/s"
             + (f"  p50 {row['p50_s']:.2f} s  p95 {row['p95_s']:.2f} s" if "p50_s" in row else "")
-            + (f"  x llama.cpp {row['ratio']:.2f}" if "ratio" in row else "")
+            + (f"  x llama.cpp {row['ratio']:.2f} (requests/s {row['request_ratio']:.2f})" if "ratio" in row else "")
         )
     print("wrote", save("peers", results))
 
 
 def summary(runs: list[dict]) -> list[dict]:
     """Each workload's medians over the rounds; lerplm's rows with the ratio of their median tok/s to llama.cpp's
-    with the same mixes, and the ratios round by round."""
+    with the same mixes, and the ratios round by round; the same for requests per second (``request_ratio``): with
+    natural lengths each server's sampling decides how many tokens its answers hold, and a closed loop of clients
+    is served by requests."""
     key = ("server", "clients", "max_tokens", "adapters", "length")
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
@@ -321,12 +325,16 @@ def summary(runs: list[dict]) -> list[dict]:
     out = []
     for k, rs in groups.items():
         row = dict(zip(key, k)) | {"rounds": len(rs)}
-        row |= {m: statistics.median(r[m] for r in rs) for m in ("tok_s", "p50_s", "p95_s", "little_s") if m in rs[0]}
+        for r in rs:
+            r.setdefault("req_s", r["requests"] / r["wall_s"])
+        metrics = ("tok_s", "req_s", "p50_s", "p95_s", "little_s")
+        row |= {m: statistics.median(r[m] for r in rs) for m in metrics if m in rs[0]}
         peer = groups.get(("llama.cpp", *k[1:]))
         if k[0] != "llama.cpp" and peer:
-            row["ratio"] = row["tok_s"] / statistics.median(r["tok_s"] for r in peer)
-            by_round = {r["round"]: r["tok_s"] for r in peer}
-            row["ratios_by_round"] = [r["tok_s"] / by_round[r["round"]] for r in rs if r["round"] in by_round]
+            for m, name in (("tok_s", "ratio"), ("req_s", "request_ratio")):
+                row[name] = row[m] / statistics.median(r[m] for r in peer)
+                by_round = {r["round"]: r[m] for r in peer}
+                row[f"{name}s_by_round"] = [r[m] / by_round[r["round"]] for r in rs if r["round"] in by_round]
         out.append(row)
     return out
 
