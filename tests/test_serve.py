@@ -266,6 +266,30 @@ def test_echo_scores_the_prompt_under_the_mix(server):
     assert all(max(top.values()) >= t for top, t in zip(choice["top_logprobs"][len(context) : -1], got))
 
 
+def test_tokenizer_routes_as_vllm_serves_them(server):
+    """/tokenizer_info, /tokenize and /detokenize (what lm-eval's remote tokenizer reads): a text's ids as the
+    model's tokenizer gives them, chat messages as the chat endpoint reads them, and ids back to the text."""
+    tok = server.app.state.lm.tokenizer
+    info = httpx.get(server.url + "/tokenizer_info").json()
+    assert info["eos_token"] == tok.eos_token and info["chat_template"] == tok.chat_template
+    r = httpx.post(server.url + "/tokenize", json={"prompt": "the food was", "add_special_tokens": False}).json()
+    assert r["tokens"] == tok("the food was", add_special_tokens=False)["input_ids"] and r["count"] == len(r["tokens"])
+    messages = [{"role": "user", "content": "Say hi."}]
+    chat = httpx.post(server.url + "/tokenize", json={"messages": messages}).json()
+    used = client(server).chat.completions.create(model=server.model, messages=messages, max_tokens=1)
+    assert chat["count"] == used.usage.prompt_tokens
+    back = httpx.post(server.url + "/detokenize", json={"tokens": r["tokens"]}).json()
+    assert back["prompt"] == "the food was"
+    for path, body, message in (
+        ("/tokenize", {}, "either 'prompt' or 'messages'"),
+        ("/tokenize", {"prompt": "a", "messages": messages}, "either 'prompt' or 'messages'"),
+        ("/detokenize", {"tokens": [-1]}, "token ids in [0, "),
+        ("/tokenize", {"prompt": "a", "model": "nope"}, "nope"),
+    ):
+        bad = httpx.post(server.url + path, json=body)
+        assert bad.status_code in (400, 404) and message in bad.json()["error"]["message"]
+
+
 def test_logit_bias_and_penalties_reach_the_sampler(server):
     """OpenAI's fields through the openai client: a bias of +100 writes that token every time (greedy), and a
     frequency penalty changes a greedy answer; the same body without them is the model's plain answer."""
@@ -357,6 +381,9 @@ def test_api_key_is_enforced(anchor_dir):
             .choices
         )
         assert httpx.get(s.url + "/health").status_code == 200  # not an API route
+        assert httpx.post(s.url + "/tokenize", json={"prompt": "hi"}).status_code == 401
+        ok = httpx.post(s.url + "/tokenize", json={"prompt": "hi"}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
 
 
 def test_cancelled_stream_frees_its_row(anchor_dir):

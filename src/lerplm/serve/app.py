@@ -124,6 +124,22 @@ ERROR_SCHEMA = {
 }
 
 
+class TokenizeBody(BaseModel):
+    """vLLM's /tokenize: a text, or chat messages read through the chat template."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+
+
+class DetokenizeBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    tokens: list[int]
+
+
 class LiveMix(BaseModel):
     mix: dict[str, Any] | str
     index: int = 0  # which choice, for n > 1
@@ -202,7 +218,8 @@ def create_app(
     @app.middleware("http")
     async def _auth_and_count(request: Request, call_next):
         path = request.url.path
-        if api_key and path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {api_key}":
+        guarded = path.startswith("/v1/") or path in ("/tokenize", "/detokenize", "/tokenizer_info")
+        if api_key and guarded and request.headers.get("authorization") != f"Bearer {api_key}":
             response = error(
                 401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error"
             )
@@ -524,6 +541,15 @@ def create_app(
         metrics.latency.labels(route).observe(time.monotonic() - start)
         return envelope(whole=True) | {"choices": choices, "usage": usage()} | extra
 
+    def chat_ids(messages: list[ChatMessage]) -> list[int]:
+        """The prompt's token ids: the messages through the chat template, ready for the assistant's turn."""
+        msgs = [{"role": m.role, "content": m.text()} for m in messages]
+        if lm.tokenizer.chat_template:
+            text = lm.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\nassistant:"
+        return lm.tokenizer(text, add_special_tokens=not lm.tokenizer.chat_template)["input_ids"]
+
     scoring = threading.Lock()  # the exact model's coefficients are one state: one scoring pass at a time
 
     def prompt_entries(ids: list[int], coeffs: list[float], alts: int) -> list[dict]:
@@ -621,13 +647,7 @@ def create_app(
 
     @app.post("/v1/chat/completions", responses=generation)
     async def chat(body: ChatBody):
-        msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
-        if lm.tokenizer.chat_template:
-            text = lm.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\nassistant:"
-        ids = lm.tokenizer(text, add_special_tokens=not lm.tokenizer.chat_template)["input_ids"]
-        return await run("chat", [limited(ids)], body, "/v1/chat/completions")
+        return await run("chat", [limited(chat_ids(body.messages))], body, "/v1/chat/completions")
 
     @app.post("/v1/streams/{stream_id}/mix", responses=errors)
     async def live_mix(stream_id: str, body: LiveMix):
@@ -674,6 +694,40 @@ def create_app(
             ],
             "limits": {"max_tokens": max_tokens_limit, "max_prompt_tokens": max_prompt_tokens},
         }
+
+    # vLLM's tokenizer routes, which evaluation harnesses (lm-eval) use instead of a local copy of the tokenizer
+    @app.get("/tokenizer_info", responses=errors)
+    async def tokenizer_info():
+        tok = lm.tokenizer
+        return {
+            "tokenizer_class": type(tok).__name__,
+            "eos_token": tok.eos_token,
+            "bos_token": tok.bos_token,
+            "pad_token": tok.pad_token,
+            "chat_template": tok.chat_template,
+            "model_max_length": engine.max_len,
+        }
+
+    @app.post("/tokenize", responses=errors)
+    async def tokenize(body: TokenizeBody):
+        if body.model is not None:
+            require_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise APIError(400, "give either 'prompt' or 'messages'", param="prompt")
+        if body.messages is not None:
+            ids = chat_ids(body.messages)
+        else:
+            ids = lm.tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_len}
+
+    @app.post("/detokenize", responses=errors)
+    async def detokenize(body: DetokenizeBody):
+        if body.model is not None:
+            require_model(body.model)
+        vocab = len(lm.tokenizer)
+        if not all(0 <= t < vocab for t in body.tokens):
+            raise APIError(400, f"tokens must be token ids in [0, {vocab})", param="tokens")
+        return {"prompt": lm.tokenizer.decode(body.tokens)}
 
     @app.get("/health")
     async def health():
