@@ -255,7 +255,8 @@ def build_graph(dec, bits: int, prefill: Calibration | None = None, packed: dict
         normed = key[1] in NORMED
         smooth_by, wide = smooth.get(key), outliers.get(key)
         in_integer = integer and (normed or wide is not None)
-        if normed and smooth_by is not None:
+        rescaled = normed and smooth_by is not None  # these weights are not the decode graph's: no sharing
+        if rescaled:
             w, a = w * smooth_by, None if a is None else a * smooth_by
 
         def matmul(x: str, w: torch.Tensor, wbits: int, role: str) -> str:
@@ -263,15 +264,15 @@ def build_graph(dec, bits: int, prefill: Calibration | None = None, packed: dict
                 return g.integer_matmul(x, w)
             if in_integer:
                 return g.integer_matmul(x, w, wide, None if normed else smooth_by)
-            return g.matmul(x, w, wbits, key=None if smooth_by is not None else (id(layer), role))
+            return g.matmul(x, w, wbits, key=None if rescaled else (id(layer), role))
 
         if layer.seg is None:
             y = matmul(x, w, bits, "w")
         else:
-            key = id(layer.seg)
-            if key not in per_rank:
-                per_rank[key] = g.op("Gather", ["coeffs", g.const(layer.seg, "seg")], axis=2)
-            t = g.op("Mul", [matmul(x, a, 8, "a"), per_rank[key]])
+            seg = id(layer.seg)
+            if seg not in per_rank:
+                per_rank[seg] = g.op("Gather", ["coeffs", g.const(layer.seg, "seg")], axis=2)
+            t = g.op("Mul", [matmul(x, a, 8, "a"), per_rank[seg]])
             block = block_size(w.shape[1], 8)
             if bits == 8 and w.shape[1] % block == 0 and not in_integer:
                 # [x, t] [W, B]ᵀ: the second product and its sum ride in the base's own int8 product (in blocks
