@@ -1,9 +1,10 @@
 """The int8 prefill graph's attention output and down projections: int8 x int8 per token with their widest input
 channels in fp32 (the default) against ``MatMulNBits`` blocks (the baseline: the same calibration without outlier
-channels). Both graphs of the same weights, under a two-attribute mix: the time of a prefill call of ``--tokens``
-tokens (the two graphs taking turns), and, with each text prefilled whole, the mean KL divergence of each
-position's next-token distribution from the exact fp32 step's, the share of positions whose most likely token is
-fp32's, and the perplexity of held-out corpus texts (their first 64 tokens) and of chat prompts.
+channels). Both graphs of the same weights, under a two-attribute mix: the time of a prefill call of each
+``--tokens`` length with the last token's logits, as the engine calls it (the two graphs taking turns), and, with
+each text prefilled whole, the mean KL divergence of each position's next-token distribution from the exact fp32
+step's, the share of positions whose most likely token is fp32's, and the perplexity of held-out corpus texts
+(their first 64 tokens) and of chat prompts.
 
 python benchmarks/prefill_graph.py --anchors anchors/quickstart
 """
@@ -23,11 +24,26 @@ from engine import STYLES, prefilled
 TEXTS = ("sentiment/positive", "sentiment/negative", "formality/formal", "humor/humorous")
 
 
+def last_logits(step, ids: list[int], coeffs: list[float]):
+    """A prompt's prefill call as the engine makes it: every token in, the last one's logits out."""
+    from lerplm.engine.decoder import StepPlan
+
+    n = len(ids)
+    plan = StepPlan.prefilling(torch.tensor(ids), [(0, 0, n)], torch.tensor([coeffs]).expand(n, -1))
+    return step(plan, step.new_cache(1, n))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--anchors", required=True)
-    ap.add_argument("--tokens", type=int, default=59, help="prefill call length timed (59: the mean served prompt)")
-    ap.add_argument("--texts", type=int, default=16, help="held-out texts per corpus file, and chat prompts")
+    ap.add_argument(
+        "--tokens",
+        type=int,
+        nargs="+",
+        default=[16, 59, 256],
+        help="prefill lengths timed (59: the mean served prompt)",
+    )
+    ap.add_argument("--texts", type=int, default=64, help="held-out texts per corpus file, and chat prompts")
     ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()
 
@@ -52,10 +68,13 @@ def main() -> None:
         step = ortstep.OrtDecoder(exact, "int8")
         step.prefill_session = ortstep.new_session(ortstep.build_graph(exact, 8, prefill), torch.get_num_threads())
         steps[name] = step
-    call = (chats[0] + chats[1])[: args.tokens]
-    times = taking_turns({k: functools.partial(prefilled, s, call, mix) for k, s in steps.items()}, args.rounds, 2, 3)
     results = {"anchors": args.anchors, "mix": mix, "tokens": args.tokens, "texts": len(texts), "chats": len(chats)}
-    results["graphs"] = {name: {"prefill_ms": statistics.median(times[name])} for name in steps}
+    results["graphs"] = {name: {} for name in steps}
+    stream = [t for ids in chats for t in ids]
+    for n in args.tokens:
+        calls = {k: functools.partial(last_logits, s, stream[:n], mix) for k, s in steps.items()}
+        for name, ms in taking_turns(calls, args.rounds, 2, 3).items():
+            results["graphs"][name][f"prefill_{n}_ms"] = statistics.median(ms)
     for kind, seqs in (("texts", texts), ("chats", chats)):
         ref = [torch.log_softmax(prefilled(exact, ids, mix).float(), -1) for ids in seqs]
         positions = sum(len(ids) for ids in seqs)

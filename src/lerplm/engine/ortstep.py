@@ -43,7 +43,7 @@ BITS = {"int8": 8, "int4": 4}
 BLOCK = 32  # inputs per int4 quantisation block (the GGUF Q4_1 block size)
 INT8_BLOCKS = (128, 64, 32)  # int8 takes the largest that divides a layer's inputs (docs/performance.md)
 SMOOTHING = 0.7  # SmoothQuant's alpha: the share of each input channel's range moved into the prefill's weights
-OUTLIER_CHANNELS = 64  # widest input channels of the prefill's o and down products kept in fp32 (at most 1/8)
+OUTLIER_CHANNELS = 128  # widest input channels of the prefill's o and down products kept in fp32 (at most 1/8)
 OUTLIER_SMOOTHING = 0.5  # alpha for the rest of o's and down's inputs
 NORMED = ("qkv", "gate_up")  # the products that read a norm's output, which takes their smoothing
 
