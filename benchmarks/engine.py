@@ -93,13 +93,15 @@ def teacher_forced(model, ids: list[int], start: int, coeffs: list[float]) -> to
     return torch.cat(out)
 
 
-def prefilled(model, ids: list[int], coeffs: list[float]) -> torch.Tensor:
-    """Next-token logits at every position of ``ids``, all of them in one prefill call."""
+def prefilled(model, ids: list[int], coeffs: list[float], last: bool = False) -> torch.Tensor:
+    """Next-token logits at every position of ``ids`` (``last``: at the last one only, as the engine asks for a
+    prompt), all of them in one prefill call."""
     from lerplm.engine.decoder import StepPlan
 
     n = len(ids)
     c = torch.tensor([coeffs]).expand(n, -1) if coeffs else None
-    return model(StepPlan.prefilling(torch.tensor(ids), [(0, 0, n)], c, torch.arange(n)), model.new_cache(1, n))
+    wanted = torch.tensor([n - 1]) if last else torch.arange(n)
+    return model(StepPlan.prefilling(torch.tensor(ids), [(0, 0, n)], c, wanted), model.new_cache(1, n))
 
 
 @torch.inference_mode()

@@ -24,15 +24,6 @@ from engine import STYLES, prefilled
 TEXTS = ("sentiment/positive", "sentiment/negative", "formality/formal", "humor/humorous")
 
 
-def last_logits(step, ids: list[int], coeffs: list[float]):
-    """A prompt's prefill call as the engine makes it: every token in, the last one's logits out."""
-    from lerplm.engine.decoder import StepPlan
-
-    n = len(ids)
-    plan = StepPlan.prefilling(torch.tensor(ids), [(0, 0, n)], torch.tensor([coeffs]).expand(n, -1))
-    return step(plan, step.new_cache(1, n))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--anchors", required=True)
@@ -72,7 +63,7 @@ def main() -> None:
     results["graphs"] = {name: {} for name in steps}
     stream = [t for ids in chats for t in ids]
     for n in args.tokens:
-        calls = {k: functools.partial(last_logits, s, stream[:n], mix) for k, s in steps.items()}
+        calls = {k: functools.partial(prefilled, s, stream[:n], mix, last=True) for k, s in steps.items()}
         for name, ms in taking_turns(calls, args.rounds, 2, 3).items():
             results["graphs"][name][f"prefill_{n}_ms"] = statistics.median(ms)
     for kind, seqs in (("texts", texts), ("chats", chats)):

@@ -394,10 +394,14 @@ def create_app(
             "text_offset": offsets,
         }
 
-    async def run(kind: str, prompt_ids: list[list[int]], body: _Common, route: str, mix: tuple | None = None):
-        """Generate ``body``'s answers to ``prompt_ids`` (``mix``: parse_mix's result, when the caller has it)."""
+    def choices_per_prompt(body: _Common) -> int:
         if not 1 <= body.n <= 8:
             raise APIError(400, f"n must lie in [1, 8], got {body.n}", param="n")
+        return body.n
+
+    async def run(kind: str, prompt_ids: list[list[int]], body: _Common, route: str, mix: tuple | None = None):
+        """Generate ``body``'s answers to ``prompt_ids`` (``mix``: parse_mix's result, when the caller has it)."""
+        choices_per_prompt(body)
         coeffs, solved = mix or parse_mix(body)
         params = [sampling(body, j) for j in range(body.n)]
         stop, n_alts = stops(body), top_logprobs(body, kind)
@@ -568,12 +572,10 @@ def create_app(
         """OpenAI's ``echo``: each choice's text starts with its prompt, and with ``logprobs`` each prompt token's
         logprob under the request's mix comes first (how evaluation harnesses score a text); ``max_tokens: 0``
         scores the prompt alone."""
-        n, mix = body.n, parse_mix(body)
+        n, mix = choices_per_prompt(body), parse_mix(body)
         coeffs, solved = mix
         alts = top_logprobs(body, "completion")
         if new_tokens(body) == 0:
-            if not 1 <= n <= 8:
-                raise APIError(400, f"n must lie in [1, 8], got {n}", param="n")
             answer = {
                 "id": f"cmpl-{uuid.uuid4().hex[:24]}",
                 "object": "text_completion",
