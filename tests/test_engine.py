@@ -330,6 +330,33 @@ def test_quantised_chunks_and_scattered_rows_equal_whole_runs(lm, quantized):
     assert torch.allclose(decode([3, 0], [0, 1], cache, order=[1, 1, 0]), together[[1, 1, 0]], atol=1e-5)
 
 
+def test_quantised_prompts_that_start_together_run_in_one_call_as_each_alone(lm, quantized, monkeypatch):
+    """Prompts that start in the same step run as one call of the prefill graph, packed (their attention apart,
+    every other product on their tokens alone), and each gets the logits and cache it gets on its own."""
+    step, _ = quantized
+    gen = torch.Generator().manual_seed(3)
+    lengths, slots = [5, 11, 8], [2, 0, 3]
+    prompts = [torch.randint(3, 300, (n,), generator=gen) for n in lengths]
+    mixes = [COEFFS[i].expand(n, 4) for i, n in enumerate(lengths)]
+    alone = []
+    for ids, c in zip(prompts, mixes):
+        cache = step.new_cache(1, 32)
+        logits = step(StepPlan.prefilling(ids, [(0, 0, len(ids))], c, torch.arange(len(ids))), cache)
+        alone.append((logits, [kv[:, 0, :, : len(ids)].clone() for kv in cache]))
+    calls = []
+    run = step._run
+    monkeypatch.setattr(step, "_run", lambda *a: calls.append(a[0]) or run(*a))
+    cache = step.new_cache(4, 32)
+    plan = StepPlan.prefilling(
+        torch.cat(prompts), [(s, 0, n) for s, n in zip(slots, lengths)], torch.cat(mixes), torch.arange(sum(lengths))
+    )
+    together = step(plan, cache).split(lengths)
+    assert calls == [step.prefill_session]
+    for (logits, kv_alone), got, slot, n in zip(alone, together, slots, lengths):
+        assert torch.equal(got, logits)
+        assert all(torch.equal(kv[:, slot, :, :n], want) for kv, want in zip(cache, kv_alone))
+
+
 def test_quantised_dummy_rows_leave_what_free_slots_hold(lm, quantized):
     """A finished row's slot between two decoding rows keeps its context (a donor for a later row of the same
     prompt and mix): the step's dummy row there writes just after it (``plan.idle``), attending to no more."""

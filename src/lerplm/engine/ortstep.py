@@ -150,7 +150,7 @@ class Graph:
         )
         if offset is None:
             return y
-        blocks = self.op("Reshape", [x, self.const(np.array([0, 0, in_f // BLOCK, BLOCK], np.int64))])
+        blocks = self.op("Reshape", [x, self.const(np.array([-1, in_f // BLOCK, BLOCK], np.int64))])
         sums = self.op("ReduceSum", [blocks, self.const(np.array([-1], np.int64))], keepdims=0)
         return self.op("Add", [y, self.op("MatMul", [sums, self.const(offset.T, "offset")])])
 
@@ -223,7 +223,13 @@ def build_graph(dec, bits: int, prefill: Calibration | None = None, packed: dict
     Inputs: embeds (B, S, hidden) the tokens' input embeddings, coeffs (B, S, K) per token (only with adapters),
     seqlens_k (B,) = last position written per row, total_seq_len (the cache length), logit_index (M,) rows of the
     flattened (B*S) tokens that need logits, past_key_i / past_value_i (B, kv_heads, length, head_dim). Outputs:
-    logits (M, vocab) and present_key_i / present_value_i, bound to the past buffers."""
+    logits (M, vocab) and present_key_i / present_value_i, bound to the past buffers.
+
+    The prefill graph takes its tokens packed, several prompts in one call without padding: embeds and coeffs
+    (1, N, ·), the N tokens of B prompts one after the other, and two more inputs for attention, the one part that
+    needs the prompts apart: rows (B, S), for each prompt's positions the packed token there (a short prompt
+    repeats a token of its own after its end), and packed (N,), each token's place in those B x S; every other
+    product runs on the N tokens alone, so a prompt's numbers do not depend on the prompts beside it."""
     from onnx import TensorProto, helper
 
     g = Graph(packed)
@@ -235,13 +241,15 @@ def build_graph(dec, bits: int, prefill: Calibration | None = None, packed: dict
     f32, i32, i64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
     kv_shape = ["B", hkv, "T", d]
     # the embedding table stays out of the graph (the caller gathers each call's rows): each session would copy it
-    inputs = [helper.make_tensor_value_info("embeds", f32, ["B", "S", hidden])]
+    inputs = [helper.make_tensor_value_info("embeds", f32, [1, "N", hidden])]  # packed tokens (docstring)
     if has_adapters:
-        inputs.append(helper.make_tensor_value_info("coeffs", f32, ["B", "S", "K"]))
+        inputs.append(helper.make_tensor_value_info("coeffs", f32, [1, "N", "K"]))
     inputs += [
         helper.make_tensor_value_info("seqlens_k", i32, ["B"]),
         helper.make_tensor_value_info("total_seq_len", i32, []),
         helper.make_tensor_value_info("logit_index", i64, ["M"]),
+        helper.make_tensor_value_info("rows", i64, ["B", "S"]),
+        helper.make_tensor_value_info("packed", i64, ["N"]),
     ]
     outputs = [helper.make_tensor_value_info("logits", f32, ["M", dec.lm_head.weight.shape[0]])]
     per_rank: dict[int, str] = {}  # one (B, S, R) coefficient tensor per rank layout, shared by the layers
@@ -271,7 +279,7 @@ def build_graph(dec, bits: int, prefill: Calibration | None = None, packed: dict
         else:
             seg = id(layer.seg)
             if seg not in per_rank:
-                per_rank[seg] = g.op("Gather", ["coeffs", g.const(layer.seg, "seg")], axis=2)
+                per_rank[seg] = g.op("Gather", [coeffs, g.const(layer.seg, "seg")], axis=-1)
             t = g.op("Mul", [matmul(x, a, 8, "a"), per_rank[seg]])
             block = block_size(w.shape[1], 8)
             if bits == 8 and w.shape[1] % block == 0 and not in_integer:
@@ -285,7 +293,9 @@ def build_graph(dec, bits: int, prefill: Calibration | None = None, packed: dict
             y = g.op("Add", [y, g.const(layer.base.bias, "bias")])
         return y
 
-    x = "embeds"
+    # one (N, ·) stream of packed tokens
+    x = g.op("Flatten", ["embeds"], axis=2)
+    coeffs = g.op("Flatten", ["coeffs"], axis=2) if has_adapters else None
     cos = g.const(dec.cos[:, : d // 2], "cos")
     sin = g.const(dec.sin[:, : d // 2], "sin")
     residual = None
@@ -297,6 +307,7 @@ def build_graph(dec, bits: int, prefill: Calibration | None = None, packed: dict
         else:  # x + residual and its norm in one operator
             y, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, residual, ln1], 4, "com.microsoft", epsilon=eps)
         qkv = linear(y, block.qkv, (i, "qkv"))
+        qkv = g.op("Gather", [qkv, "rows"], axis=0)  # (N, ·) -> (B, S, ·): each row's positions
         past, present = [f"past_key_{i}", f"past_value_{i}"], [f"present_key_{i}", f"present_value_{i}"]
         inputs += [helper.make_tensor_value_info(n, f32, kv_shape) for n in past]
         outputs += [helper.make_tensor_value_info(n, f32, kv_shape) for n in present]
@@ -309,6 +320,7 @@ def build_graph(dec, bits: int, prefill: Calibration | None = None, packed: dict
             kv_num_heads=hkv,
             do_rotary=1,
         )[0]
+        att = g.op("Gather", [g.op("Reshape", [att, g.const(np.array([-1, hidden], np.int64))]), "packed"], axis=0)
         ln2 = g.const(block.ln2 if s_gate_up is None else block.ln2 / s_gate_up, "ln2")
         out = linear(att, block.o, (i, "o"))
         y, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, out, ln2], 4, "com.microsoft", epsilon=eps)
@@ -463,45 +475,71 @@ class OrtDecoder:
         wanted = plan.logit_index.tolist()
         out = torch.empty(len(wanted), self.vocab)
         where = {flat: j for j, flat in enumerate(wanted)}  # flat token index -> its row of out
-        if nd:
+        call = (tokens, coeffs, where, out)
+        if nd:  # the slot range the decoding rows span; a slot between them runs a dummy row
             lo, hi = min(plan.decode_slots), max(plan.decode_slots) + 1
-            ids = np.zeros((hi - lo, 1), np.int64)
             last = cache[0].shape[3] - 1  # dummy rows write where plan.idle says (attending to that many positions)
             seqlens = np.array([min(plan.idle.get(slot, last), last) for slot in range(lo, hi)], np.int32)
-            c = torch.zeros(hi - lo, coeffs.shape[1])
-            slots = np.array(plan.decode_slots) - lo
-            ids[slots, 0], seqlens[slots], c[slots] = tokens[:nd], positions[:nd], coeffs[:nd]
-            flats = [i for i in range(nd) if i in where] or [0]
-            to = [where.get(f, -1) for f in flats]
-            self._run(self.session, cache, lo, ids, seqlens, c[:, None], slots[flats], out, to)
-        offset = nd
+            at = np.array(plan.decode_slots) - lo
+            seqlens[at] = positions[:nd]
+            rows = np.zeros((hi - lo, 1), np.int64)  # a dummy row repeats the first row's token: nothing computed
+            rows[at, 0] = np.arange(nd)  # for it but its attention
+            io = self._binding(self.session, cache, lo, hi - lo)
+            self._run(self.session, io, last + 1, 0, rows, at, seqlens, *call)
+        chunks, offset = [], nd
         for slot, start, n in plan.prefill:
-            flats = [i for i in range(offset, offset + n) if i in where] or [offset + n - 1]
-            ids, seqlens = tokens[None, offset : offset + n], np.array([start + n - 1], np.int32)
-            chunk, local = coeffs[None, offset : offset + n], np.array(flats) - offset
-            self._run(
-                self.prefill_session, cache, slot, ids, seqlens, chunk, local, out, [where.get(f, -1) for f in flats]
-            )
+            chunks.append((slot, start, offset, n))
             offset += n
+        fresh = [c for c in chunks if c[1] == 0]
+        if len(fresh) > 1:  # prompts that start here: one call
+            self._prefill_apart(cache, fresh, call)
+            chunks = [c for c in chunks if c[1] != 0]
+        for slot, start, offset, n in chunks:
+            io = self._binding(self.prefill_session, cache, slot, 1)
+            seqlens = np.array([start + n - 1], np.int32)
+            length, layout = cache[0].shape[3], (np.arange(n)[None], np.arange(n))
+            self._run(self.prefill_session, io, length, offset, *layout, seqlens, *call)
         for j, flat in enumerate(wanted):  # a token asked for twice: its later row was written
             if where[flat] != j:
                 out[j] = out[where[flat]]
         return out
 
+    def _prefill_apart(self, cache, chunks, call: tuple) -> None:
+        """The prompts ``chunks`` ((slot, 0, offset, n) each: prompts that start at position 0, consecutive in the
+        plan) in one call of the prefill graph: each prompt's keys and values go to its own row of a scratch cache
+        as long as the longest prompt, then to its slot (the positions after a shorter prompt's end hold what its
+        repeated last token wrote there, which no sequence reads before writing it again)."""
+        width = max(n for *_, n in chunks)
+        starts = np.cumsum([0] + [n for *_, n in chunks])
+        rows = np.stack([s + np.minimum(np.arange(width), n - 1) for s, (*_, n) in zip(starts, chunks)])
+        packed = np.concatenate([b * width + np.arange(n) for b, (*_, n) in enumerate(chunks)])
+        scratch = [torch.empty(2, len(chunks), self.kv_heads, width, self.head_dim) for _ in range(self.num_layers)]
+        io = self.prefill_session.io_binding()
+        self._bind_cache(io, scratch, 0, len(chunks))
+        seqlens = np.full(len(chunks), width - 1, np.int32)
+        self._run(self.prefill_session, io, width, chunks[0][2], rows, packed, seqlens, *call)
+        slots = torch.tensor([slot for slot, *_ in chunks])
+        for kv, part in zip(cache, scratch):
+            kv[:, slots, :, :width] = part
+
     def _run(
-        self, session, cache, lo: int, ids, seqlens, coeffs: torch.Tensor, rows, out: torch.Tensor, to: list[int]
+        self, session, io, length: int, first: int, rows, packed, seqlens, tokens, coeffs, where: dict, out
     ) -> None:
-        """One call of ``session`` on the slots [lo, lo + len(ids)) of the cache, in place; the logits of its tokens
-        ``rows`` go to the rows ``to`` of ``out`` (-1: not wanted), straight when those are consecutive (the
+        """One call of ``session`` on the plan's tokens [first, first + len(packed)), laid out in the cache rows
+        that ``io`` binds (``length`` positions each) as ``rows`` and ``packed`` say (``build_graph``); the logits
+        the plan wants of them go to their rows of ``out`` (``where``), straight when those are consecutive (the
         scheduler's order), else through a buffer."""
-        batch, length = ids.shape[0], cache[0].shape[3]
-        io = self._binding(session, cache, lo, batch)
-        io.bind_cpu_input("embeds", self._embed.take(ids, 0))
+        span = range(first, first + len(packed))
+        flats = [i for i in span if i in where] or [span[-1]]  # the graph computes at least one row of logits
+        to = [where.get(f, -1) for f in flats]
+        io.bind_cpu_input("embeds", self._embed.take(tokens[None, span.start : span.stop], 0))
         if self.num_adapters:
-            io.bind_cpu_input("coeffs", coeffs.float().contiguous().numpy())
+            io.bind_cpu_input("coeffs", coeffs[None, span.start : span.stop].float().contiguous().numpy())
+        io.bind_cpu_input("rows", rows)
+        io.bind_cpu_input("packed", packed)
         io.bind_cpu_input("seqlens_k", seqlens)
         io.bind_cpu_input("total_seq_len", np.array(length, np.int32))
-        io.bind_cpu_input("logit_index", np.asarray(rows, np.int64))
+        io.bind_cpu_input("logit_index", np.array(flats, np.int64) - first)
         straight = to[0] >= 0 and to == list(range(to[0], to[0] + len(to)))
         dest = out[to[0] : to[0] + len(to)] if straight else torch.empty(len(to), self.vocab)
         io.bind_output("logits", "cpu", 0, np.float32, tuple(dest.shape), dest.data_ptr())
@@ -519,10 +557,14 @@ class OrtDecoder:
         io = self._bindings.get((id(session), lo, batch))
         if io is None:
             io = self._bindings[id(session), lo, batch] = session.io_binding()
-            shape = (batch, self.kv_heads, cache[0].shape[3], self.head_dim)
-            for i, kv in enumerate(cache):
-                for j, part in enumerate(("key", "value")):
-                    ptr = kv[j, lo].data_ptr()
-                    io.bind_input(f"past_{part}_{i}", "cpu", 0, np.float32, shape, ptr)
-                    io.bind_output(f"present_{part}_{i}", "cpu", 0, np.float32, shape, ptr)
+            self._bind_cache(io, cache, lo, batch)
         return io
+
+    def _bind_cache(self, io, cache, lo: int, batch: int) -> None:
+        """The cache slots [lo, lo + batch) as both the past and the present state of ``io``."""
+        shape = (batch, self.kv_heads, cache[0].shape[3], self.head_dim)
+        for i, kv in enumerate(cache):
+            for j, part in enumerate(("key", "value")):
+                ptr = kv[j, lo].data_ptr()
+                io.bind_input(f"past_{part}_{i}", "cpu", 0, np.float32, shape, ptr)
+                io.bind_output(f"present_{part}_{i}", "cpu", 0, np.float32, shape, ptr)

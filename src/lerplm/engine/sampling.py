@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 FLOOR = 3e-5  # a top-p row seeks its nucleus among its tokens at least this likely, if it has at most WIDE of them;
@@ -168,9 +169,12 @@ def _floor_draw(
     sort of a few thousand numbers for the whole batch, where a top-k search over the vocabulary costs ~0.2 ms a
     row on a 2-core CPU (``benchmarks/sampling.py``). A row whose candidates do not hold its nucleus (a flat
     distribution) searches by top-k on its own (``_filtered_draw`` over ``caps``)."""
-    batch, top_p = full.shape[0], p.top_p.double()
-    rows, cols = (full >= FLOOR).nonzero(as_tuple=True)
-    vals = full[rows, cols].double()
+    (batch, vocab), top_p = full.shape, p.top_p.double()
+    probs = full.numpy()  # numpy's comparison and flatnonzero take a quarter of torch's time on one thread
+    flat = np.flatnonzero(probs >= FLOOR)
+    vals = torch.from_numpy(probs.reshape(-1)[flat]).double()
+    flat = torch.from_numpy(flat)
+    rows, cols = flat // vocab, flat % vocab
     counts = torch.bincount(rows, minlength=batch)
     short = torch.bincount(rows, vals, minlength=batch) <= top_p  # too little above the floor: a wider search
     fits = ~short & (counts <= WIDE)  # a row with more candidates than WIDE searches at once, with nothing to sort
