@@ -12,10 +12,11 @@ int4; the quantised ones on ONNX Runtime), all in one run:
 - quality against fp32: teacher-forced greedy agreement on fp32's own continuations and perplexity on
   held-out corpus text, both under a mix (mixed and merged) and teacher-forced through decode steps.
 
-The scheme ``int8-b32`` is int8 with every layer in blocks of 32 inputs, the baseline for int8's
-larger blocks; ``int8-blocks`` is int8 prefilling through its decode graph (activations rounded per block
-of inputs, not per token in the integer products of the prefill graph), the baseline for that graph. Quality
-also counts a held-out text's perplexity with the whole text in one prefill call (``prefill_perplexity``).
+The scheme ``int8-b128`` is int8 in blocks of 128 inputs where they divide a layer's inputs (the MLP's down
+projection), the baseline for int8's blocks of 64; ``int8-blocks`` is int8 prefilling through its decode graph
+(activations rounded per block of inputs, not per token in the integer products of the prefill graph), the baseline
+for that graph. Quality also counts a held-out text's perplexity with the whole text in one prefill call
+(``prefill_perplexity``).
 
 python benchmarks/engine.py --anchors anchors/quickstart
 """
@@ -165,7 +166,7 @@ def quality(lm, ref, model, coeffs, prompts, texts, tokens: int, merged: bool = 
 
 
 def step_models(lm, scheme: str, mix: list[float]):
-    """(mixed, bare, merged) steps for ``scheme``; ``int8-b32``: int8 with 32-input blocks in every layer;
+    """(mixed, bare, merged) steps for ``scheme``; ``int8-b128``: int8 with 128-input blocks where they divide;
     ``int8-blocks``: int8 prefilling through its decode graph."""
     from lerplm.engine import ortstep
     from lerplm.generate import CALIBRATION_PROMPTS
@@ -176,8 +177,8 @@ def step_models(lm, scheme: str, mix: list[float]):
         return ortstep.fast_step(lm.model, lm.adapters), ortstep.fast_step(lm.model, []), merged_step
     calibration = lm.prompt_ids(CALIBRATION_PROMPTS)
     blocks, integer_prefill = ortstep.INT8_BLOCKS, scheme != "int8-blocks"
-    if scheme == "int8-b32":
-        ortstep.INT8_BLOCKS = (32,)
+    if scheme == "int8-b128":
+        ortstep.INT8_BLOCKS = (128, *blocks)
 
     def step(model, adapters):
         fast = ortstep.FastDecoder(model, adapters)
@@ -196,7 +197,7 @@ def main() -> None:
     ap.add_argument("--anchors", required=True)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--schemes", nargs="+", default=["fp32", "int8", "int8-blocks", "int8-b32", "int4"])
+    ap.add_argument("--schemes", nargs="+", default=["fp32", "int8", "int8-blocks", "int8-b128", "int4"])
     ap.add_argument("--quality-prompts", type=int, default=16)
     args = ap.parse_args()
 

@@ -392,6 +392,48 @@ def test_quantised_engines_compute_every_prompt_whole(lm, quantized):
     assert qlm.engine(max_len=64, share_prompts=True).share_prompts
 
 
+def test_quantised_decode_rows_get_the_same_numbers_alone_and_together(lm, quantized):
+    """A decoding row's logits are bit for bit the same alone, beside other rows and with dummy rows between them:
+    every product sees the same row whatever the call's other rows (int8 blocks of 128 inputs summed a one-row
+    product in another order than several rows', and the next product's int8 rounding can turn that into another
+    token)."""
+    step, _ = quantized
+    ids = torch.randint(3, 300, (3, 10), generator=torch.Generator().manual_seed(11))
+    cache = step.new_cache(6, 32)
+    for row, slot in enumerate((0, 2, 5)):
+        step(prefill_plan(ids[row : row + 1], COEFFS[row].expand(1, 10, 4), [slot]), cache)
+
+    def decode(rows: list[int]) -> torch.Tensor:
+        slots = [(0, 2, 5)[r] for r in rows]
+        return step(StepPlan.decoding(ids[rows, 9], torch.full((len(rows),), 10), slots, COEFFS[rows]), cache)
+
+    together = decode([0, 1, 2])  # slots 1, 3 and 4 are dummy rows
+    for row in range(3):
+        assert torch.equal(decode([row])[0], together[row])
+    assert torch.equal(decode([0, 1]), together[:2])
+
+
+@pytest.mark.parametrize("inputs", [512, 1536])
+def test_int8_products_give_a_row_the_same_numbers_alone_and_among_rows(inputs):
+    """The int8 blocks of a product of the real model's widths (``block_size``) sum one row's product in the same
+    order as several rows': in blocks of 128 ``MatMulNBits`` did not, and the next product's int8 rounding turned that
+    into other tokens for a row that decoded alone."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from lerplm.engine.ortstep import Graph, new_session
+
+    g = Graph()
+    w = torch.randn(96, inputs, generator=torch.Generator().manual_seed(5)) * 0.05
+    out = g.matmul("x", w, 8)
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", inputs])
+    y_info = helper.make_tensor_value_info(out, TensorProto.FLOAT, ["M", 96])
+    session = new_session(g.serialize("product", [x_info], [y_info]), 2)
+    x = np.random.default_rng(0).standard_normal((3, inputs)).astype(np.float32)
+    alone, together = session.run(None, {"x": x[:1]})[0], session.run(None, {"x": x})[0]
+    assert np.array_equal(alone[0], together[0])
+
+
 def test_quantised_engine_rows_do_not_depend_on_their_batch(lm, quantized):
     _, qlm = quantized
     lengths = [9, 3, 14, 6]
@@ -435,7 +477,7 @@ def test_step_graphs_hold_no_copy_of_the_embedding_table(fast):
 
 def test_int4_blocks_reproduce_a_q4_1_grid_exactly():
     """Weights on GGUF's Q4_1 grid (lo + q * scale per 32 inputs: the embedded default's own weights) come
-    back exactly; int8 blocks (the largest of 128, 64, 32 inputs that divides a layer's) stay within half a step."""
+    back exactly; int8 blocks (the larger of 64 and 32 inputs that divides a layer's) stay within half a step."""
     from lerplm.engine.ortstep import block_size, dequantize_blocks, quantize_blocks
 
     gen = torch.Generator().manual_seed(0)
@@ -444,7 +486,7 @@ def test_int4_blocks_reproduce_a_q4_1_grid_exactly():
     q[..., 0], q[..., -1] = 0, 15  # as GGUF's quantiser makes them, every block spans its whole grid
     w = (lo + q * scale).reshape(48, 96)
     assert torch.allclose(dequantize_blocks(*quantize_blocks(w, 4), 96), w, atol=1e-6)
-    for in_f, block in ((96, 32), (72, 32), (192, 64), (256, 128)):  # 72: a partial last block
+    for in_f, block in ((96, 32), (72, 32), (192, 64), (1536, 64)):  # 72: a partial last block
         assert block_size(in_f, 8) == block and block_size(in_f, 4) == 32
         x = torch.randn(48, in_f, generator=gen)
         step = x.abs().amax(1, keepdim=True) / 127

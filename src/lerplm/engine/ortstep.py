@@ -12,10 +12,13 @@ The graph is the same computation as ``FastDecoder``: every token of a call is a
 adapter coefficients, each fused layer adds its stacked adapters as t B_catᵀ with t = (x A_catᵀ) ⊙ c[seg]
 (int8; over an int8 base as one product [x, t] [W, B_cat]ᵀ), and ``GroupQueryAttention`` applies the
 rotary embedding and attends in place in the engine's slot cache: the cache tensors are bound as both
-the past and the present state, so nothing is copied when rows join or leave. One call runs the
-decoding rows (one token each, the slot range they span; slots in that range that are not decoding
-run as dummy rows that write one cache position no sequence needs, ``plan.idle``'s, and attend to the
-positions before it), one call per prefill chunk.
+the past and the present state, so nothing is copied when rows join or leave. A call's tokens come
+packed, one after another, and every product runs on them alone; only attention sees them laid out by
+cache row. One call runs the decoding rows (one token each, over the slot range they span; a slot in that
+range that is not decoding is a dummy row, which costs only its attention: it writes one cache position
+no sequence needs, ``plan.idle``'s, and attends to the positions before it); one call runs the prompts
+that start in a step (their cache written to a scratch buffer, then copied to their slots), and one call
+each chunk that continues a prompt.
 
 Prefill chunks run in a second graph of the same weights whose products are int8 x int8 (ONNX Runtime's
 integer GEMM, 2-2.5x ``MatMulNBits``' rate at tens of rows): weights rounded per output, activations per
@@ -41,7 +44,7 @@ from .decoder import GROUPS, FastDecoder
 SCHEMES = ("fp32", "int8", "int4")
 BITS = {"int8": 8, "int4": 4}
 BLOCK = 32  # inputs per int4 quantisation block (the GGUF Q4_1 block size)
-INT8_BLOCKS = (128, 64, 32)  # int8 takes the largest that divides a layer's inputs (docs/performance.md)
+INT8_BLOCKS = (64, 32)  # int8 takes the largest that divides a layer's inputs (docs/performance.md)
 SMOOTHING = 0.7  # SmoothQuant's alpha: the share of each input channel's range moved into the prefill's weights
 OUTLIER_CHANNELS = 128  # widest input channels of the prefill's o and down products kept in fp32 (at most 1/8)
 OUTLIER_SMOOTHING = 0.5  # alpha for the rest of o's and down's inputs
@@ -49,8 +52,9 @@ NORMED = ("qkv", "gate_up")  # the products that read a norm's output, which tak
 
 
 def block_size(in_f: int, bits: int) -> int:
-    """Inputs per quantisation block: int4 keeps GGUF's 32; int8 takes larger blocks, whose kernels run faster
-    (fewer per-block scales to apply and to read; benchmarks/matmul.py), when they divide the inputs."""
+    """Inputs per quantisation block: int4 keeps GGUF's 32; int8 takes 64 when it divides the inputs (fewer
+    per-block scales to apply and to read than 32; benchmarks/matmul.py). Not 128: ``MatMulNBits`` sums a one-row
+    product in 128-blocks in another order than several rows', so a row's numbers would depend on its batch."""
     if bits == 4:
         return BLOCK
     return next((b for b in INT8_BLOCKS if in_f % b == 0), INT8_BLOCKS[-1])
@@ -220,16 +224,16 @@ def build_graph(dec, bits: int, prefill: Calibration | None = None, packed: dict
     per token instead, as that calibration says (see ``calibrate``). ``packed``: quantised weights shared by the
     builds of one step's graphs.
 
-    Inputs: embeds (B, S, hidden) the tokens' input embeddings, coeffs (B, S, K) per token (only with adapters),
-    seqlens_k (B,) = last position written per row, total_seq_len (the cache length), logit_index (M,) rows of the
-    flattened (B*S) tokens that need logits, past_key_i / past_value_i (B, kv_heads, length, head_dim). Outputs:
-    logits (M, vocab) and present_key_i / present_value_i, bound to the past buffers.
+    A call's N tokens come packed, one after another, whichever cache rows they belong to (B rows of S positions
+    each: a prompt's chunk, or a decoding row's one token), so every product runs on the N tokens alone and a
+    token's numbers do not depend on the rows beside it; only attention lays them out by row.
 
-    The prefill graph takes its tokens packed, several prompts in one call without padding: embeds and coeffs
-    (1, N, ·), the N tokens of B prompts one after the other, and two more inputs for attention, the one part that
-    needs the prompts apart: rows (B, S), for each prompt's positions the packed token there (a short prompt
-    repeats a token of its own after its end), and packed (N,), each token's place in those B x S; every other
-    product runs on the N tokens alone, so a prompt's numbers do not depend on the prompts beside it."""
+    Inputs: embeds (1, N, hidden) the tokens' input embeddings, coeffs (1, N, K) per token (only with adapters),
+    rows (B, S) the packed token at each position of each row (a row with fewer tokens repeats one of its own, a
+    dummy row another row's: attention writes their keys and values where no sequence reads them), packed (N,) each
+    token's place in those B x S, seqlens_k (B,) = last position written per row, total_seq_len (the cache length),
+    logit_index (M,) the tokens that need logits, past_key_i / past_value_i (B, kv_heads, length, head_dim).
+    Outputs: logits (M, vocab) and present_key_i / present_value_i, bound to the past buffers."""
     from onnx import TensorProto, helper
 
     g = Graph(packed)
@@ -252,7 +256,7 @@ def build_graph(dec, bits: int, prefill: Calibration | None = None, packed: dict
         helper.make_tensor_value_info("packed", i64, ["N"]),
     ]
     outputs = [helper.make_tensor_value_info("logits", f32, ["M", dec.lm_head.weight.shape[0]])]
-    per_rank: dict[int, str] = {}  # one (B, S, R) coefficient tensor per rank layout, shared by the layers
+    per_rank: dict[int, str] = {}  # one (N, R) coefficient tensor per rank layout, shared by the layers
 
     def linear(x: str, layer, key: tuple[int, str]) -> str:
         """x through ``layer`` (``key``: its layer and group); in the prefill graph in int8 x int8 products (ONNX
@@ -482,8 +486,8 @@ class OrtDecoder:
             seqlens = np.array([min(plan.idle.get(slot, last), last) for slot in range(lo, hi)], np.int32)
             at = np.array(plan.decode_slots) - lo
             seqlens[at] = positions[:nd]
-            rows = np.zeros((hi - lo, 1), np.int64)  # a dummy row repeats the first row's token: nothing computed
-            rows[at, 0] = np.arange(nd)  # for it but its attention
+            rows = np.zeros((hi - lo, 1), np.int64)  # a dummy row takes the first row's token: only its attention
+            rows[at, 0] = np.arange(nd)  # runs for it
             io = self._binding(self.session, cache, lo, hi - lo)
             self._run(self.session, io, last + 1, 0, rows, at, seqlens, *call)
         chunks, offset = [], nd
@@ -492,7 +496,7 @@ class OrtDecoder:
             offset += n
         fresh = [c for c in chunks if c[1] == 0]
         if len(fresh) > 1:  # prompts that start here: one call
-            self._prefill_apart(cache, fresh, call)
+            self._prefill_together(cache, fresh, call)
             chunks = [c for c in chunks if c[1] != 0]
         for slot, start, offset, n in chunks:
             io = self._binding(self.prefill_session, cache, slot, 1)
@@ -504,7 +508,7 @@ class OrtDecoder:
                 out[j] = out[where[flat]]
         return out
 
-    def _prefill_apart(self, cache, chunks, call: tuple) -> None:
+    def _prefill_together(self, cache, chunks, call: tuple) -> None:
         """The prompts ``chunks`` ((slot, 0, offset, n) each: prompts that start at position 0, consecutive in the
         plan) in one call of the prefill graph: each prompt's keys and values go to its own row of a scratch cache
         as long as the longest prompt, then to its slot (the positions after a shorter prompt's end hold what its
