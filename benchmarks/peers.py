@@ -325,8 +325,6 @@ def summary(runs: list[dict]) -> list[dict]:
     out = []
     for k, rs in groups.items():
         row = dict(zip(key, k)) | {"rounds": len(rs)}
-        for r in rs:
-            r.setdefault("req_s", r["requests"] / r["wall_s"])
         metrics = ("tok_s", "req_s", "p50_s", "p95_s", "little_s")
         row |= {m: statistics.median(r[m] for r in rs) for m in metrics if m in rs[0]}
         peer = groups.get(("llama.cpp", *k[1:]))

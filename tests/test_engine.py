@@ -357,6 +357,30 @@ def test_quantised_prompts_that_start_together_run_in_one_call_as_each_alone(lm,
         assert all(torch.equal(kv[:, slot, :, :n], want) for kv, want in zip(cache, kv_alone))
 
 
+def test_quantised_prompts_that_start_together_around_a_continuing_chunk_get_their_own_tokens(lm, quantized):
+    """A chunk that continues a prompt may sit between two prompts that start in the same step (a row that
+    restarts under a new mix starts again at 0): the starting prompts run together on their own tokens, the
+    continuing chunk on its own, and each gets what it gets alone."""
+    step, _ = quantized
+    gen = torch.Generator().manual_seed(4)
+    first, rest, other = (torch.randint(3, 300, (n,), generator=gen) for n in (5, 10, 8))
+    mix = COEFFS[0].expand(10, 4)
+
+    def prefill(chunks, tokens, cache):
+        return step(StepPlan.prefilling(torch.cat(tokens), chunks, torch.cat([mix[:n] for *_, n in chunks])), cache)
+
+    want = []
+    for chunks, tokens in (([(0, 0, 5)], [first]), ([(0, 4, 6)], [rest[4:]]), ([(0, 0, 8)], [other])):
+        cache = step.new_cache(1, 32)
+        if chunks[0][1]:
+            prefill([(0, 0, 4)], [rest[:4]], cache)
+        want.append(prefill(chunks, tokens, cache)[0])
+    cache = step.new_cache(4, 32)
+    prefill([(1, 0, 4)], [rest[:4]], cache)
+    got = prefill([(2, 0, 5), (1, 4, 6), (3, 0, 8)], [first, rest[4:], other], cache)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 def test_quantised_dummy_rows_leave_what_free_slots_hold(lm, quantized):
     """A finished row's slot between two decoding rows keeps its context (a donor for a later row of the same
     prompt and mix): the step's dummy row there writes just after it (``plan.idle``), attending to no more."""

@@ -489,7 +489,7 @@ class OrtDecoder:
             rows = np.zeros((hi - lo, 1), np.int64)  # a dummy row takes the first row's token: only its attention
             rows[at, 0] = np.arange(nd)  # runs for it
             io = self._binding(self.session, cache, lo, hi - lo)
-            self._run(self.session, io, last + 1, 0, rows, at, seqlens, *call)
+            self._run(self.session, io, last + 1, np.arange(nd), rows, at, seqlens, *call)
         chunks, offset = [], nd
         for slot, start, n in plan.prefill:
             chunks.append((slot, start, offset, n))
@@ -501,18 +501,21 @@ class OrtDecoder:
         for slot, start, offset, n in chunks:
             io = self._binding(self.prefill_session, cache, slot, 1)
             seqlens = np.array([start + n - 1], np.int32)
-            length, layout = cache[0].shape[3], (np.arange(n)[None], np.arange(n))
-            self._run(self.prefill_session, io, length, offset, *layout, seqlens, *call)
+            layout = (np.arange(n)[None], np.arange(n))
+            self._run(
+                self.prefill_session, io, cache[0].shape[3], np.arange(offset, offset + n), *layout, seqlens, *call
+            )
         for j, flat in enumerate(wanted):  # a token asked for twice: its later row was written
             if where[flat] != j:
                 out[j] = out[where[flat]]
         return out
 
     def _prefill_together(self, cache, chunks, call: tuple) -> None:
-        """The prompts ``chunks`` ((slot, 0, offset, n) each: prompts that start at position 0, consecutive in the
-        plan) in one call of the prefill graph: each prompt's keys and values go to its own row of a scratch cache
-        as long as the longest prompt, then to its slot (the positions after a shorter prompt's end hold what its
-        repeated last token wrote there, which no sequence reads before writing it again)."""
+        """The prompts ``chunks`` ((slot, 0, offset, n) each: prompts that start at position 0; a chunk that
+        continues another prompt may lie between them in the plan) in one call of the prefill graph: each prompt's
+        keys and values go to its own row of a scratch cache as long as the longest prompt, then to its slot (the
+        positions after a shorter prompt's end hold what its repeated last token wrote there, which no sequence
+        reads before writing it again)."""
         width = max(n for *_, n in chunks)
         starts = np.cumsum([0] + [n for *_, n in chunks])
         rows = np.stack([s + np.minimum(np.arange(width), n - 1) for s, (*_, n) in zip(starts, chunks)])
@@ -521,29 +524,29 @@ class OrtDecoder:
         io = self.prefill_session.io_binding()
         self._bind_cache(io, scratch, 0, len(chunks))
         seqlens = np.full(len(chunks), width - 1, np.int32)
-        self._run(self.prefill_session, io, width, chunks[0][2], rows, packed, seqlens, *call)
+        index = np.concatenate([np.arange(offset, offset + n) for _, _, offset, n in chunks])
+        self._run(self.prefill_session, io, width, index, rows, packed, seqlens, *call)
         slots = torch.tensor([slot for slot, *_ in chunks])
         for kv, part in zip(cache, scratch):
             kv[:, slots, :, :width] = part
 
     def _run(
-        self, session, io, length: int, first: int, rows, packed, seqlens, tokens, coeffs, where: dict, out
+        self, session, io, length: int, index: np.ndarray, rows, packed, seqlens, tokens, coeffs, where: dict, out
     ) -> None:
-        """One call of ``session`` on the plan's tokens [first, first + len(packed)), laid out in the cache rows
+        """One call of ``session`` on the plan's tokens ``index`` (in that order), laid out in the cache rows
         that ``io`` binds (``length`` positions each) as ``rows`` and ``packed`` say (``build_graph``); the logits
         the plan wants of them go to their rows of ``out`` (``where``), straight when those are consecutive (the
         scheduler's order), else through a buffer."""
-        span = range(first, first + len(packed))
-        flats = [i for i in span if i in where] or [span[-1]]  # the graph computes at least one row of logits
-        to = [where.get(f, -1) for f in flats]
-        io.bind_cpu_input("embeds", self._embed.take(tokens[None, span.start : span.stop], 0))
+        local = [j for j, i in enumerate(index.tolist()) if i in where] or [len(index) - 1]  # at least one row
+        to = [where.get(int(index[j]), -1) for j in local]
+        io.bind_cpu_input("embeds", self._embed.take(tokens[None, index], 0))
         if self.num_adapters:
-            io.bind_cpu_input("coeffs", coeffs[None, span.start : span.stop].float().contiguous().numpy())
+            io.bind_cpu_input("coeffs", coeffs.float().numpy()[index][None])
         io.bind_cpu_input("rows", rows)
         io.bind_cpu_input("packed", packed)
         io.bind_cpu_input("seqlens_k", seqlens)
         io.bind_cpu_input("total_seq_len", np.array(length, np.int32))
-        io.bind_cpu_input("logit_index", np.array(flats, np.int64) - first)
+        io.bind_cpu_input("logit_index", np.array(local, np.int64))
         straight = to[0] >= 0 and to == list(range(to[0], to[0] + len(to)))
         dest = out[to[0] : to[0] + len(to)] if straight else torch.empty(len(to), self.vocab)
         io.bind_output("logits", "cpu", 0, np.float32, tuple(dest.shape), dest.data_ptr())
